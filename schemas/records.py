@@ -1,0 +1,394 @@
+"""Pydantic v2 models of every record in the ESS contract (``CONTRACT.md``).
+
+Design notes
+------------
+* Every model is frozen: a record is a fact, never edited after it is built.
+* Unknown extra fields are accepted and ignored, as the contract promises producers on input
+  topics; the same rule on ESS's own records keeps old and new versions mutually readable.
+* Numbers must be finite (``allow_inf_nan=False``) and timestamps must carry a time zone
+  (``AwareDatetime``): a naive timestamp is ambiguous, and ambiguity in an audit trail is a bug.
+* Money and sizes are ``float``. Detection thresholds are ratios, and the decode cost of
+  ``Decimal`` would be paid on every record of every input topic.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    computed_field,
+)
+
+#: Identifiers (event ids, command ids, names) are short; a megabyte "id" is an attack.
+Ident = Annotated[str, Field(min_length=1, max_length=256)]
+#: Free human text: bounded so that one record cannot balloon a log or a table.
+Text = Annotated[str, Field(max_length=4096)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ReasonCode(StrEnum):
+    """Stable reason identifiers; alerts and dashboards key on them."""
+
+    DAILY_LOSS = "daily_loss"
+    EQUITY_DRAWDOWN = "equity_drawdown"
+    FLASH_CRASH = "flash_crash"
+    SYSTEM_CRITICAL = "system_critical"
+    HEARTBEAT_LOST = "heartbeat_lost"
+    EXCHANGE_DISCONNECTED = "exchange_disconnected"
+    DATA_FEED_CORRUPT = "data_feed_corrupt"
+    DATA_FEED_STALE = "data_feed_stale"
+    EXECUTION_ERRORS = "execution_errors"
+    LATENCY_SPIKE = "latency_spike"
+    POLICY_STORE_STALE = "policy_store_stale"
+    TRADE_RATE = "trade_rate"
+    STOP_LOSS_CLUSTER = "stop_loss_cluster"
+    ORDER_REJECTS = "order_rejects"
+    POSITION_SIZE_ANOMALY = "position_size_anomaly"
+    API_KEY_INVALID = "api_key_invalid"
+    API_KEY_CHANGED = "api_key_changed"
+    UNAUTHORIZED_ACCESS = "unauthorized_access"
+    ENVIRONMENT_MODIFIED = "environment_modified"
+    MANUAL = "manual"
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderErrorKind(StrEnum):
+    REJECT = "reject"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+class HealthStatus(StrEnum):
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    CRITICAL = "CRITICAL"
+
+
+class SecurityEventKind(StrEnum):
+    API_KEY_INVALID = "api_key_invalid"
+    API_KEY_CHANGED = "api_key_changed"
+    UNAUTHORIZED_ACCESS = "unauthorized_access"
+    ENVIRONMENT_MODIFIED = "environment_modified"
+
+
+class RejectReason(StrEnum):
+    """Why a reset was refused; recorded in ``reset_rejected`` entries."""
+
+    NOT_ACTIVE = "not_active"
+    UNKNOWN_OPERATOR = "unknown_operator"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    FROM_THE_FUTURE = "from_the_future"
+    NONCE_REUSED = "nonce_reused"
+    DUPLICATE_APPROVAL = "duplicate_approval"
+
+
+class Record(BaseModel):
+    """Base of every contract record: frozen, finite numbers, extra fields ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+class TimedRecord(Record):
+    ts: AwareDatetime
+
+
+# --------------------------------------------------------------------------- input topics
+
+
+class Fill(TimedRecord):
+    event_id: Ident
+    account_id: Ident
+    venue: Ident
+    symbol: Ident
+    side: Side
+    qty: PositiveFloat
+    price: PositiveFloat
+    realized_pnl: FiniteFloat
+    is_stop_loss: bool
+    order_id: Ident
+
+
+class PnlTick(TimedRecord):
+    event_id: Ident
+    account_id: Ident
+    equity: FiniteFloat
+
+
+class OrderSubmitted(TimedRecord):
+    event_id: Ident
+    account_id: Ident
+    venue: Ident
+    symbol: Ident
+    side: Side
+    qty: PositiveFloat
+    price: PositiveFloat
+    notional: NonNegativeFloat
+
+
+class OrderError(TimedRecord):
+    event_id: Ident
+    account_id: Ident
+    venue: Ident
+    symbol: Ident
+    kind: OrderErrorKind
+    code: Annotated[str, Field(max_length=256)]
+    message: Text
+
+
+class HealthBeat(TimedRecord):
+    event_id: Ident
+    component: Ident
+    status: HealthStatus
+    checks: dict[Ident, Ident] = Field(default_factory=dict, max_length=64)
+
+
+class LatencySample(TimedRecord):
+    event_id: Ident
+    component: Ident
+    operation: Ident
+    latency_ms: NonNegativeFloat
+
+
+class MarketTick(TimedRecord):
+    """A top-of-book tick. Prices are *not* constrained here on purpose: a non-positive or
+    crossed price is valid JSON from a broken feed, and the ``data_feed_corrupt`` rule must
+    see it to count it."""
+
+    event_id: Ident
+    symbol: Ident
+    bid: FiniteFloat
+    ask: FiniteFloat
+    last: FiniteFloat
+
+
+class SecurityEvent(TimedRecord):
+    event_id: Ident
+    kind: SecurityEventKind
+    source: Ident
+    detail: Text
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class TriggerRef(Record):
+    """Coordinates of the record that crossed a threshold: enough to find it again."""
+
+    topic: Ident
+    partition: NonNegativeInt
+    offset: NonNegativeInt
+    event_ts: AwareDatetime
+
+
+class TripCommand(TimedRecord):
+    """Stop trading. Needs no signature: stopping is always allowed."""
+
+    command_id: Ident
+    kind: Literal["trip"] = "trip"
+    reason: ReasonCode
+    detail: Text = ""
+    source: Ident
+    trigger: TriggerRef | None = None
+
+
+class ResetCommand(TimedRecord):
+    """Re-enable trading. ``signature`` is Ed25519 over the canonical JSON of the other
+    fields (see :func:`ess.core.signing.canonical_reset_bytes`), base64-encoded."""
+
+    command_id: Ident
+    kind: Literal["reset"] = "reset"
+    operator: Ident
+    detail: Text = ""
+    nonce: Ident
+    signature: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+Command = Annotated[TripCommand | ResetCommand, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- state log
+
+
+class LogEntry(TimedRecord):
+    """Common part of every ``ess.state`` entry. ``seq`` is contiguous from 0."""
+
+    seq: NonNegativeInt
+    command_id: Ident
+
+
+class ActivatedEntry(LogEntry):
+    kind: Literal["activated"] = "activated"
+    reason: ReasonCode
+    detail: Text = ""
+    source: Ident
+    trigger: TriggerRef | None = None
+
+
+class TripRecordedEntry(LogEntry):
+    """A further trip while already ACTIVE: recorded, never lost, never re-flattens."""
+
+    kind: Literal["trip_recorded"] = "trip_recorded"
+    reason: ReasonCode
+    detail: Text = ""
+    source: Ident
+    trigger: TriggerRef | None = None
+
+
+class ResetApprovalEntry(LogEntry):
+    """An authorized reset signature counted towards a quorum that is not yet met.
+
+    This kind extends the contract (it allows implementations to add kinds): with the default
+    quorum of 1 it never appears."""
+
+    kind: Literal["reset_approval"] = "reset_approval"
+    operator: Ident
+    nonce: Ident
+    #: Every operator whose approval is still valid, this one included.
+    approvals: tuple[Ident, ...]
+    quorum: Annotated[int, Field(ge=1)]
+    #: When this approval stops counting (the command's ``ts`` plus the configured max age).
+    expires_at: AwareDatetime
+
+
+class ResetEntry(LogEntry):
+    kind: Literal["reset"] = "reset"
+    operators: tuple[Ident, ...]
+    detail: Text = ""
+    #: Nonce of the command that completed the quorum (earlier approvals carry their own).
+    nonce: Ident
+
+
+class ResetRejectedEntry(LogEntry):
+    kind: Literal["reset_rejected"] = "reset_rejected"
+    operator: Ident
+    why: RejectReason
+    detail: Text = ""
+    #: Set only when the signature verified: an authentic command burns its nonce even when
+    #: refused (so it cannot be replayed later), a forgery must not burn a real operator's.
+    nonce: Ident | None = None
+
+
+StateEntry = Annotated[
+    ActivatedEntry | TripRecordedEntry | ResetApprovalEntry | ResetEntry | ResetRejectedEntry,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- ESS outputs
+
+
+class EmergencyStopEvent(Record):
+    """Published on ``ess.events`` when ESS becomes ACTIVE."""
+
+    type: Literal["emergency.stop"] = "emergency.stop"
+    reason: ReasonCode
+    detail: Text = ""
+    timestamp: AwareDatetime
+    seq: NonNegativeInt
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ts(self) -> AwareDatetime:
+        """The contract gives every record a ``ts``; for events it equals ``timestamp``."""
+        return self.timestamp
+
+
+class EmergencyResetEvent(Record):
+    """Published on ``ess.events`` when an authorized reset returns ESS to INACTIVE."""
+
+    type: Literal["emergency.reset"] = "emergency.reset"
+    reset_by: Ident
+    operators: tuple[Ident, ...] = ()
+    timestamp: AwareDatetime
+    seq: NonNegativeInt
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ts(self) -> AwareDatetime:
+        """The contract gives every record a ``ts``; for events it equals ``timestamp``."""
+        return self.timestamp
+
+
+EmergencyEvent = Annotated[EmergencyStopEvent | EmergencyResetEvent, Field(discriminator="type")]
+
+
+class PolicyRecord(Record):
+    """Value of the PolicyStore key ``emergency_stop``.
+
+    ``auto_recover`` is always ``False``: nothing but a signed reset re-enables trading."""
+
+    active: bool
+    reason: ReasonCode | None
+    timestamp: AwareDatetime
+    auto_recover: Literal[False] = False
+    seq: NonNegativeInt | None = None
+    detail: Text = ""
+
+
+class DeadLetter(TimedRecord):
+    """A record ESS could not accept, with why. ``raw`` is UTF-8 text when the bytes decode,
+    otherwise base64 (``raw_encoding`` says which)."""
+
+    source_topic: Ident
+    partition: NonNegativeInt
+    offset: NonNegativeInt
+    raw: str
+    raw_encoding: Literal["utf-8", "base64"] = "utf-8"
+    error: Text
+
+
+class ActionReport(TimedRecord):
+    """One executor step on one venue/account, reported to ``ess.actions``."""
+
+    venue: Ident
+    account: Ident
+    action: Ident
+    outcome: Ident
+    detail: Text = ""
+    activation_seq: NonNegativeInt | None = None
+
+
+#: Every record type of the contract by name: the single list used for JSON Schema export.
+RECORD_TYPES: dict[str, type[BaseModel]] = {
+    model.__name__: model
+    for model in (
+        Fill,
+        PnlTick,
+        OrderSubmitted,
+        OrderError,
+        HealthBeat,
+        LatencySample,
+        MarketTick,
+        SecurityEvent,
+        TripCommand,
+        ResetCommand,
+        ActivatedEntry,
+        TripRecordedEntry,
+        ResetApprovalEntry,
+        ResetEntry,
+        ResetRejectedEntry,
+        EmergencyStopEvent,
+        EmergencyResetEvent,
+        PolicyRecord,
+        DeadLetter,
+        ActionReport,
+    )
+}
+
+
+def json_dict(record: BaseModel) -> dict[str, Any]:
+    """The record as a JSON-compatible dict (timestamps as ISO-8601 strings)."""
+    return record.model_dump(mode="json")
