@@ -34,9 +34,9 @@ from schemas.records import (
     SecurityEventKind,
     Side,
     StateEntry,
+    TriggerRef,
     TripCommand,
     TripRecordedEntry,
-    TriggerRef,
 )
 from schemas.topics import TopicRegistry, TopicSpec, topic_registry
 

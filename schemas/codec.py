@@ -24,7 +24,9 @@ class RecordError(ValueError):
     def __init__(self, model: str, problems: list[tuple[str, str]]) -> None:
         self.model = model
         self.problems = problems
-        rendered = "; ".join(f"{path}: {message}" if path else message for path, message in problems)
+        rendered = "; ".join(
+            f"{path}: {message}" if path else message for path, message in problems
+        )
         super().__init__(f"invalid {model}: {rendered}")
 
 
@@ -55,7 +57,10 @@ def decode(target: type[T] | Any, raw: bytes | str) -> T:
     validation failure, with the field path in the message.
     """
     name = _model_name(target)
-    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        data = raw.encode() if isinstance(raw, str) else raw
+    except UnicodeEncodeError as exc:  # a str holding lone surrogates cannot be UTF-8
+        raise RecordError(name, [("", f"invalid UTF-8: {exc.reason}")]) from exc
     if len(data) > MAX_RECORD_BYTES:
         raise RecordError(name, [("", f"record is {len(data)} bytes, limit {MAX_RECORD_BYTES}")])
     try:
@@ -64,8 +69,6 @@ def decode(target: type[T] | Any, raw: bytes | str) -> T:
         return cast(T, _adapter(target).validate_json(data))
     except ValidationError as exc:
         raise RecordError(name, _describe(exc)) from exc
-    except UnicodeDecodeError as exc:  # pragma: no cover - pydantic reports these as JSON errors
-        raise RecordError(name, [("", f"invalid UTF-8: {exc}")]) from exc
 
 
 _ADAPTERS: dict[int, TypeAdapter[Any]] = {}

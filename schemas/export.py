@@ -14,8 +14,10 @@ JSON_DIR = Path(__file__).parent / "json"
 def render_all() -> dict[str, str]:
     """File name -> JSON Schema text, for every record type, deterministic."""
     return {
-        f"{name}.json": json.dumps(model.model_json_schema(mode="validation"), indent=2,
-                                   sort_keys=True) + "\n"
+        f"{name}.json": json.dumps(
+            model.model_json_schema(mode="validation"), indent=2, sort_keys=True
+        )
+        + "\n"
         for name, model in sorted(RECORD_TYPES.items())
     }
 
@@ -24,7 +26,7 @@ def main() -> int:
     """Write the schemas and remove stale files; prints what changed."""
     JSON_DIR.mkdir(exist_ok=True)
     wanted = render_all()
-    for stale in sorted(set(p.name for p in JSON_DIR.glob("*.json")) - set(wanted)):
+    for stale in sorted({p.name for p in JSON_DIR.glob("*.json")} - set(wanted)):
         (JSON_DIR / stale).unlink()
         sys.stdout.write(f"removed {stale}\n")
     for name, text in wanted.items():

@@ -257,7 +257,7 @@ class ResetApprovalEntry(LogEntry):
     operator: Ident
     nonce: Ident
     #: Every operator whose approval is still valid, this one included.
-    approvals: tuple[Ident, ...]
+    approvals: Annotated[tuple[Ident, ...], Field(min_length=1)]
     quorum: Annotated[int, Field(ge=1)]
     #: When this approval stops counting (the command's ``ts`` plus the configured max age).
     expires_at: AwareDatetime
@@ -265,7 +265,7 @@ class ResetApprovalEntry(LogEntry):
 
 class ResetEntry(LogEntry):
     kind: Literal["reset"] = "reset"
-    operators: tuple[Ident, ...]
+    operators: Annotated[tuple[Ident, ...], Field(min_length=1)]
     detail: Text = ""
     #: Nonce of the command that completed the quorum (earlier approvals carry their own).
     nonce: Ident
@@ -336,6 +336,9 @@ class PolicyRecord(Record):
     auto_recover: Literal[False] = False
     seq: NonNegativeInt | None = None
     detail: Text = ""
+    #: When the writer last re-asserted this record (extension). ``timestamp`` is when the
+    #: state changed; a gate judges staleness by ``refreshed_at`` (or ``timestamp`` if absent).
+    refreshed_at: AwareDatetime | None = None
 
 
 class DeadLetter(TimedRecord):

@@ -6,6 +6,7 @@ else. One prefix renames every topic, which is also how tests get unique topics 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Annotated
@@ -13,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 INFINITE = -1
+_LEGAL_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
 DAY_MS = 24 * 60 * 60 * 1000
 
 #: Default partitions for high-volume input topics. Detection tables are co-partitioned with
@@ -98,8 +100,11 @@ def topic_registry(
 ) -> TopicRegistry:
     """Build the registry. ``ess.commands`` and ``ess.state`` always have exactly 1 partition:
     one partition is what gives the command processor a total order and a single writer."""
-    if not prefix or any(ch.isspace() for ch in prefix):
-        raise ValueError(f"topic prefix must be a non-empty word, got {prefix!r}")
+    if not _LEGAL_PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"topic prefix must be 1-200 of the characters Kafka allows (letters, digits, "
+            f"'.', '_', '-'), got {prefix!r}"
+        )
     week = 7 * DAY_MS
     month = 30 * DAY_MS
 
@@ -133,24 +138,84 @@ def topic_registry(
             spec("fills", "fills", inp, "account_id", n, week, ("Fill",), "trading services"),
             spec("pnl", "pnl", inp, "account_id", n, week, ("PnlTick",), "portfolio"),
             spec("orders", "orders", inp, "account_id", n, week, ("OrderSubmitted",), "gateway"),
-            spec("order_errors", "order-errors", inp, "account_id", n, week, ("OrderError",),
-                 "gateway"),
+            spec(
+                "order_errors",
+                "order-errors",
+                inp,
+                "account_id",
+                n,
+                week,
+                ("OrderError",),
+                "gateway",
+            ),
             spec("health", "health", inp, "component", n, week, ("HealthBeat",), "every service"),
-            spec("latency", "latency", inp, "component", n, week, ("LatencySample",),
-                 "trading services"),
+            spec(
+                "latency",
+                "latency",
+                inp,
+                "component",
+                n,
+                week,
+                ("LatencySample",),
+                "trading services",
+            ),
             spec("market", "market", inp, "symbol", n, week, ("MarketTick",), "market data"),
-            spec("security", "security", inp, "source", 1, week, ("SecurityEvent",),
-                 "gateways, auth, ESS"),
-            spec("commands", "commands", TopicRole.COMMAND, "constant", 1, INFINITE,
-                 ("TripCommand", "ResetCommand"), "detectors, operators"),
-            spec("state", "state", TopicRole.STATE, "constant", 1, INFINITE,
-                 ("ActivatedEntry", "TripRecordedEntry", "ResetApprovalEntry", "ResetEntry",
-                  "ResetRejectedEntry"), "ESS command processor only"),
-            spec("events", "events", out, "constant", 1, month,
-                 ("EmergencyStopEvent", "EmergencyResetEvent"), "ESS event bus"),
-            spec("actions", "actions", out, "venue/account", 1, month, ("ActionReport",),
-                 "ESS executor"),
-            spec("deadletter", "deadletter", out, "source topic", 1, month, ("DeadLetter",),
-                 "ESS"),
+            spec(
+                "security",
+                "security",
+                inp,
+                "source",
+                1,
+                week,
+                ("SecurityEvent",),
+                "gateways, auth, ESS",
+            ),
+            spec(
+                "commands",
+                "commands",
+                TopicRole.COMMAND,
+                "constant",
+                1,
+                INFINITE,
+                ("TripCommand", "ResetCommand"),
+                "detectors, operators",
+            ),
+            spec(
+                "state",
+                "state",
+                TopicRole.STATE,
+                "constant",
+                1,
+                INFINITE,
+                (
+                    "ActivatedEntry",
+                    "TripRecordedEntry",
+                    "ResetApprovalEntry",
+                    "ResetEntry",
+                    "ResetRejectedEntry",
+                ),
+                "ESS command processor only",
+            ),
+            spec(
+                "events",
+                "events",
+                out,
+                "constant",
+                1,
+                month,
+                ("EmergencyStopEvent", "EmergencyResetEvent"),
+                "ESS event bus",
+            ),
+            spec(
+                "actions",
+                "actions",
+                out,
+                "venue/account",
+                1,
+                month,
+                ("ActionReport",),
+                "ESS executor",
+            ),
+            spec("deadletter", "deadletter", out, "source topic", 1, month, ("DeadLetter",), "ESS"),
         ),
     )

@@ -32,6 +32,8 @@ from schemas import (
 )
 
 DEFAULT_MAX_AGE = timedelta(minutes=5)
+UNAUTHENTICATED = "unauthenticated"
+_UNAUTHENTICATED_WHY = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE})
 DEFAULT_MAX_SKEW = timedelta(seconds=30)
 
 
@@ -71,7 +73,8 @@ def decide(
         return []
     if isinstance(command, TripCommand):
         return [_decide_trip(state, command, now)]
-    return [_decide_reset(state, command, now, policy)]
+    entry = _decide_reset(state, command, now, policy)
+    return [] if entry is None else [entry]
 
 
 def _decide_trip(state: EssState, command: TripCommand, now: datetime) -> StateEntry:
@@ -91,7 +94,7 @@ def _decide_trip(state: EssState, command: TripCommand, now: datetime) -> StateE
 
 def _decide_reset(
     state: EssState, command: ResetCommand, now: datetime, policy: ResetPolicy
-) -> StateEntry:
+) -> StateEntry | None:
     def reject(why: RejectReason, detail: str, *, authentic: bool = True) -> ResetRejectedEntry:
         return ResetRejectedEntry(
             seq=state.next_seq,
@@ -104,27 +107,37 @@ def _decide_reset(
         )
 
     public_key = policy.operators.get(command.operator)
+    authentic = public_key is not None and verify_reset(command, public_key)
+    if not authentic and (UNAUTHENTICATED, command.command_id) in state.applied:
+        return None  # the same forgery again: logged once is enough
     if public_key is None:
-        return reject(RejectReason.UNKNOWN_OPERATOR, "operator has no registered key",
-                      authentic=False)
-    if not verify_reset(command, public_key):
+        return reject(
+            RejectReason.UNKNOWN_OPERATOR, "operator has no registered key", authentic=False
+        )
+    if not authentic:
         return reject(RejectReason.BAD_SIGNATURE, "signature does not verify", authentic=False)
     if (command.operator, command.nonce) in state.used_nonces:
         # Not "authentic" for nonce purposes: the nonce is already burnt either way.
         return reject(RejectReason.NONCE_REUSED, f"nonce {command.nonce!r} already used")
     if now - command.ts > policy.max_age:
-        return reject(RejectReason.EXPIRED, f"issued {command.ts.isoformat()}, max age "
-                      f"{policy.max_age.total_seconds():g}s")
+        return reject(
+            RejectReason.EXPIRED,
+            f"issued {command.ts.isoformat()}, max age {policy.max_age.total_seconds():g}s",
+        )
     if command.ts - now > policy.max_skew:
-        return reject(RejectReason.FROM_THE_FUTURE, f"issued {command.ts.isoformat()}, "
-                      f"ahead of {now.isoformat()}")
+        return reject(
+            RejectReason.FROM_THE_FUTURE,
+            f"issued {command.ts.isoformat()}, ahead of {now.isoformat()}",
+        )
     if not state.active:
         return reject(RejectReason.NOT_ACTIVE, "ESS is not active; nothing to reset")
 
     pending = [a for a in state.approvals if a.expires_at >= now]
     if any(a.operator == command.operator for a in pending):
-        return reject(RejectReason.DUPLICATE_APPROVAL,
-                      "operator already approved; quorum needs distinct operators")
+        return reject(
+            RejectReason.DUPLICATE_APPROVAL,
+            "operator already approved; quorum needs distinct operators",
+        )
     approvers = (*(a.operator for a in pending), command.operator)
     if len(approvers) >= policy.quorum:
         return ResetEntry(
@@ -151,9 +164,21 @@ def evolve(state: EssState, entry: StateEntry) -> EssState:
     """The state after ``entry``. Raises :class:`SequenceError` unless ``entry.seq`` is next."""
     if entry.seq != state.next_seq:
         raise SequenceError(f"expected seq {state.next_seq}, got {entry.seq} ({entry.kind})")
-    key = ("reset" if entry.kind.startswith("reset") else "trip", entry.command_id)
-    base = replace(state, next_seq=entry.seq + 1, applied=state.applied | {key})
+    base = replace(state, next_seq=entry.seq + 1, applied=state.applied | {_dedupe_key(entry)})
     return _apply(base, entry)
+
+
+def _dedupe_key(entry: StateEntry) -> tuple[str, str]:
+    """``(namespace, command_id)`` under which an entry's command counts as applied.
+
+    Trips and resets have separate namespaces, and unauthenticated resets (unknown operator,
+    bad signature) a third one: a forgery can then never "use up" the id of a real command.
+    """
+    if isinstance(entry, ActivatedEntry | TripRecordedEntry):
+        return ("trip", entry.command_id)
+    if isinstance(entry, ResetRejectedEntry) and entry.why in _UNAUTHENTICATED_WHY:
+        return (UNAUTHENTICATED, entry.command_id)
+    return ("reset", entry.command_id)
 
 
 def _apply(base: EssState, entry: StateEntry) -> EssState:
@@ -169,8 +194,14 @@ def _apply(base: EssState, entry: StateEntry) -> EssState:
                 trigger=entry.trigger,
                 ts=entry.ts,
             )
-            return replace(base, status=Status.ACTIVE, activation=activation,
-                           trips_recorded=0, approvals=(), last_change=entry.ts)
+            return replace(
+                base,
+                status=Status.ACTIVE,
+                activation=activation,
+                trips_recorded=0,
+                approvals=(),
+                last_change=entry.ts,
+            )
         case TripRecordedEntry():
             # A new trip while a quorum is pending voids the approvals: they were given for
             # the situation before this trip.
@@ -178,17 +209,28 @@ def _apply(base: EssState, entry: StateEntry) -> EssState:
         case ResetApprovalEntry():
             still_valid = {a.operator: a for a in base.approvals}
             approvals = tuple(
-                still_valid[op] if op != entry.operator else
-                Approval(operator=op, expires_at=entry.expires_at)
+                still_valid[op]
+                if op != entry.operator
+                else Approval(operator=op, expires_at=entry.expires_at)
                 for op in entry.approvals
                 if op in still_valid or op == entry.operator
             )
-            return replace(base, approvals=approvals,
-                           used_nonces=base.used_nonces | {(entry.operator, entry.nonce)})
+            return replace(
+                base,
+                approvals=approvals,
+                used_nonces=base.used_nonces | {(entry.operator, entry.nonce)},
+            )
         case ResetEntry():
-            return replace(base, status=Status.INACTIVE, activation=None, trips_recorded=0,
-                           approvals=(), epoch=base.epoch + 1, last_change=entry.ts,
-                           used_nonces=base.used_nonces | {(entry.operators[-1], entry.nonce)})
+            return replace(
+                base,
+                status=Status.INACTIVE,
+                activation=None,
+                trips_recorded=0,
+                approvals=(),
+                epoch=base.epoch + 1,
+                last_change=entry.ts,
+                used_nonces=base.used_nonces | {(entry.operators[-1], entry.nonce)},
+            )
         case ResetRejectedEntry():
             if entry.nonce is None:
                 return base

@@ -41,8 +41,9 @@ class Approval:
 class EssState:
     """Folded state log.
 
-    ``applied`` holds ``(kind, command_id)`` pairs: a command is applied at most once. The
-    kind is part of the key so that a forged reset can never "use up" the id of a future trip.
+    ``applied`` holds ``(namespace, command_id)`` pairs: a command is applied at most once.
+    Namespaces are ``trip``, ``reset`` and ``unauthenticated`` (forged or unknown-operator
+    resets), so that a forgery can never "use up" the id of a real trip or reset.
     ``epoch`` counts resets; detectors re-anchor their loss baselines when it changes.
     """
 

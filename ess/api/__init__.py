@@ -1,0 +1,1 @@
+"""The in-process ESS API (see the package top level)."""

@@ -1,0 +1,69 @@
+"""Settings for the ESS processes, from ``ESS_*`` environment variables (and ``.env``).
+
+Only edges (CLI, workers) read settings; they pass plain values into the core.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ess.core import ResetPolicy
+from ess.core.signing import parse_public_key
+from schemas import TopicRegistry, topic_registry
+
+
+class EssSettings(BaseSettings):
+    """Process settings. Every field maps to ``ESS_<NAME>`` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ESS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    #: Kafka bootstrap servers; empty means "start the embedded broker".
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ESS_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    topic_prefix: str = "ess"
+    input_partitions: int = Field(default=4, ge=1, le=256)
+    redis_url: str = ""
+    log_level: str = "INFO"
+    log_json: bool = True
+    #: Directory of operator public keys, one ``<operator>.pub`` file each.
+    operator_keys_dir: Path = Path("keys/operators")
+    reset_quorum: int = Field(default=1, ge=1)
+    reset_max_age_sec: float = Field(default=300.0, gt=0)
+    reset_max_skew_sec: float = Field(default=30.0, ge=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    def registry(self) -> TopicRegistry:
+        """The topic registry under the configured prefix."""
+        return topic_registry(self.topic_prefix, self.input_partitions)
+
+    def reset_policy(self) -> ResetPolicy:
+        """Operators from ``operator_keys_dir`` with the configured quorum and time bounds.
+
+        An empty or missing directory gives a policy nobody can satisfy: ESS can still stop,
+        it just cannot be reset until keys are installed (fail closed).
+        """
+        operators: dict[str, bytes] = {}
+        if self.operator_keys_dir.is_dir():
+            for path in sorted(self.operator_keys_dir.glob("*.pub")):
+                operators[path.stem] = parse_public_key(path.read_text())
+        return ResetPolicy(
+            operators=operators,
+            quorum=self.reset_quorum if operators else 1,
+            max_age=timedelta(seconds=self.reset_max_age_sec),
+            max_skew=timedelta(seconds=self.reset_max_skew_sec),
+        )

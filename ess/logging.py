@@ -1,0 +1,88 @@
+"""loguru set-up: JSON lines with secrets redacted.
+
+Redaction happens in a patcher, i.e. before any sink sees the record, so no sink (file, stderr,
+a future log shipper) can leak what the patcher removed. Two nets: extra fields whose *name*
+looks secret are masked, and message/extra *text* is scrubbed of PEM private keys and
+``secret=...``-style pairs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+MASK = "***"
+_SECRET_NAME = re.compile(
+    r"(secret|passw(or)?d|passphrase|api_?key|apikey|private|token|credential|signature|"
+    r"auth)",
+    re.IGNORECASE,
+)
+_PEM_PRIVATE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL
+)
+_SECRET_PAIR = re.compile(
+    r"(?P<key>[\w.-]*(?:secret|passw(?:or)?d|passphrase|api_?key|apikey|token|signature)"
+    r"[\w.-]*)(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',&}]+)",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with PEM private keys and ``secret=value`` pairs masked."""
+    text = _PEM_PRIVATE.sub(f"-----PRIVATE KEY {MASK}-----", text)
+    return _SECRET_PAIR.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+
+
+def redact_value(name: str, value: Any) -> Any:
+    """Mask a value whose field name looks secret; scrub text values; recurse into dicts."""
+    if _SECRET_NAME.search(name):
+        return MASK
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(name, v) for v in value]
+    return value
+
+
+def _patch(record: Record) -> None:
+    record["message"] = redact_text(record["message"])
+    extra = record["extra"]
+    for key in list(extra):
+        extra[key] = redact_value(key, extra[key])
+    if record["exception"] is not None:
+        # Tracebacks can carry secrets in their messages; keep type, scrub the text.
+        exc_type, exc_value, tb = record["exception"]
+        if exc_value is not None and _PEM_PRIVATE.search(str(exc_value)):
+            record["exception"] = type(record["exception"])(exc_type, None, tb)
+
+
+def configure_logging(
+    level: str = "INFO", *, json: bool = True, sink: TextIO | None = None
+) -> None:
+    """Replace loguru's handlers with one redacting sink (stderr by default).
+
+    ``json=True`` writes one JSON object per line (loguru ``serialize``) for log shippers;
+    ``json=False`` is a compact human format for terminals and demos.
+    """
+    logger.remove()
+    logger.configure(patcher=_patch)
+    target = sink or sys.stderr
+    if json:
+        logger.add(target, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+    else:
+        logger.add(
+            target,
+            level=level.upper(),
+            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
+            "{message} <dim>{extra}</dim>",
+            backtrace=False,
+            diagnose=False,
+        )
