@@ -68,7 +68,13 @@ def broker(port: int | None) -> None:
     settings = EssSettings()
     configure_logging(settings.log_level, json=settings.log_json)
     try:
-        run_broker(port, settings.registry())
+        run_broker(
+            port,
+            settings.registry(),
+            on_ready=lambda bootstrap: console.print(
+                f"broker ready: [bold]KAFKA_BOOTSTRAP_SERVERS={bootstrap}[/] (Ctrl-C to stop)"
+            ),
+        )
     except BrokerError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(1)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Record
+    from loguru import Message, Record
 
 MASK = "***"
 _SECRET_NAME = re.compile(
@@ -64,19 +66,45 @@ def _patch(record: Record) -> None:
             record["exception"] = type(record["exception"])(exc_type, None, tb)
 
 
+def _json_line(record: Record) -> str:
+    """One compact JSON object: time, level, message, origin, then the bound fields."""
+    payload: dict[str, Any] = {
+        "ts": record["time"].isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "msg": record["message"],
+        "logger": record["name"],
+        "fn": record["function"],
+        "line": record["line"],
+    }
+    payload.update(record["extra"])
+    if record["exception"] is not None:
+        exc_type, exc_value, _ = record["exception"]
+        name = exc_type.__name__ if exc_type else "Exception"
+        payload["exception"] = redact_text(f"{name}: {exc_value}")
+    return orjson.dumps(payload, default=str).decode()
+
+
+def _json_sink(target: TextIO) -> Callable[[Message], None]:
+    def write(message: Message) -> None:
+        target.write(_json_line(message.record) + "\n")
+        target.flush()
+
+    return write
+
+
 def configure_logging(
     level: str = "INFO", *, json: bool = True, sink: TextIO | None = None
 ) -> None:
     """Replace loguru's handlers with one redacting sink (stderr by default).
 
-    ``json=True`` writes one JSON object per line (loguru ``serialize``) for log shippers;
+    ``json=True`` writes one compact JSON object per line for log shippers;
     ``json=False`` is a compact human format for terminals and demos.
     """
     logger.remove()
     logger.configure(patcher=_patch)
     target = sink or sys.stderr
     if json:
-        logger.add(target, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+        logger.add(_json_sink(target), level=level.upper(), backtrace=False, diagnose=False)
     else:
         logger.add(
             target,

@@ -56,8 +56,13 @@ def test_logging_emits_json_with_secrets_redacted() -> None:
         configure_logging("WARNING", json=False)
 
     line = json.loads(sink.getvalue().splitlines()[0])
-    record = line["record"]
-    assert record["extra"] == {"api_secret": "***", "venue": "binance", "nested": {"apiKey": "***"}}
+    assert line["level"] == "INFO"
+    assert line["msg"].startswith("connecting secret=***")
+    assert {k: line[k] for k in ("api_secret", "venue", "nested")} == {
+        "api_secret": "***",
+        "venue": "binance",
+        "nested": {"apiKey": "***"},
+    }
     for secret in ("s3cr3t", "hunter2", "abc", "K1", "MC4CAQAw"):
         assert secret not in sink.getvalue()
 
@@ -68,3 +73,19 @@ def test_redact_text_keeps_harmless_text() -> None:
 
 def test_seed_demo_runs_the_original_scenario() -> None:
     assert seed_demo.main(["--fail-after", "0.2", "--interval", "0.05"]) == 0
+
+
+def test_logging_json_redacts_exception_text() -> None:
+    sink = io.StringIO()
+    configure_logging("INFO", json=True, sink=sink)
+    try:
+        try:
+            raise ValueError("bad config password=swordfish")
+        except ValueError:
+            logger.exception("load failed")
+    finally:
+        configure_logging("WARNING", json=False)
+
+    line = json.loads(sink.getvalue().splitlines()[0])
+    assert line["exception"] == "ValueError: bad config password=***"
+    assert "swordfish" not in sink.getvalue()
