@@ -126,10 +126,12 @@ async def read_to_end(
     topic: str,
     partition: int = 0,
     *,
+    start_offset: int = 0,
     # Own timeout rather than the caller's asyncio.timeout: the error reports progress.
     timeout: float = 30.0,  # noqa: ASYNC109
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of one partition, from its first offset to its current end, in order.
+    """Every record of one partition, from its first offset (or ``start_offset``) to its
+    current end, in order.
 
     "The end" is the high watermark carried by the fetch responses, not ``end_offsets()``:
     on Tansu 0.6.0 ``end_offsets()`` (ListOffsets) under-reports after a multi-record batch,
@@ -157,7 +159,10 @@ async def read_to_end(
                     f"topic {topic} has no partition {partition} (it has {len(partitions)})"
                 )
             reader.assign([tp])
-            await reader.seek_to_beginning(tp)
+            if start_offset > 0:
+                reader.seek(tp, start_offset)
+            else:
+                await reader.seek_to_beginning(tp)
             listed_end: int = (await reader.end_offsets([tp]))[tp]
             while True:
                 batch = (await reader.getmany(tp, timeout_ms=_POLL_MS)).get(tp, [])

@@ -227,6 +227,9 @@ class LogEntry(TimedRecord):
 
     seq: NonNegativeInt
     command_id: Ident
+    #: Offset in ``ess.commands`` of the command that produced this entry (extension; a
+    #: tracking record: the processor resumes after the highest one). ``None`` in-process.
+    command_offset: NonNegativeInt | None = None
 
 
 class ActivatedEntry(LogEntry):

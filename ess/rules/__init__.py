@@ -1,0 +1,1 @@
+"""Pure detection rules: one module per family, each a fold over event-time state."""
