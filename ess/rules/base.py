@@ -25,9 +25,9 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from ess.core.ids import derive_id
-from schemas import ReasonCode, TripCommand, TriggerRef
+from schemas import ReasonCode, TriggerRef, TripCommand
 
-R = TypeVar("R", contravariant=True)
+R_contra = TypeVar("R_contra", contravariant=True)
 S = TypeVar("S")
 
 
@@ -62,7 +62,7 @@ class Detection:
     trigger: TriggerRef
 
 
-class Rule(Protocol, Generic[R, S]):
+class Rule(Protocol, Generic[R_contra, S]):
     """A detection rule over records of type ``R`` with per-key state ``S``."""
 
     #: Stable rule name (used in ``source`` = ``detector:<name>`` and in derived ids).
@@ -70,7 +70,7 @@ class Rule(Protocol, Generic[R, S]):
     #: Logical input topic (``"pnl"``, ``"fills"``, ... as in ``schemas.topic_registry``).
     topic: str
 
-    def key(self, record: R) -> str:
+    def key(self, record: R_contra) -> str:
         """The per-key identity of a record (account, component, symbol, source)."""
         ...
 
@@ -79,7 +79,7 @@ class Rule(Protocol, Generic[R, S]):
         ...
 
     def step(
-        self, state: S, record: R, coords: Coordinates, ctx: Context
+        self, state: S, record: R_contra, coords: Coordinates, ctx: Context
     ) -> tuple[S, Detection | None]:
         """Fold one record into the key's state; maybe detect."""
         ...
