@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-integration: install
 demo: install
 	$(BIN)/python -m ess.examples.seed_demo
 	$(BIN)/python -m ess.examples.broker_roundtrip
+
+bench-gate: install
+	$(BIN)/python -m bench.bench_gate
+
+bench: bench-gate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
+from ess.clock import SystemClock
 from ess.config import EssSettings
+from ess.core import SequenceError
 from ess.core.signing import (
     KeyMaterialError,
     generate_private_key,
@@ -16,9 +24,55 @@ from ess.core.signing import (
     write_key_pair,
 )
 from ess.logging import configure_logging
+from ess.operator import (
+    OperatorError,
+    entry_row,
+    follow_state,
+    manual_trip,
+    read_state,
+    send_command,
+    signed_reset,
+    state_summary,
+    wait_for_outcome,
+)
 
 console = Console()
 err_console = Console(stderr=True)
+_T = TypeVar("_T")
+
+#: Exit codes: 0 done, 1 failed (ESS or broker said no / unreachable), 2 usage error.
+EXIT_FAILED = 1
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}")
+    sys.exit(EXIT_FAILED)
+
+
+def _settings() -> EssSettings:
+    settings = EssSettings()
+    # Operator commands print for humans; keep library logs quiet unless asked for.
+    configure_logging(
+        "WARNING" if settings.log_level == "INFO" else settings.log_level, json=settings.log_json
+    )
+    return settings
+
+
+def _bootstrap(settings: EssSettings) -> str:
+    if not settings.kafka_bootstrap_servers:
+        raise click.UsageError(
+            "set KAFKA_BOOTSTRAP_SERVERS to the cluster ESS runs on "
+            "(`ess worker` and `ess broker` print it when they start the embedded broker)"
+        )
+    return settings.kafka_bootstrap_servers
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    try:
+        return asyncio.run(coro)
+    except (OperatorError, TimeoutError, SequenceError, OSError) as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +108,132 @@ def keygen(name: str, directory: Path) -> None:
     console.print(f"private key: [bold]{paths.private}[/] (keep secret, mode 0600)")
     console.print(f"public key:  [bold]{paths.public}[/]")
     console.print(f"public key (base64): {public_key_text(key)}")
+
+
+@cli.command()
+@click.option("--detail", required=True, help="Why you are stopping trading (recorded).")
+@click.option("--operator", default=None, help="Your name (default: the OS user).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the command processor recorded the trip.",
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
+def trip(detail: str, operator: str | None, wait: bool, timeout: float) -> None:
+    """Stop trading now (reason `manual`). Needs no key: stopping is always allowed."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    registry = settings.registry()
+    command = manual_trip(SystemClock(), detail, operator)
+
+    async def go() -> None:
+        offset = await send_command(bootstrap, registry, command)
+        console.print(f"trip sent: command [bold]{command.command_id}[/] (offset {offset})")
+        if wait:
+            entry = await wait_for_outcome(bootstrap, registry, command.command_id, timeout=timeout)
+            label = "ESS ACTIVE" if entry.kind == "activated" else "recorded (already ACTIVE)"
+            console.print(f"[bold red]{label}[/] at seq {entry.seq}")
+
+    _run(go())
+
+
+@cli.command()
+@click.option("--operator", required=True, help="Operator name registered with ESS.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The operator's private key file (from `ess keygen`).",
+)
+@click.option("--detail", required=True, help="Why it is safe to trade again (recorded).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for the command processor's verdict.",
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
+def reset(operator: str, key_path: Path, detail: str, wait: bool, timeout: float) -> None:
+    """Re-enable trading with a signed reset. Exit 0 when reset (or approval recorded
+    towards a quorum), 1 when ESS rejected it."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    registry = settings.registry()
+    try:
+        command = signed_reset(SystemClock(), operator, key_path, detail)
+    except KeyMaterialError as exc:
+        _fail(str(exc))
+        return
+
+    async def go() -> int:
+        offset = await send_command(bootstrap, registry, command)
+        console.print(f"reset sent: command [bold]{command.command_id}[/] (offset {offset})")
+        if not wait:
+            return 0
+        entry = await wait_for_outcome(bootstrap, registry, command.command_id, timeout=timeout)
+        data = entry.model_dump(mode="json")
+        if entry.kind == "reset":
+            console.print(
+                f"[bold green]ESS RESET[/] by {', '.join(data['operators'])} "
+                f"at seq {entry.seq}: trading may resume"
+            )
+            return 0
+        if entry.kind == "reset_approval":
+            console.print(
+                f"[yellow]approval recorded[/] ({len(data['approvals'])} of "
+                f"{data['quorum']}): ESS stays ACTIVE until the quorum is met"
+            )
+            return 0
+        err_console.print(f"[red]reset REJECTED[/]: {data['why']} ({data['detail']})")
+        return EXIT_FAILED
+
+    sys.exit(_run(go()))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(as_json: bool) -> None:
+    """Show ESS state as the state log says (the source of truth)."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    folded, _ = _run(read_state(bootstrap, settings.registry()))
+    summary = state_summary(folded)
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    color = "red" if summary["status"] == "ACTIVE" else "green"
+    table = Table(title=f"ESS [bold {color}]{summary['status']}[/]", show_header=False)
+    for name, value in summary.items():
+        table.add_row(name, "" if value is None else str(value))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new entries (Ctrl-C stops).")
+@click.option("--from", "from_offset", default=0, show_default=True, help="First offset.")
+def log(follow: bool, from_offset: int) -> None:
+    """Print the state log."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    registry = settings.registry()
+    columns = ("seq", "ts", "kind", "what", "command")
+    if not follow:
+        _, entries = _run(read_state(bootstrap, registry))
+        table = Table(*columns, title=f"{registry.state.name}")
+        for logged in entries:
+            if logged.offset >= from_offset:
+                table.add_row(*entry_row(logged).values())
+        console.print(table)
+        return
+
+    async def tail() -> None:
+        async for logged in follow_state(bootstrap, registry, from_offset):
+            console.print("  ".join(entry_row(logged).values()))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(tail())
 
 
 @cli.command()

@@ -30,7 +30,14 @@ class EssSettings(BaseSettings):
     )
     topic_prefix: str = "ess"
     input_partitions: int = Field(default=4, ge=1, le=256)
+    #: Redis PolicyStore (``redis://host:6379/0``); wins over ``policy_store_url`` when set.
     redis_url: str = ""
+    #: PolicyStore when Redis is not configured: ``sqlite:///path`` (one host) or ``memory://``.
+    policy_store_url: str = "sqlite:///ess-policy.sqlite3"
+    #: A gate treats a PolicyStore record not refreshed for this long as "stopped".
+    gate_staleness_sec: float = Field(default=5.0, gt=0)
+    #: How often the projector re-asserts the record and ESS publishes its own health beat.
+    refresh_interval_sec: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
     #: Directory of operator public keys, one ``<operator>.pub`` file each.
@@ -46,6 +53,10 @@ class EssSettings(BaseSettings):
         if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    def resolved_policy_store_url(self) -> str:
+        """Redis when ``ESS_REDIS_URL`` is set, else ``ESS_POLICY_STORE_URL``."""
+        return self.redis_url or self.policy_store_url
 
     def registry(self) -> TopicRegistry:
         """The topic registry under the configured prefix."""
