@@ -49,6 +49,10 @@ class Context:
     """
 
     epoch: int = 0
+    #: Event time at which ``epoch`` began (the ``ts`` of the reset), when the caller knows it.
+    #: Silence rules re-anchor their silence clock there after a reset; without it they use
+    #: the first watermark they see in the new epoch (which a fast replay may not reproduce).
+    epoch_started: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,10 @@ class Detection:
     key: str
     detail: str
     trigger: TriggerRef
+    #: Extra input of the derived command id, for a re-detection that must point at the same
+    #: triggering record as an earlier one (a silence rule still silent after a reset: its
+    #: last record is unchanged). Empty for every other detection, which keeps their ids.
+    discriminator: str = ""
 
 
 class Rule(Protocol, Generic[R_contra, S]):
@@ -103,17 +111,21 @@ class Rule(Protocol, Generic[R_contra, S]):
 def trip_command(detection: Detection) -> TripCommand:
     """The ``TripCommand`` for a detection. Its ``command_id`` is derived from the rule, the key
     and the triggering record's coordinates, so a re-detection after a restart, a replay, or a
-    second detector group produces the *same* id and the processor records it once."""
+    second detector group produces the *same* id and the processor records it once. A
+    ``discriminator`` (only set on a deliberate re-detection after a reset) is appended."""
     trigger = detection.trigger
+    parts: tuple[object, ...] = (
+        "detector",
+        detection.rule,
+        detection.key,
+        trigger.topic,
+        trigger.partition,
+        trigger.offset,
+    )
+    if detection.discriminator:
+        parts = (*parts, detection.discriminator)
     return TripCommand(
-        command_id=derive_id(
-            "detector",
-            detection.rule,
-            detection.key,
-            trigger.topic,
-            trigger.partition,
-            trigger.offset,
-        ),
+        command_id=derive_id(*parts),
         reason=detection.reason,
         detail=detection.detail,
         source=f"detector:{detection.rule}",
