@@ -34,10 +34,14 @@ class EssSettings(BaseSettings):
     redis_url: str = ""
     #: PolicyStore when Redis is not configured: ``sqlite:///path`` (one host) or ``memory://``.
     policy_store_url: str = "sqlite:///ess-policy.sqlite3"
-    #: A gate treats a PolicyStore record not refreshed for this long as "stopped".
-    gate_staleness_sec: float = Field(default=5.0, gt=0)
     #: How often the projector re-asserts the record and ESS publishes its own health beat.
     refresh_interval_sec: float = Field(default=1.0, gt=0)
+    #: ``component`` of ESS's own health beats (detection ignores it for ``system_critical``).
+    health_component: str = "ess"
+    #: The projector's HTTP ``/status``, ``/metrics`` and ``/healthz``; port 0 picks a free one,
+    #: ``-1`` disables the server.
+    status_host: str = "127.0.0.1"
+    status_port: int = Field(default=9464, ge=-1, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
     #: Directory of operator public keys, one ``<operator>.pub`` file each.

@@ -54,6 +54,7 @@ from loguru import logger
 from ess.clock import Clock, SystemClock
 from ess.config import EssSettings
 from ess.core import EssState, ResetPolicy, SequenceError, decide
+from ess.core.decider import UNAUTHENTICATED_REJECTIONS
 from ess.core.ids import derive_id
 from ess.core.signing import KeyMaterialError
 from ess.deadletter import DeadLetterWriter
@@ -63,7 +64,6 @@ from ess.statelog import Folded, KafkaStateLog, LoggedEntry, fold_log
 from schemas import (
     Command,
     RecordError,
-    RejectReason,
     ResetCommand,
     ResetRejectedEntry,
     SecurityEvent,
@@ -106,7 +106,6 @@ EXIT_FENCED: Final = 3
 _POLL_MS: Final = 100
 #: Resets refused before any key vouched for them: someone without a key tried to reset ESS.
 #: (The same two reasons the core files under its "unauthenticated" dedupe namespace.)
-_UNAUTHENTICATED: Final = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE})
 
 _E = TypeVar("_E", bound="ProcessorError")
 
@@ -188,7 +187,7 @@ def security_event_for(entry: StateEntry, *, ts: datetime) -> SecurityEvent | No
     authentic but expired or replayed reset is an operator mistake, not an intrusion. The event
     id is derived from the command id, so a re-published event is recognisably the same one.
     """
-    if not isinstance(entry, ResetRejectedEntry) or entry.why not in _UNAUTHENTICATED:
+    if not isinstance(entry, ResetRejectedEntry) or entry.why not in UNAUTHENTICATED_REJECTIONS:
         return None
     return SecurityEvent(
         event_id=derive_id(SOURCE, SecurityEventKind.UNAUTHORIZED_ACCESS, entry.command_id),

@@ -6,7 +6,7 @@ goes to the dead-letter topic, so its message must let a human fix the producer.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, overload
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -50,7 +50,11 @@ def _model_name(target: Any) -> str:
     return " | ".join(getattr(arm, "__name__", "?") for arm in arms) or "record"
 
 
-def decode(target: type[T] | Any, raw: bytes | str) -> T:
+@overload
+def decode(target: type[T], raw: bytes | str) -> T: ...
+@overload
+def decode(target: Any, raw: bytes | str) -> Any: ...
+def decode(target: Any, raw: bytes | str) -> Any:
     """Parse ``raw`` JSON into ``target`` (a model class or an annotated union).
 
     Raises :class:`RecordError` for oversized input, invalid UTF-8 or JSON, and every
@@ -65,8 +69,8 @@ def decode(target: type[T] | Any, raw: bytes | str) -> T:
         raise RecordError(name, [("", f"record is {len(data)} bytes, limit {MAX_RECORD_BYTES}")])
     try:
         if isinstance(target, type) and issubclass(target, BaseModel):
-            return cast(T, target.model_validate_json(data))
-        return cast(T, _adapter(target).validate_json(data))
+            return target.model_validate_json(data)
+        return _adapter(target).validate_json(data)
     except ValidationError as exc:
         raise RecordError(name, _describe(exc)) from exc
 
@@ -82,13 +86,17 @@ def _adapter(target: Any) -> TypeAdapter[Any]:
     return adapter
 
 
-def validate(target: type[T] | Any, data: Any) -> T:
+@overload
+def validate(target: type[T], data: Any) -> T: ...
+@overload
+def validate(target: Any, data: Any) -> Any: ...
+def validate(target: Any, data: Any) -> Any:
     """Validate an already-parsed Python object (dict) into ``target``; errors as in decode."""
     name = _model_name(target)
     try:
         if isinstance(target, type) and issubclass(target, BaseModel):
-            return cast(T, target.model_validate(data))
-        return cast(T, _adapter(target).validate_python(data))
+            return target.model_validate(data)
+        return _adapter(target).validate_python(data)
     except ValidationError as exc:
         raise RecordError(name, _describe(exc)) from exc
 

@@ -6,18 +6,34 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]],
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+async def eventually(
+    check: Callable[[], Any],
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - the failure names the condition and last error
     interval: float = 0.02,
     message: str = "",
-) -> T:
+) -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy; return that.
 
     An ``AssertionError`` raised by ``check`` counts as "not yet", so a check can be written
@@ -32,7 +48,7 @@ async def eventually(
             if inspect.isawaitable(result):
                 result = await result
             if result:
-                return cast(T, result)
+                return result
         except AssertionError as exc:
             last_error = exc
         if time.monotonic() >= deadline:

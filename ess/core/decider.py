@@ -33,7 +33,8 @@ from schemas import (
 
 DEFAULT_MAX_AGE = timedelta(minutes=5)
 UNAUTHENTICATED = "unauthenticated"
-_UNAUTHENTICATED_WHY = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE})
+#: Rejections of resets whose sender could not be authenticated (forgeries, unknown operators).
+UNAUTHENTICATED_REJECTIONS = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE})
 DEFAULT_MAX_SKEW = timedelta(seconds=30)
 
 
@@ -176,7 +177,7 @@ def _dedupe_key(entry: StateEntry) -> tuple[str, str]:
     """
     if isinstance(entry, ActivatedEntry | TripRecordedEntry):
         return ("trip", entry.command_id)
-    if isinstance(entry, ResetRejectedEntry) and entry.why in _UNAUTHENTICATED_WHY:
+    if isinstance(entry, ResetRejectedEntry) and entry.why in UNAUTHENTICATED_REJECTIONS:
         return (UNAUTHENTICATED, entry.command_id)
     return ("reset", entry.command_id)
 

@@ -21,7 +21,7 @@ from ess.gate import GateState, PolicyStoreGateFeed, RedisGateFeed, TradingGate
 from ess.policystore import RedisPolicyStore
 from schemas import PolicyRecord, ReasonCode
 from tests.helpers import eventually
-from tests.unit.policystore.redis_support import closed_port, redis_test_url, scratch_namespace
+from tests.fixtures.redis import closed_port, redis_test_url, scratch_namespace
 
 pytestmark = pytest.mark.integration
 

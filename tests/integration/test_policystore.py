@@ -28,7 +28,7 @@ from tests.unit.policystore.contract import (
     UnreachableBackendContract,
     policy_json,
 )
-from tests.unit.policystore.redis_support import (
+from tests.fixtures.redis import (
     closed_port,
     redis_test_url,
     scratch_namespace,
