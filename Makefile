@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,13 @@ demo: install
 bench-gate: install
 	$(BIN)/python -m bench.bench_gate
 
-bench: bench-gate
+bench-detect: install
+	$(BIN)/python -m bench.bench_detect
+
+sim: install
+	$(BIN)/python -m ess.sim --port 8090 --seed-demo
+
+bench: bench-gate bench-detect
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov

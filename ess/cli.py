@@ -237,6 +237,38 @@ def log(follow: bool, from_offset: int) -> None:
 
 
 @cli.command()
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["detect", "command", "project"]),
+    help="Role to run (repeatable). Default: all roles.",
+)
+def worker(roles: tuple[str, ...]) -> None:
+    """Run ESS (all roles, or the given ones) until SIGINT/SIGTERM.
+
+    Without KAFKA_BOOTSTRAP_SERVERS it starts the embedded broker and prints its address.
+    Exit code 1 when a role fails (the worker stops every role: no half-running ESS).
+    """
+    from ess.worker import ROLES, WorkerError, run_worker  # noqa: PLC0415 - heavy imports
+
+    settings = EssSettings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    try:
+        asyncio.run(
+            run_worker(
+                settings,
+                roles or ROLES,
+                on_ready=lambda bootstrap: err_console.print(
+                    f"ESS worker ready: KAFKA_BOOTSTRAP_SERVERS={bootstrap}"
+                ),
+            )
+        )
+    except WorkerError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
 @click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
 def broker(port: int | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) with every ESS topic created.

@@ -20,8 +20,8 @@ from ess.api.protocols import EMERGENCY_STOP_KEY
 from ess.gate import GateState, PolicyStoreGateFeed, RedisGateFeed, TradingGate
 from ess.policystore import RedisPolicyStore
 from schemas import PolicyRecord, ReasonCode
-from tests.helpers import eventually
 from tests.fixtures.redis import closed_port, redis_test_url, scratch_namespace
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -22,17 +22,17 @@ from ess.policystore import (
     RedisPolicyStore,
     policy_store_from_url,
 )
-from tests.unit.policystore.contract import (
-    PROMPT,
-    PolicyStoreContract,
-    UnreachableBackendContract,
-    policy_json,
-)
 from tests.fixtures.redis import (
     closed_port,
     redis_test_url,
     scratch_namespace,
     silent_server,
+)
+from tests.unit.policystore.contract import (
+    PROMPT,
+    PolicyStoreContract,
+    UnreachableBackendContract,
+    policy_json,
 )
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,41 @@
+"""A Binance exchange simulator for ESS, served over loopback HTTP to unmodified ccxt clients.
+
+``ExchangeSimulator`` speaks enough of Binance's USD-M futures and spot REST APIs for a kill
+switch: markets, balances, positions, regular and conditional orders, cancels, reduce-only
+closes and the ``countdownCancelAll`` dead-man's switch, with HMAC signatures, rate limits,
+fault injection and a request log. ``make_exchange`` builds the ccxt client for it.
+
+The package is an edge adapter: tests, demos and benchmarks use it; production code only uses
+the base-URL override pattern of :mod:`ess.sim.ccxt_client`.
+"""
+
+from __future__ import annotations
+
+from ess.sim.book import Account, ApiError, Fill, Order, Position
+from ess.sim.ccxt_client import localize_urls, make_exchange, route_exceptions_by_path
+from ess.sim.faults import Fault, FaultKind
+from ess.sim.markets import Market, Venue, default_markets, generate_markets
+from ess.sim.ratelimit import RateCounters, RateLimits
+from ess.sim.server import ExchangeSimulator, LoggedRequest, SimEvent
+
+__all__ = [
+    "Account",
+    "ApiError",
+    "ExchangeSimulator",
+    "Fault",
+    "FaultKind",
+    "Fill",
+    "LoggedRequest",
+    "Market",
+    "Order",
+    "Position",
+    "RateCounters",
+    "RateLimits",
+    "SimEvent",
+    "Venue",
+    "default_markets",
+    "generate_markets",
+    "localize_urls",
+    "make_exchange",
+    "route_exceptions_by_path",
+]

@@ -1,0 +1,710 @@
+"""Per-account exchange state and the trading rules the simulator enforces.
+
+Everything here is synchronous and free of HTTP: the server parses a request into plain
+strings, calls :class:`Engine`, and renders the resulting :class:`Order` objects (see
+:mod:`ess.sim.payloads`). Rule violations raise :class:`ApiError` carrying the Binance error code
+and message, which the server returns as ``{"code": ..., "msg": ...}``.
+
+Quantities and prices are :class:`~decimal.Decimal` throughout, so closing a position with an
+order for exactly its size leaves exactly zero (no float dust that a verifier would read as
+"not flat").
+
+There is no matching engine: market orders fill at once at the symbol's mark price, limit and
+conditional orders rest until a test fills them (:meth:`Engine.fill_resting`) or a fault does.
+That keeps every outcome decided by the test, not by a race with a price feed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from typing import Final
+
+from ess.sim.markets import Market, Venue, fmt
+
+__all__ = [
+    "Account",
+    "ApiError",
+    "Engine",
+    "Fill",
+    "Order",
+    "Position",
+]
+
+ZERO: Final = Decimal(0)
+OPEN_STATUSES: Final = frozenset({"NEW", "PARTIALLY_FILLED"})
+#: Internal status of an order taken off the book by a cancel whose late fill is pending.
+PENDING_FILL: Final = "PENDING_FILL"
+#: Binance's pattern for client order ids (futures and spot alike).
+_CLIENT_ID: Final = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+_DECIMAL_TEXT: Final = re.compile(r"^\d{1,20}(\.\d{1,20})?$")
+#: Futures types that Binance moved to the algo-order API (``POST /fapi/v1/algoOrder``).
+CONDITIONAL_TYPES: Final = frozenset(
+    {"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"}
+)
+#: Parameters ``POST /api/v3/order`` reads; anything else is answered with -1104 like Binance
+#: does, which is how a stray ``reduceOnly`` on spot shows up.
+_SPOT_ORDER_PARAMS: Final = frozenset(
+    {
+        "symbol", "side", "type", "timeInForce", "quantity", "quoteOrderQty", "price",
+        "newClientOrderId", "strategyId", "strategyType", "stopPrice", "trailingDelta",
+        "icebergQty", "newOrderRespType", "selfTradePreventionMode", "recvWindow", "timestamp",
+    }
+)  # fmt: skip
+
+
+class ApiError(Exception):
+    """A request the exchange rejects: Binance ``code``/``msg`` and the HTTP status to use."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(f"{code} {msg}")
+        self.code = code
+        self.msg = msg
+        self.status = status
+
+
+def missing(name: str) -> ApiError:
+    """Binance's answer to an absent mandatory parameter."""
+    return ApiError(
+        -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+    )
+
+
+@dataclass
+class Order:
+    """A regular or conditional (algo) order on either venue.
+
+    ``orig_qty`` is what was asked for. ``executed_qty`` can end lower than that for a market
+    order: a clipped reduce-only close or a partial-fill fault. Such an order ends ``FILLED``
+    when it did all it was allowed to (the clipped size) and ``EXPIRED`` otherwise.
+    """
+
+    order_id: int
+    venue: Venue
+    symbol: str
+    side: str
+    type: str
+    orig_qty: Decimal
+    price: Decimal
+    client_order_id: str
+    time_ms: int
+    reduce_only: bool = False
+    conditional: bool = False
+    trigger_price: Decimal = ZERO
+    time_in_force: str = "GTC"
+    close_position: bool = False
+    executed_qty: Decimal = ZERO
+    cum_quote: Decimal = ZERO
+    status: str = "NEW"
+    update_ms: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def public_status(self) -> str:
+        """The status the API reports: an order waiting for its late fill shows as
+        ``CANCELED``, which is what the client was told, until the fill lands."""
+        return "CANCELED" if self.status == PENDING_FILL else self.status
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.orig_qty - self.executed_qty
+
+    @property
+    def avg_price(self) -> Decimal:
+        return self.cum_quote / self.executed_qty if self.executed_qty else ZERO
+
+
+@dataclass
+class Position:
+    """A one-way-mode futures position: ``qty`` is signed (negative is short)."""
+
+    symbol: str
+    qty: Decimal = ZERO
+    entry_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    update_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution. ``late`` marks fills injected after a cancel (the late-fill fault)."""
+
+    account: str
+    venue: Venue
+    symbol: str
+    order_id: int
+    side: str
+    qty: Decimal
+    price: Decimal
+    time_ms: int
+    realized_pnl: Decimal = ZERO
+    late: bool = False
+
+
+@dataclass
+class Account:
+    """One API key's state on both venues (a Binance key trades spot and USD-M alike)."""
+
+    name: str
+    api_key: str
+    secret: str = field(repr=False)
+    futures_wallet: Decimal = Decimal(10_000)
+    positions: dict[str, Position] = field(default_factory=dict)
+    spot_free: dict[str, Decimal] = field(default_factory=dict)
+    spot_locked: dict[str, Decimal] = field(default_factory=dict)
+    orders: dict[int, Order] = field(default_factory=dict)
+    algo_orders: dict[int, Order] = field(default_factory=dict)
+    fills: list[Fill] = field(default_factory=list)
+    leverage: int = 20
+
+    def open_orders(
+        self, venue: Venue, symbol: str | None = None, *, conditional: bool = False
+    ) -> list[Order]:
+        book = self.algo_orders if conditional else self.orders
+        return [
+            order
+            for order in book.values()
+            if order.is_open and order.venue is venue and (symbol is None or order.symbol == symbol)
+        ]
+
+    def position_qty(self, symbol: str) -> Decimal:
+        position = self.positions.get(symbol)
+        return position.qty if position else ZERO
+
+
+def parse_decimal(name: str, text: str | None) -> Decimal:
+    """A positive-or-zero decimal parameter in Binance's accepted text form."""
+    if text is None or text == "":
+        raise missing(name)
+    if not _DECIMAL_TEXT.match(text):
+        raise ApiError(
+            -1100,
+            f"Illegal characters found in parameter '{name}'; "
+            "legal range is '^([0-9]{1,20})(\\.[0-9]{1,20})?$'.",
+        )
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
+        raise missing(name) from exc
+
+
+def parse_bool(text: str | None) -> bool:
+    return (text or "").lower() == "true"
+
+
+def floor_to_step(qty: Decimal, step: Decimal) -> Decimal:
+    return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+def _sign(value: Decimal) -> int:
+    return (value > 0) - (value < 0)
+
+
+class Engine:
+    """Order placement, fills, cancels and position arithmetic for all accounts.
+
+    ``marks`` is shared with the simulator, which updates it on ``set_mark_price``; market
+    orders fill at ``marks[(venue, symbol)]``.
+    """
+
+    def __init__(
+        self,
+        markets: Mapping[Venue, Mapping[str, Market]],
+        marks: dict[tuple[Venue, str], Decimal],
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.markets = markets
+        self.marks = marks
+        self.now_ms = now_ms
+        self._order_ids = itertools.count(1_000_001)
+        self._algo_ids = itertools.count(5_000_001)
+        self._client_ids = itertools.count(1)
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def market(self, venue: Venue, symbol: str | None) -> Market:
+        if not symbol:
+            raise missing("symbol")
+        market = self.markets[venue].get(symbol)
+        if market is None:
+            raise ApiError(-1121, "Invalid symbol.")
+        return market
+
+    def mark(self, venue: Venue, symbol: str) -> Decimal:
+        return self.marks[(venue, symbol)]
+
+    def find_order(
+        self,
+        account: Account,
+        venue: Venue,
+        symbol: str,
+        *,
+        order_id: str | None,
+        client_id: str | None,
+        conditional: bool = False,
+    ) -> Order | None:
+        book = account.algo_orders if conditional else account.orders
+        for order in book.values():
+            if order.venue is not venue or order.symbol != symbol:
+                continue
+            if order_id is not None and str(order.order_id) == order_id:
+                return order
+            if order_id is None and client_id is not None and order.client_order_id == client_id:
+                return order
+        return None
+
+    # -- order creation --------------------------------------------------------------------
+
+    def _client_id(self, account: Account, venue: Venue, given: str | None) -> str:
+        if given is None:
+            return f"sim-{next(self._client_ids)}"
+        if not _CLIENT_ID.match(given):
+            raise ApiError(-4015, "Client order id is not valid.")
+        duplicate = any(
+            o.client_order_id == given and o.venue is venue
+            for o in (*account.orders.values(), *account.algo_orders.values())
+            if o.is_open
+        )
+        if duplicate:
+            if venue is Venue.FUTURES:
+                raise ApiError(-4116, "ClientOrderId is duplicated.")
+            raise ApiError(-2010, "Duplicate order sent.")
+        return given
+
+    def _check_qty(self, market: Market, qty: Decimal) -> None:
+        if market.venue is Venue.SPOT:
+            if qty <= 0 or qty < market.min_qty or qty % market.step_size:
+                raise ApiError(-1013, "Filter failure: LOT_SIZE")
+            return
+        if qty <= 0:
+            raise ApiError(-4003, "Quantity less than or equal to zero.")
+        if qty % market.step_size:
+            raise ApiError(-1111, "Precision is over the maximum defined for this asset.")
+        if qty < market.min_qty:
+            raise ApiError(-4004, "Quantity less than or equal to minimum quantity.")
+        if qty > market.max_qty:
+            raise ApiError(-4005, "Quantity greater than maximum quantity.")
+
+    def _check_price(self, market: Market, price: Decimal) -> None:
+        if price <= 0:
+            raise ApiError(-4001, "Price less than 0.")
+        if price % market.tick_size:
+            raise ApiError(-4014, "Price not increased by tick size.")
+
+    def _check_reduce_only(self, account: Account, symbol: str, side: str) -> None:
+        """Reject a reduce-only order that could only open or grow a position (-2022)."""
+        position = account.position_qty(symbol)
+        direction = 1 if side == "BUY" else -1
+        if position == 0 or _sign(position) == direction:
+            raise ApiError(-2022, "ReduceOnly Order is rejected.")
+
+    def place_futures(
+        self, account: Account, params: Mapping[str, str], *, fill_ratio: Decimal | None = None
+    ) -> Order:
+        """``POST /fapi/v1/order``: MARKET fills now at the mark, LIMIT rests.
+
+        A reduce-only order is checked against the position *before* anything happens
+        (-2022 if it could only open or grow it) and its fill is clipped to the position, so
+        it can close a position but never flip it, even when sized larger than the position
+        (which is what a kill switch does when its view of the position is stale).
+        ``fill_ratio`` (the partial-fill fault) fills only that share, rounded down to the lot
+        step.
+        """
+        market = self.market(Venue.FUTURES, params.get("symbol"))
+        side = self._side(params)
+        order_type = params.get("type") or ""
+        if order_type in CONDITIONAL_TYPES:
+            raise ApiError(
+                -4120,
+                "Order type not supported for this endpoint. "
+                "Please use the Algo Order API endpoints instead.",
+            )
+        if order_type not in {"MARKET", "LIMIT"}:
+            raise ApiError(-1116, "Invalid orderType.")
+        if params.get("positionSide", "BOTH") != "BOTH":
+            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        qty = parse_decimal("quantity", params.get("quantity"))
+        self._check_qty(market, qty)
+        price = ZERO
+        if order_type == "LIMIT":
+            price = parse_decimal("price", params.get("price"))
+            self._check_price(market, price)
+            if not params.get("timeInForce"):
+                raise missing("timeInForce")
+        reduce_only = parse_bool(params.get("reduceOnly"))
+        if reduce_only:
+            self._check_reduce_only(account, market.symbol, side)
+        order = Order(
+            order_id=next(self._order_ids),
+            venue=Venue.FUTURES,
+            symbol=market.symbol,
+            side=side,
+            type=order_type,
+            orig_qty=qty,
+            price=price,
+            client_order_id=self._client_id(account, Venue.FUTURES, params.get("newClientOrderId")),
+            time_ms=self.now_ms(),
+            reduce_only=reduce_only,
+            time_in_force=params.get("timeInForce", "GTC"),
+        )
+        order.update_ms = order.time_ms
+        account.orders[order.order_id] = order
+        if order_type == "MARKET":
+            target = qty
+            if reduce_only:
+                target = min(qty, abs(account.position_qty(market.symbol)))
+            wanted = target
+            if fill_ratio is not None:
+                wanted = floor_to_step(target * fill_ratio, market.step_size)
+            if wanted > 0:
+                self._fill_futures(account, order, wanted, self.mark(Venue.FUTURES, market.symbol))
+            order.status = "FILLED" if order.executed_qty == target else "EXPIRED"
+        elif fill_ratio is not None:
+            self.fill_resting(account, order, floor_to_step(qty * fill_ratio, market.step_size))
+        return order
+
+    def place_algo(self, account: Account, params: Mapping[str, str]) -> Order:
+        """``POST /fapi/v1/algoOrder`` (``algoType=CONDITIONAL``): the order rests untriggered."""
+        market = self.market(Venue.FUTURES, params.get("symbol"))
+        side = self._side(params)
+        if params.get("algoType") != "CONDITIONAL":
+            raise missing("algoType")
+        order_type = params.get("type") or ""
+        if order_type not in CONDITIONAL_TYPES:
+            raise ApiError(-1116, "Invalid orderType.")
+        close_position = parse_bool(params.get("closePosition"))
+        qty = ZERO
+        if not close_position:
+            qty = parse_decimal("quantity", params.get("quantity"))
+            self._check_qty(market, qty)
+        trigger = ZERO
+        if order_type != "TRAILING_STOP_MARKET":
+            trigger = parse_decimal("triggerPrice", params.get("triggerPrice"))
+            self._check_price(market, trigger)
+        price = ZERO
+        if order_type in {"STOP", "TAKE_PROFIT"}:
+            price = parse_decimal("price", params.get("price"))
+            self._check_price(market, price)
+        reduce_only = parse_bool(params.get("reduceOnly"))
+        if reduce_only:
+            self._check_reduce_only(account, market.symbol, side)
+        order = Order(
+            order_id=next(self._algo_ids),
+            venue=Venue.FUTURES,
+            symbol=market.symbol,
+            side=side,
+            type=order_type,
+            orig_qty=qty,
+            price=price,
+            client_order_id=self._client_id(account, Venue.FUTURES, params.get("clientAlgoId")),
+            time_ms=self.now_ms(),
+            reduce_only=reduce_only,
+            conditional=True,
+            trigger_price=trigger,
+            close_position=close_position,
+            time_in_force=params.get("timeInForce", "GTC"),
+        )
+        order.update_ms = order.time_ms
+        account.algo_orders[order.order_id] = order
+        return order
+
+    def place_spot(
+        self, account: Account, params: Mapping[str, str], *, fill_ratio: Decimal | None = None
+    ) -> Order:
+        """``POST /api/v3/order``: MARKET trades against the mark price, LIMIT locks funds.
+
+        Spot has no positions and no reduce-only: flattening spot means selling the free base
+        balance. Unknown parameters (such as a ``reduceOnly`` ccxt passes through) are refused
+        with -1104 as Binance does.
+        """
+        unread = [key for key in params if key not in _SPOT_ORDER_PARAMS and key != "signature"]
+        if unread:
+            sent = len(params)
+            raise ApiError(
+                -1104,
+                f"Not all sent parameters were read; read '{sent - len(unread)}' "
+                f"parameter(s) but was sent '{sent}'.",
+            )
+        market = self.market(Venue.SPOT, params.get("symbol"))
+        side = self._side(params)
+        order_type = params.get("type") or ""
+        if order_type not in {"MARKET", "LIMIT"}:
+            raise ApiError(-1116, "Invalid orderType.")
+        mark = self.mark(Venue.SPOT, market.symbol)
+        price = ZERO
+        if order_type == "MARKET" and "quantity" not in params and side == "BUY":
+            quote = parse_decimal("quoteOrderQty", params.get("quoteOrderQty"))
+            qty = floor_to_step(quote / mark, market.step_size)
+        else:
+            qty = parse_decimal("quantity", params.get("quantity"))
+        self._check_qty(market, qty)
+        if order_type == "LIMIT":
+            price = parse_decimal("price", params.get("price"))
+            self._check_price(market, price)
+            if not params.get("timeInForce"):
+                raise missing("timeInForce")
+        lock_asset, lock_amount = self._spot_cost(market, side, qty, price or mark)
+        if account.spot_free.get(lock_asset, ZERO) < lock_amount:
+            raise ApiError(-2010, "Account has insufficient balance for requested action.")
+        order = Order(
+            order_id=next(self._order_ids),
+            venue=Venue.SPOT,
+            symbol=market.symbol,
+            side=side,
+            type=order_type,
+            orig_qty=qty,
+            price=price,
+            client_order_id=self._client_id(account, Venue.SPOT, params.get("newClientOrderId")),
+            time_ms=self.now_ms(),
+            time_in_force=params.get("timeInForce", "GTC") if order_type == "LIMIT" else "GTC",
+        )
+        order.update_ms = order.time_ms
+        account.orders[order.order_id] = order
+        if order_type == "MARKET":
+            wanted = qty
+            if fill_ratio is not None:
+                wanted = floor_to_step(qty * fill_ratio, market.step_size)
+            if wanted > 0:
+                self._fill_spot(account, order, wanted, mark, locked=False)
+            order.status = "FILLED" if order.executed_qty == qty else "EXPIRED"
+        else:
+            self._lock(account, lock_asset, lock_amount)
+            if fill_ratio is not None:
+                self.fill_resting(account, order, floor_to_step(qty * fill_ratio, market.step_size))
+        return order
+
+    @staticmethod
+    def _side(params: Mapping[str, str]) -> str:
+        side = params.get("side")
+        if not side:
+            raise missing("side")
+        if side not in {"BUY", "SELL"}:
+            raise ApiError(-1117, "Invalid side.")
+        return side
+
+    # -- seeding ---------------------------------------------------------------------------
+
+    def seed_order(
+        self,
+        account: Account,
+        venue: Venue,
+        symbol: str,
+        *,
+        side: str,
+        qty: Decimal,
+        price: Decimal,
+        order_type: str,
+        reduce_only: bool,
+        client_order_id: str | None,
+        trigger_price: Decimal,
+    ) -> Order:
+        """An order that is already resting, bypassing the API's checks (not its bookkeeping:
+        a spot order still locks its funds, so cancelling it gives them back)."""
+        market = self.market(venue, symbol)
+        conditional = order_type in CONDITIONAL_TYPES
+        if conditional and venue is Venue.SPOT:
+            raise ValueError("conditional orders are modelled on futures only")
+        if side not in {"BUY", "SELL"}:
+            raise ValueError(f"side must be BUY or SELL, not {side!r}")
+        order = Order(
+            order_id=next(self._algo_ids if conditional else self._order_ids),
+            venue=venue,
+            symbol=market.symbol,
+            side=side,
+            type=order_type,
+            orig_qty=qty,
+            price=price,
+            client_order_id=client_order_id or f"seed-{next(self._client_ids)}",
+            time_ms=self.now_ms(),
+            reduce_only=reduce_only,
+            conditional=conditional,
+            trigger_price=trigger_price,
+        )
+        order.update_ms = order.time_ms
+        if venue is Venue.SPOT:
+            asset, amount = self._spot_cost(market, side, qty, price or self.mark(venue, symbol))
+            if account.spot_free.get(asset, ZERO) < amount:
+                raise ValueError(f"not enough free {asset} to lock {fmt(amount)} for the order")
+            self._lock(account, asset, amount)
+        (account.algo_orders if conditional else account.orders)[order.order_id] = order
+        return order
+
+    # -- fills -----------------------------------------------------------------------------
+
+    def fill_resting(
+        self,
+        account: Account,
+        order: Order,
+        qty: Decimal | None = None,
+        price: Decimal | None = None,
+        *,
+        late: bool = False,
+    ) -> Fill | None:
+        """Fill a resting order (``qty`` defaults to all that remains, ``price`` to its limit).
+
+        A reduce-only order is clipped to the position at fill time, and whatever is left of
+        it once the position is closed ends (``FILLED`` if it did anything, else ``EXPIRED``):
+        a late or rogue fill can never flip a position through a reduce-only order. With
+        ``late`` (the order was taken off the book by a cancel) a remainder is cancelled.
+        """
+        wanted = order.remaining if qty is None else min(qty, order.remaining)
+        price = price or order.price or self.mark(order.venue, order.symbol)
+        fill: Fill | None = None
+        clipped = False
+        if order.venue is Venue.SPOT:
+            if wanted > 0:
+                fill = self._fill_spot(account, order, wanted, price, locked=True, late=late)
+        else:
+            allowed = self._reducible(account, order, wanted) if order.reduce_only else wanted
+            clipped = allowed < wanted
+            if allowed > 0:
+                fill = self._fill_futures(account, order, allowed, price, late=late)
+        if order.executed_qty >= order.orig_qty:
+            order.status = "FILLED"
+        elif clipped:
+            order.status = "FILLED" if order.executed_qty > 0 else "EXPIRED"
+        elif late:
+            self.cancel(account, order)
+        elif order.executed_qty > 0:
+            order.status = "PARTIALLY_FILLED"
+        order.update_ms = self.now_ms()
+        return fill
+
+    def _reducible(self, account: Account, order: Order, qty: Decimal) -> Decimal:
+        position = account.position_qty(order.symbol)
+        direction = 1 if order.side == "BUY" else -1
+        if position == 0 or _sign(position) == direction:
+            return ZERO
+        return min(qty, abs(position))
+
+    def _fill_futures(
+        self, account: Account, order: Order, qty: Decimal, price: Decimal, *, late: bool = False
+    ) -> Fill:
+        now = self.now_ms()
+        position = account.positions.setdefault(order.symbol, Position(order.symbol))
+        signed = qty if order.side == "BUY" else -qty
+        realized = ZERO
+        old = position.qty
+        if old == 0 or _sign(old) == _sign(signed):
+            total = abs(old) + qty
+            position.entry_price = (abs(old) * position.entry_price + qty * price) / total
+        else:
+            closing = min(qty, abs(old))
+            realized = (price - position.entry_price) * closing * _sign(old)
+            if qty > abs(old):  # crossed through zero: the rest opens at the fill price
+                position.entry_price = price
+        position.qty = old + signed
+        if position.qty == 0:
+            position.entry_price = ZERO
+        position.realized_pnl += realized
+        position.update_ms = now
+        account.futures_wallet += realized
+        if position.qty == 0:
+            del account.positions[order.symbol]
+        return self._record(
+            account, order, qty=qty, price=price, realized=realized, late=late, now=now
+        )
+
+    def _fill_spot(
+        self,
+        account: Account,
+        order: Order,
+        qty: Decimal,
+        price: Decimal,
+        *,
+        locked: bool,
+        late: bool = False,
+    ) -> Fill:
+        market = self.market(Venue.SPOT, order.symbol)
+        notional = qty * price
+        if order.side == "SELL":
+            self._debit(account, market.base, qty, locked=locked)
+            self._credit(account, market.quote, notional)
+        else:
+            reserved = qty * (order.price if locked else price)
+            self._debit(account, market.quote, reserved, locked=locked)
+            self._credit(account, market.quote, reserved - notional)
+            self._credit(account, market.base, qty)
+        return self._record(
+            account, order, qty=qty, price=price, realized=ZERO, late=late, now=self.now_ms()
+        )
+
+    def _record(
+        self,
+        account: Account,
+        order: Order,
+        *,
+        qty: Decimal,
+        price: Decimal,
+        realized: Decimal,
+        late: bool,
+        now: int,
+    ) -> Fill:
+        order.executed_qty += qty
+        order.cum_quote += qty * price
+        order.update_ms = now
+        fill = Fill(
+            account=account.name,
+            venue=order.venue,
+            symbol=order.symbol,
+            order_id=order.order_id,
+            side=order.side,
+            qty=qty,
+            price=price,
+            time_ms=now,
+            realized_pnl=realized,
+            late=late,
+        )
+        account.fills.append(fill)
+        return fill
+
+    # -- cancels ---------------------------------------------------------------------------
+
+    def cancel(self, account: Account, order: Order) -> None:
+        """Cancel an open order; a spot order releases what it still has locked."""
+        if order.venue is Venue.SPOT:
+            market = self.market(Venue.SPOT, order.symbol)
+            asset, amount = self._spot_cost(market, order.side, order.remaining, order.price)
+            self._unlock(account, asset, amount)
+        order.status = "CANCELED"
+        order.update_ms = self.now_ms()
+
+    def detach(self, order: Order) -> None:
+        """Take an order off the book without cancelling it: the late-fill fault's first half.
+
+        The client sees it gone (as after a cancel); its funds stay locked until the late fill
+        arrives.
+        """
+        order.status = PENDING_FILL
+        order.update_ms = self.now_ms()
+
+    # -- spot balances ---------------------------------------------------------------------
+
+    @staticmethod
+    def _spot_cost(market: Market, side: str, qty: Decimal, price: Decimal) -> tuple[str, Decimal]:
+        return (market.base, qty) if side == "SELL" else (market.quote, qty * price)
+
+    @staticmethod
+    def _lock(account: Account, asset: str, amount: Decimal) -> None:
+        account.spot_free[asset] = account.spot_free.get(asset, ZERO) - amount
+        account.spot_locked[asset] = account.spot_locked.get(asset, ZERO) + amount
+
+    @staticmethod
+    def _unlock(account: Account, asset: str, amount: Decimal) -> None:
+        account.spot_locked[asset] = account.spot_locked.get(asset, ZERO) - amount
+        account.spot_free[asset] = account.spot_free.get(asset, ZERO) + amount
+
+    @staticmethod
+    def _debit(account: Account, asset: str, amount: Decimal, *, locked: bool) -> None:
+        book = account.spot_locked if locked else account.spot_free
+        book[asset] = book.get(asset, ZERO) - amount
+
+    @staticmethod
+    def _credit(account: Account, asset: str, amount: Decimal) -> None:
+        account.spot_free[asset] = account.spot_free.get(asset, ZERO) + amount

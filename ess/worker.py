@@ -1,0 +1,116 @@
+"""``ess worker``: run ESS roles in one process (all by default, or any subset).
+
+Roles: ``detect`` (stream detection), ``command`` (the command processor, single writer of
+``ess.state``), ``project`` (PolicyStore record, events, health beat, metrics, /status).
+Each role can also run alone, in its own process, and scale out where the role allows
+(``detect``). With no ``KAFKA_BOOTSTRAP_SERVERS`` the worker starts the embedded broker, which
+only makes sense with all roles in this one process (nobody else can reach its log).
+
+If one role fails, the worker stops every role and exits non-zero: a half-running ESS (say,
+detection without the processor) is worse than a loudly dead one that a supervisor restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from loguru import logger
+
+from ess.broker import kafka_target
+from ess.config import EssSettings
+from ess.policystore import policy_store_from_url, redact_url
+from ess.processor import run_processor
+from ess.projector import run_projector
+
+ROLES: tuple[str, ...] = ("detect", "command", "project")
+
+
+class WorkerError(RuntimeError):
+    """A role failed; the message names it."""
+
+
+async def run_worker(
+    settings: EssSettings,
+    roles: Sequence[str] = ROLES,
+    stop: asyncio.Event | None = None,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``roles`` until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise ValueError(f"unknown roles {unknown}; choose from {', '.join(ROLES)}")
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    if own_stop:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    registry = settings.registry()
+    async with kafka_target(registry) as bootstrap:
+        bound = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        jobs = _jobs(bound, roles, stop)
+        logger.bind(roles=list(roles), bootstrap=bootstrap, prefix=registry.prefix).info(
+            "ESS worker started"
+        )
+        if on_ready is not None:
+            on_ready(bootstrap)
+        await _supervise(jobs, stop)
+
+
+def _jobs(
+    settings: EssSettings, roles: Sequence[str], stop: asyncio.Event
+) -> dict[str, Coroutine[Any, Any, None]]:
+    jobs: dict[str, Coroutine[Any, Any, None]] = {}
+    if "command" in roles:
+        jobs["command"] = run_processor(settings, stop)
+    if "project" in roles:
+        url = settings.resolved_policy_store_url()
+        logger.bind(policy_store=redact_url(url)).info("projector PolicyStore")
+        jobs["project"] = run_projector(
+            settings,
+            policy_store_from_url(url),
+            stop,
+            bootstrap=settings.kafka_bootstrap_servers,
+            refresh_interval=settings.refresh_interval_sec,
+            health_interval=settings.refresh_interval_sec,
+            component=settings.health_component,
+            status_host=settings.status_host,
+            status_port=None if settings.status_port < 0 else settings.status_port,
+        )
+    if "detect" in roles:
+        # Imported here: Faust is heavy, and the other roles never need it.
+        from streams.runner import run_detector  # noqa: PLC0415
+        from streams.settings import DetectorSettings  # noqa: PLC0415
+
+        detector = DetectorSettings.from_env(settings.kafka_bootstrap_servers, settings.registry())
+        jobs["detect"] = run_detector(detector, stop)
+    return jobs
+
+
+async def _supervise(jobs: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
+    tasks = {asyncio.create_task(job, name=f"ess-{role}"): role for role, job in jobs.items()}
+    failure: tuple[str, BaseException] | None = None
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.cancelled() or task.exception() is None:
+                if not stop.is_set():
+                    logger.bind(role=tasks[task]).critical("role ended unexpectedly")
+                    failure = failure or (tasks[task], RuntimeError("ended unexpectedly"))
+                    stop.set()
+                continue
+            error = task.exception()
+            assert error is not None
+            logger.bind(role=tasks[task], error=f"{type(error).__name__}: {error}").critical(
+                "role failed; stopping the worker"
+            )
+            failure = failure or (tasks[task], error)
+            stop.set()
+    if failure is not None:
+        role, error = failure
+        raise WorkerError(f"role {role} failed: {type(error).__name__}: {error}") from error

@@ -1,0 +1,134 @@
+"""Run a detection worker in-process: :func:`run_detector` (for tests, the benchmark and a
+future ``ess worker --role detect``) and :func:`main` (``python -m streams``).
+
+Start-up order matters:
+
+1. every registry topic exists with its partition count (:func:`ess.broker.ensure_topics`),
+   before any client names a topic (the embedded broker would auto-create it with 4);
+2. the epoch follower has read ``ess.state`` to its end, so the first batch already sees the
+   current epoch;
+3. ESS's producers (trips, dead letters) are up;
+4. the Faust app starts: it joins its group, recovers its tables from their changelogs and
+   only then starts its agents and timers; ``ready`` is set at that point.
+
+Faust's ``Worker`` class is not used: it installs signal handlers, reconfigures the root
+logger (at ``-l warn`` it even sets it to DEBUG, costing ~10-15 % throughput: notes section 2)
+and owns the event loop, none of which an embedding process wants. The app is a ``mode``
+service, started and stopped directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+
+from ess.broker import kafka_target
+from ess.clock import Clock
+from ess.config import EssSettings
+from ess.logging import configure_logging
+from streams.app import create_app
+from streams.detect import TopicDetector
+from streams.epoch import EpochFollower
+from streams.outputs import KafkaOutputs
+from streams.settings import DetectorSettings
+
+__all__ = ["main", "run_detector"]
+
+
+async def run_detector(
+    settings: DetectorSettings,
+    stop: asyncio.Event,
+    *,
+    ready: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    detectors: Sequence[TopicDetector] | None = None,
+) -> None:
+    """Run one detection worker until ``stop`` is set (or the Faust app crashes, which is
+    re-raised as ``RuntimeError``). ``ready`` is set once the worker has joined its group,
+    recovered its tables and started its agents. ``detectors`` replaces the catalog's (the
+    benchmark passes instrumented ones)."""
+    from ess.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
+
+    await ensure_topics(settings.bootstrap, settings.registry)
+    epoch = EpochFollower(settings.bootstrap, settings.registry.state.name, fetch_max_wait_ms=50)
+    await epoch.start()
+    outputs = KafkaOutputs(settings.bootstrap, settings.registry)
+    app: Any = None
+    try:
+        await outputs.start()
+        app = create_app(settings, outputs=outputs, epoch=epoch, clock=clock, detectors=detectors)
+
+        async def started() -> None:
+            logger.bind(app_id=settings.app_id, prefix=settings.registry.prefix).info(
+                "detection worker ready"
+            )
+            if ready is not None:
+                ready.set()
+
+        app.on_startup_finished = started
+        await app.start()
+        stopping = asyncio.ensure_future(stop.wait())
+        crashed = asyncio.ensure_future(app._crashed.wait())
+        try:
+            await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            crashed.cancel()
+        if app._crashed.is_set():
+            raise RuntimeError(f"detection app {settings.app_id} crashed: {app._crash_reason!r}")
+    finally:
+        if app is not None:
+            await app.stop()
+        await outputs.stop()
+        await epoch.stop()
+        logger.bind(app_id=settings.app_id).info("detection worker stopped")
+
+
+class _InterceptHandler(logging.Handler):
+    """stdlib logging (Faust, aiokafka, mode) into loguru's JSON sink."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).bind(logger_name=record.name).log(
+            level, record.getMessage()
+        )
+
+
+async def _amain() -> None:
+    ess = EssSettings()
+    configure_logging(ess.log_level, json=ess.log_json)
+    # Faust and aiokafka are chatty at INFO; WARNING keeps the JSON log readable. Not DEBUG:
+    # every debug() call would then build a LogRecord per event (notes section 2).
+    logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registry = ess.registry()
+    async with kafka_target(registry) as bootstrap:
+        settings = DetectorSettings.from_env(bootstrap, registry)
+        logger.bind(bootstrap=bootstrap, app_id=settings.app_id, prefix=registry.prefix).info(
+            "starting detection worker"
+        )
+        await run_detector(settings, stop)
+
+
+def main() -> None:
+    """``python -m streams``: one detection worker until SIGINT/SIGTERM (see
+    :mod:`streams.settings` for the environment it reads)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up (a ccxt dependency here)
+    except ImportError:  # pragma: no cover
+        asyncio.run(_amain())
+    else:
+        uvloop.run(_amain())
+    sys.exit(0)

@@ -1,0 +1,142 @@
+"""`ess worker` as operators run it: real processes, the embedded broker and real Redis.
+
+Trip -> PolicyStore record ACTIVE in Redis and one stop event; kill every process and start
+again -> still ACTIVE, no event republished; signed reset -> INACTIVE and a reset event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ess.clock import SystemClock
+from ess.core.signing import generate_private_key, write_key_pair
+from ess.kafka import read_to_end
+from ess.operator import manual_trip, send_command, signed_reset
+from ess.policystore import RedisPolicyStore
+from schemas import EmergencyEvent, TopicRegistry, decode
+from tests.fixtures.redis import redis_test_url, scratch_namespace
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    async with scratch_namespace(redis_test_url()) as ns:
+        yield ns
+
+
+@contextmanager
+def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ess.cli", "worker", "--role", "command", "--role", "project"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+async def events(bootstrap: str, registry: TopicRegistry) -> list[Any]:
+    records = await read_to_end(bootstrap, registry.events.name)
+    return [decode(EmergencyEvent, r.value) for r in records if r.value]
+
+
+async def test_worker_trip_restart_and_reset_end_to_end(
+    kafka_bootstrap: str, registry: TopicRegistry, namespace: str, tmp_path: Path
+) -> None:
+    alice = generate_private_key()
+    keys = write_key_pair(alice, tmp_path / "operators", "alice")
+    redis_url = f"{redis_test_url()}?namespace={namespace}"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ESS_TOPIC_PREFIX": registry.prefix,
+        "ESS_REDIS_URL": redis_url,
+        "ESS_OPERATOR_KEYS_DIR": str(tmp_path / "operators"),
+        "ESS_REFRESH_INTERVAL_SEC": "0.2",
+        "ESS_STATUS_PORT": "-1",
+    }
+    store = RedisPolicyStore(redis_test_url(), namespace=namespace)
+    log = tmp_path / "worker.log"
+
+    async def record() -> dict[str, Any] | None:
+        value = await store.get("emergency_stop")
+        return dict(value) if value is not None else None
+
+    try:
+        with worker(env, log):
+            first = await eventually(record, timeout=30, message=f"no record; {log}")
+            assert first["active"] is False
+
+            trip = manual_trip(SystemClock(), "e2e: desk pulled the plug", "carol")
+            await send_command(kafka_bootstrap, registry, trip)
+            active = await eventually(
+                lambda: _active(record), timeout=30, message="record never went ACTIVE"
+            )
+            assert (active["reason"], active["auto_recover"], active["seq"]) == ("manual", False, 0)
+            stop_events = await eventually(lambda: events(kafka_bootstrap, registry), timeout=10)
+            assert [e.type for e in stop_events] == ["emergency.stop"]
+
+        # Every ESS process is gone (SIGKILL). A new one must come back ACTIVE.
+        with worker(env, log) as second:
+            refreshed_before = active["refreshed_at"]
+            again = await eventually(
+                lambda: _refreshed_after(record, refreshed_before),
+                timeout=40,
+                message="restarted worker never refreshed the record",
+            )
+            assert again["active"] is True
+            assert again["timestamp"] == active["timestamp"]
+
+            reset = signed_reset(SystemClock(), "alice", keys.private, "e2e: all clear")
+            await send_command(kafka_bootstrap, registry, reset)
+            inactive = await eventually(
+                lambda: _inactive(record), timeout=40, message="reset never applied"
+            )
+            assert inactive["seq"] == 1
+            all_events = await eventually(
+                lambda: _two(events(kafka_bootstrap, registry)), timeout=10
+            )
+            assert [e.type for e in all_events] == ["emergency.stop", "emergency.reset"]
+            assert all_events[1].reset_by == "alice"
+
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        await store.close()
+
+
+async def _active(record: Any) -> dict[str, Any] | None:
+    value = await record()
+    return value if value and value["active"] else None
+
+
+async def _inactive(record: Any) -> dict[str, Any] | None:
+    value = await record()
+    return value if value and not value["active"] and value.get("seq") == 1 else None
+
+
+async def _refreshed_after(record: Any, before: str) -> dict[str, Any] | None:
+    value = await record()
+    return value if value and value["refreshed_at"] > before else None
+
+
+async def _two(pending: Any) -> list[Any] | None:
+    found = await pending
+    return found if len(found) >= 2 else None

@@ -1,0 +1,318 @@
+"""The pure batch core of the detection worker (:mod:`streams.detect`), the epoch follower's
+fold and the app factory's wiring: everything that needs no broker."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from ess.rules.base import Context, Coordinates
+from ess.rules.catalog import RECORD_TYPE, Detector, build_rules
+from ess.rules.config import DetectionConfig
+from schemas import ActivatedEntry, ReasonCode, ResetEntry, encode, topic_registry
+from streams.app import build_detectors, create_app
+from streams.detect import RawRecord, Slot, TopicDetector, split_table_key, table_key
+from streams.epoch import EpochFollower, StaticEpoch
+from streams.settings import DetectorSettings
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+NOW = T0 + timedelta(minutes=5)
+CONFIG = DetectionConfig(
+    account=DetectionConfig().account.model_copy(update={"trade_rate_max": 3}),
+    data_feed_stale_sec=10,
+    required_symbols=frozenset({"REQ"}),
+)
+RULES = build_rules(CONFIG)
+
+
+def detector(logical: str, topic: str | None = None) -> TopicDetector:
+    return TopicDetector(
+        logical=logical,
+        topic=topic or f"ess.{logical}",
+        record_type=RECORD_TYPE[logical],
+        rules=RULES[logical],
+        key_field={"fills": "account_id", "market": "symbol", "health": "component"}[logical],
+    )
+
+
+def fill(account: str, seconds: float, event_id: str | None = None) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id or f"{account}-{seconds}",
+            "account_id": account,
+            "venue": "v",
+            "symbol": "BTC",
+            "side": "buy",
+            "qty": 1.0,
+            "price": 10.0,
+            "realized_pnl": 0.0,
+            "is_stop_loss": False,
+            "order_id": "o",
+            "ts": (T0 + timedelta(seconds=seconds)).isoformat(),
+        }
+    )
+
+
+def tick(symbol: str, seconds: float, bid: float = 9.0) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"{symbol}-{seconds}",
+            "symbol": symbol,
+            "bid": bid,
+            "ask": 11.0,
+            "last": 10.0,
+            "ts": (T0 + timedelta(seconds=seconds)).isoformat(),
+        }
+    )
+
+
+def records(*values: bytes, partition: int = 0) -> list[RawRecord]:
+    return [RawRecord(partition, offset, value) for offset, value in enumerate(values)]
+
+
+def apply(table: dict[str, Any], out: Any) -> None:
+    for write in out.writes:
+        table[write.key] = write.slot
+
+
+def test_table_key_round_trips_keys_that_contain_the_separator() -> None:
+    assert split_table_key(table_key("trade_rate", "a|b")) == ("trade_rate", "a|b")
+
+
+def test_batch_when_split_anywhere_then_same_detections_as_one_record_at_a_time() -> None:
+    values = [fill(f"acct-{i % 3}", i) for i in range(15)]
+    raws = records(*values)
+    reference = Detector(CONFIG)
+    expected = []
+    for raw in raws:
+        record = RECORD_TYPE["fills"].model_validate_json(raw.value or b"")
+        expected += reference.process(
+            "fills", record, Coordinates("ess.fills", 0, raw.offset), Context()
+        )
+    for cut in (1, 2, 7, 15):
+        det, table, found = detector("fills"), {}, []
+        for start in range(0, len(raws), cut):
+            out = det.process(raws[start : start + cut], table, Context(), NOW)
+            apply(table, out)
+            found += out.detections
+        assert found == expected, cut
+    assert [d.rule for d in expected] == ["trade_rate"] * 3
+
+
+def test_duplicates_and_reordering_in_one_batch_do_not_double_count() -> None:
+    det = detector("fills")
+    twice = [fill("a", s, f"id-{s}") for s in (2, 1, 0)] * 2  # 3 distinct, each twice
+    out = det.process(records(*twice), {}, Context(), NOW)
+    assert out.detections == []
+    table = {write.key: write.slot for write in out.writes}
+    out = det.process(records(fill("a", 3, "id-3")), table, Context(), NOW)
+    assert [d.reason for d in out.detections] == [ReasonCode.TRADE_RATE]
+
+
+def test_state_is_read_once_per_key_and_written_once_per_changed_key() -> None:
+    det = detector("fills")
+    out = det.process(records(fill("a", 0), fill("a", 1), fill("b", 0)), {}, Context(), NOW)
+    keys = [write.key for write in out.writes]
+    # One write per changed (rule, key), however many records touched it; stop_loss_cluster
+    # saw no stop-loss fill, so its state never changed and is not written.
+    assert sorted(keys) == [
+        "position_size|a|BTC",
+        "position_size|b|BTC",
+        "trade_rate|a",
+        "trade_rate|b",
+    ]
+    assert all(isinstance(write.slot, Slot) for write in out.writes)
+    assert out.valid == 3
+
+
+def test_state_in_changelog_form_is_loaded_like_a_live_slot() -> None:
+    det = detector("fills")
+    out = det.process(records(*(fill("a", s) for s in range(3))), {}, Context(), NOW)
+    stored = {write.key: write.value for write in out.writes}  # what recovery puts back
+    stored = orjson.loads(orjson.dumps(stored))
+    out2 = det.process(records(fill("a", 3)), stored, Context(), NOW)
+    assert [d.reason for d in out2.detections] == [ReasonCode.TRADE_RATE]
+
+
+def test_invalid_records_are_dead_lettered_with_coordinates_and_counted_as_corrupt() -> None:
+    det = detector("market")
+    bad_utf8 = b"\xff\xfe"
+    out = det.process(
+        [
+            RawRecord(2, 10, bad_utf8),
+            RawRecord(2, 11, tick("S", 0).replace(b'"bid":9.0', b'"bid":"x"')),
+            RawRecord(2, 12, None),
+        ],
+        {},
+        Context(),
+        NOW,
+    )
+    letters = {letter.offset: letter for letter in out.dead_letters}
+    assert sorted(letters) == [10, 11, 12]
+    assert letters[10].raw_encoding == "base64"
+    assert base64.b64decode(letters[10].raw) == bad_utf8
+    assert letters[11].source_topic == "ess.market"
+    assert letters[11].partition == 2
+    assert "bid" in letters[11].error
+    assert letters[11].ts == NOW
+    # The readable one counts against its symbol in data_feed_corrupt's window.
+    assert [w.key for w in out.writes] == [table_key("data_feed_corrupt", "S")]
+
+
+def test_a_failing_rule_dead_letters_the_record_and_other_rules_still_run() -> None:
+    @dataclass
+    class Broken:
+        name: str = "broken"
+        topic: str = "fills"
+
+        def key(self, record: Any) -> str:
+            raise RuntimeError("bug")
+
+    rules = [Broken(), *RULES["fills"]]
+    det = TopicDetector(
+        logical="fills",
+        topic="ess.fills",
+        record_type=RECORD_TYPE["fills"],
+        rules=rules,  # type: ignore[list-item]
+        key_field="account_id",
+    )
+    out = det.process(records(*(fill("a", s) for s in range(4))), {}, Context(), NOW)
+    assert [d.reason for d in out.detections] == [ReasonCode.TRADE_RATE]
+    assert len(out.dead_letters) == 4
+    assert "rule broken failed" in out.dead_letters[0].error
+
+
+def test_silence_tick_only_for_owned_partitions_and_required_keys_fire_once() -> None:
+    det = detector("market")
+    table: dict[str, Any] = {}
+    apply(table, det.process(records(tick("A", 0)), table, Context(), NOW))
+    apply(table, det.process(records(tick("B", 0), partition=1), table, Context(), NOW))
+    later = T0 + timedelta(seconds=60)
+
+    def run(owned: set[int]) -> list[str]:
+        out = det.tick(
+            table,
+            owns=owned.__contains__,
+            partition_of=lambda key: 3,
+            watermark=later,
+            ctx=Context(),
+        )
+        apply(table, out)
+        return sorted(d.key for d in out.detections)
+
+    assert run({0}) == ["A"]
+    assert run({0, 1}) == ["B"]  # A is latched now
+    assert run({0, 1, 3}) == []  # REQ: its silence clock starts at this tick
+    assert (
+        det.tick(
+            table,
+            owns=lambda p: True,
+            partition_of=lambda key: 3,
+            watermark=later + timedelta(seconds=11),
+            ctx=Context(),
+        )
+        .detections[0]
+        .key
+        == "REQ"
+    )
+
+
+def test_silence_trigger_points_at_the_last_record_with_deterministic_event_time() -> None:
+    det = detector("health")
+    table: dict[str, Any] = {}
+    beat = orjson.dumps(
+        {"event_id": "b", "component": "svc", "status": "HEALTHY", "ts": T0.isoformat()}
+    )
+    apply(table, det.process([RawRecord(1, 41, beat)], table, Context(), NOW))
+    out = det.tick(
+        table, owns=lambda p: True, partition_of=lambda k: 0, watermark=NOW, ctx=Context()
+    )
+    (hit,) = out.detections
+    assert hit.reason is ReasonCode.HEARTBEAT_LOST
+    assert (hit.trigger.topic, hit.trigger.partition, hit.trigger.offset) == ("ess.health", 1, 41)
+    assert hit.trigger.event_ts == T0 + timedelta(seconds=CONFIG.heartbeat_timeout_sec)
+
+
+@dataclass
+class _Rec:
+    offset: int
+    value: bytes
+
+
+def test_epoch_follower_counts_resets_and_keeps_the_epoch_on_a_corrupt_log() -> None:
+    follower = EpochFollower("unused:9092", "ess.state")
+    trip = ActivatedEntry(
+        seq=0, command_id="c1", ts=T0, reason=ReasonCode.MANUAL, source="operator:x"
+    )
+    reset = ResetEntry(
+        seq=1, command_id="c2", ts=T0 + timedelta(hours=1), operators=("x",), nonce="n"
+    )
+    follower._apply([_Rec(0, encode(trip)), _Rec(1, encode(reset))])
+    assert follower.context == Context(1, T0 + timedelta(hours=1))
+    follower._apply([_Rec(2, b"not json")])
+    follower._apply([_Rec(3, encode(trip.model_copy(update={"seq": 2})))])
+    assert follower.epoch == 1
+
+
+def test_static_epoch_is_a_fixed_context() -> None:
+    assert StaticEpoch(3).context == Context(3, None)
+
+
+class _NoOutputs:
+    async def send_trips(self, commands: Any) -> None:  # pragma: no cover - not started
+        raise AssertionError
+
+    async def send_dead_letters(self, letters: Any) -> None:  # pragma: no cover
+        raise AssertionError
+
+
+def test_create_app_wires_one_agent_and_one_copartitioned_table_per_input_topic() -> None:
+    registry = topic_registry("unit", input_partitions=3)
+    settings = DetectorSettings(bootstrap="localhost:1", registry=registry, app_id="ess-detect-u")
+    app = create_app(settings, outputs=_NoOutputs(), epoch=StaticEpoch())
+    assert app.conf.id == "ess-detect-u"
+    assert app.conf.broker_session_timeout == 6.0
+    assert app.ess_fetch_max_wait_ms == settings.fetch_max_wait_ms
+    tables = {name: table.partitions for name, table in app.tables.items()}
+    assert tables == {f"detect-{spec.logical}": spec.partitions for spec in registry.inputs()}
+    assert tables["detect-security"] == 1
+    assert len(app.agents) == len(registry.inputs())
+    # The silence rules' topics registered a timer.
+    assert [lane.detector.logical for lane in app.ess_lanes if lane.detector.ticks] == [
+        "health",
+        "market",
+    ]
+    # The thresholds point never-seen silence triggers at the physical topics.
+    assert settings.detection.market_topic == "unit.market"
+
+
+def test_build_detectors_covers_every_input_topic_with_the_catalog_rules() -> None:
+    settings = DetectorSettings(bootstrap="x:1", registry=topic_registry("p"))
+    detectors = {d.logical: d for d in build_detectors(settings)}
+    assert set(detectors) == set(RECORD_TYPE)
+    assert detectors["order_errors"].topic == "p.order-errors"
+    assert [r.name for r in detectors["pnl"].rules] == [
+        "daily_loss",
+        "equity_drawdown",
+        "flash_crash",
+    ]
+
+
+def test_rule_names_with_the_separator_are_refused() -> None:
+    @dataclass
+    class Odd:
+        name: str = "a|b"
+
+    with pytest.raises(ValueError, match="must not contain"):
+        TopicDetector(
+            logical="fills",
+            topic="t",
+            record_type=RECORD_TYPE["fills"],
+            rules=[Odd()],  # type: ignore[list-item]
+            key_field="account_id",
+        )
