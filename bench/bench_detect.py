@@ -576,7 +576,7 @@ async def run() -> dict[str, Any]:
             "invalid_share": INVALID_SHARE,
             "keys": {"accounts": ACCOUNTS, "components": COMPONENTS, "symbols": SYMBOLS},
             "input_partitions": registry.fills.partitions,
-            "worker": "1 process, uvloop, fetch_max_wait 5 ms, take_events(2000, 2 ms)",
+            "worker": "1 process, uvloop, fetch wait 5 ms, batches of up to 2000 events",
             "rules": "ess.rules.catalog defaults (all enabled)",
             "duration_s": round(time.monotonic() - started, 1),
             "when": datetime.now(UTC).isoformat(timespec="seconds"),

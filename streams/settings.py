@@ -11,7 +11,7 @@ Environment (all optional):
   same command ids, which the command processor records once.
 * ``ESS_DETECT_CONFIG``: a TOML or JSON file holding a :class:`DetectionConfig`
   (thresholds); defaults otherwise.
-* ``ESS_DETECT_FETCH_MAX_WAIT_MS``, ``ESS_DETECT_BATCH_MAX``, ``ESS_DETECT_BATCH_WITHIN_MS``,
+* ``ESS_DETECT_FETCH_MAX_WAIT_MS``, ``ESS_DETECT_BATCH_MAX``,
   ``ESS_DETECT_TICK_INTERVAL_SEC``, ``ESS_DETECT_PRODUCER_LINGER_MS``, ``ESS_DETECT_STORE``,
   ``ESS_DETECT_STANDBY_REPLICAS``, ``ESS_DETECT_REPLICATION_FACTOR``: tuning (see the fields).
 """
@@ -41,7 +41,6 @@ class DetectEnv(BaseSettings):
     config: Path | None = None
     fetch_max_wait_ms: int = Field(default=5, ge=1, le=1500)
     batch_max: int = Field(default=2000, ge=1, le=100_000)
-    batch_within_ms: float = Field(default=2.0, gt=0, le=1000)
     tick_interval_sec: float = Field(default=1.0, gt=0, le=60)
     producer_linger_ms: float = Field(default=10.0, ge=0, le=1000)
     store: str = "memory://"
@@ -71,11 +70,9 @@ class DetectorSettings:
     #: Consumer fetch wait (Faust hard-codes 1500 ms; see :mod:`streams.faust_compat`).
     #: 5 ms: ~0.15 core idle on worker and broker together, ~10 ms idle trip latency.
     fetch_max_wait_ms: int = 5
-    #: ``stream.take_events(batch_max, batch_within_s)``: a batch is processed when it holds
-    #: ``batch_max`` events or ``batch_within_s`` after the agent started waiting, whichever
-    #: comes first. The wait bounds the latency a batch adds at low rates.
+    #: Most events an agent folds before it writes trips and acks: a batch ends when the
+    #: agent's queue runs dry or holds this many (no timer: a timer adds to idle latency).
     batch_max: int = 2000
-    batch_within_s: float = 0.002
     #: Silence rules are ticked this often (wall clock).
     tick_interval_s: float = 1.0
     #: Faust's producer only carries changelog records here (trips and dead letters go
@@ -109,7 +106,6 @@ class DetectorSettings:
             detection=load_detection_config(env.config),
             fetch_max_wait_ms=env.fetch_max_wait_ms,
             batch_max=env.batch_max,
-            batch_within_s=env.batch_within_ms / 1000,
             tick_interval_s=env.tick_interval_sec,
             producer_linger_s=env.producer_linger_ms / 1000,
             store=env.store,
