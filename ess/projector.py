@@ -65,7 +65,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -76,6 +76,7 @@ from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.clock import Clock, SystemClock
 from ess.config import EssSettings
 from ess.core import EssState, SequenceError, derive_id
+from ess.core.projection import NEVER, event_for, policy_record
 from ess.kafka import UnknownTopicError, consumer, producer, read_to_end
 from ess.metrics import LogTally, ProjectorMetrics
 from ess.statelog import Folded, KafkaStateLog, fold_log
@@ -109,11 +110,6 @@ __all__ = [
     "store_is_ahead",
 ]
 
-#: ``timestamp`` of the record for an empty log (ESS never changed state). A fixed instant
-#: rather than "now": the record must be the same on every replay and restart, and
-#: ``timestamp`` means "when the state changed", which for an empty log is never.
-NEVER: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
 #: Kafka key of every ``ess.events`` record (one partition; the key documents intent).
 EVENTS_KEY: Final = b"ess"
 
@@ -122,56 +118,6 @@ _POLL_MS: Final = 100
 
 
 # =========================================================================== pure functions
-
-
-def policy_record(state: EssState, *, refreshed_at: datetime) -> PolicyRecord:
-    """The ``emergency_stop`` record for ``state``, re-asserted at ``refreshed_at``.
-
-    ``timestamp`` is when the state changed: the activation's time while ACTIVE, the reset's
-    while INACTIVE, :data:`NEVER` for an empty log. It is never the refresh time (that is
-    ``refreshed_at``), so a gate can show "stopped since" and judge staleness separately.
-    ``seq`` is the last applied entry's (any kind), ``None`` for an empty log. The same
-    shape as :class:`ess.api.EmergencyStopController` writes.
-    """
-    activation = state.activation
-    if activation is not None:
-        return PolicyRecord(
-            active=True,
-            reason=activation.reason,
-            timestamp=activation.ts,
-            seq=state.last_seq,
-            detail=activation.detail,
-            refreshed_at=refreshed_at,
-        )
-    return PolicyRecord(
-        active=False,
-        reason=None,
-        timestamp=state.last_change or NEVER,
-        seq=state.last_seq,
-        detail="",
-        refreshed_at=refreshed_at,
-    )
-
-
-def event_for(entry: StateEntry) -> EmergencyStopEvent | EmergencyResetEvent | None:
-    """The event an entry announces, carrying the entry's ``seq``; ``None`` for kinds that
-    announce nothing (``trip_recorded``, ``reset_approval``, ``reset_rejected``).
-
-    ``timestamp`` is the entry's ``ts`` (when the processor decided), so a replayed or late
-    event still says when it happened, not when it was sent.
-    """
-    if isinstance(entry, ActivatedEntry):
-        return EmergencyStopEvent(
-            reason=entry.reason, detail=entry.detail, timestamp=entry.ts, seq=entry.seq
-        )
-    if isinstance(entry, ResetEntry):
-        return EmergencyResetEvent(
-            reset_by=",".join(entry.operators),
-            operators=entry.operators,
-            timestamp=entry.ts,
-            seq=entry.seq,
-        )
-    return None
 
 
 def should_publish(

@@ -35,12 +35,10 @@ from ess.api.protocols import (
 from ess.api.reasons import parse_reason
 from ess.clock import Clock, SystemClock
 from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, derive_id, evolve
+from ess.core.projection import event_for, policy_record
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from schemas import (
     ActivatedEntry,
-    EmergencyResetEvent,
-    EmergencyStopEvent,
-    PolicyRecord,
     ReasonCode,
     ResetCommand,
     ResetEntry,
@@ -227,14 +225,9 @@ class EmergencyStopController:
                     )
                     self._pending = []
                     await self._write_policy()
-                    await self._event_bus.publish(
-                        EmergencyResetEvent(
-                            reset_by=",".join(entry.operators),
-                            operators=entry.operators,
-                            timestamp=entry.ts,
-                            seq=entry.seq,
-                        )
-                    )
+                    reset_event = event_for(entry)
+                    if reset_event is not None:
+                        await self._event_bus.publish(reset_event)
                 else:
                     logger.bind(operator=command.operator, seq=entry.seq).info(
                         "reset approval recorded; quorum not yet met"
@@ -260,35 +253,18 @@ class EmergencyStopController:
             self._log.append(entry)
         return entries
 
-    def _policy_record(self) -> PolicyRecord:
-        activation = self._state.activation
-        now = self._clock.now()
-        return PolicyRecord(
-            active=activation is not None,
-            reason=activation.reason if activation else None,
-            timestamp=(activation.ts if activation else self._state.last_change) or now,
-            seq=self._state.last_seq,
-            detail=activation.detail if activation else "",
-            refreshed_at=now,
-        )
-
     async def _write_policy(self) -> None:
-        await self._policy_store.set(
-            EMERGENCY_STOP_KEY, self._policy_record().model_dump(mode="json")
-        )
+        record = policy_record(self._state, refreshed_at=self._clock.now())
+        await self._policy_store.set(EMERGENCY_STOP_KEY, record.model_dump(mode="json"))
 
     async def _publish_stop(self) -> None:
         activation = self._state.activation
         if activation is None:  # pragma: no cover - only called while ACTIVE
             return
-        await self._event_bus.publish(
-            EmergencyStopEvent(
-                reason=activation.reason,
-                detail=activation.detail,
-                timestamp=activation.ts,
-                seq=activation.seq,
-            )
-        )
+        # This controller's log starts at seq 0, so an entry's seq is its index.
+        event = event_for(self._log[activation.seq])
+        if event is not None:
+            await self._event_bus.publish(event)
 
     def _step(self, name: str) -> Callable[[], Awaitable[None]]:
         return {
