@@ -27,7 +27,6 @@ from ess.logging import configure_logging
 from ess.operator import (
     OperatorError,
     entry_row,
-    follow_state,
     manual_trip,
     read_state,
     send_command,
@@ -35,6 +34,7 @@ from ess.operator import (
     state_summary,
     wait_for_outcome,
 )
+from ess.statelog import follow_state
 
 console = Console()
 err_console = Console(stderr=True)
@@ -241,16 +241,18 @@ def log(follow: bool, from_offset: int) -> None:
     "--role",
     "roles",
     multiple=True,
-    type=click.Choice(["detect", "command", "project"]),
+    type=click.Choice(["detect", "command", "execute", "project"]),
     help="Role to run (repeatable). Default: all roles.",
 )
 def worker(roles: tuple[str, ...]) -> None:
     """Run ESS (all roles, or the given ones) until SIGINT/SIGTERM.
 
     Without KAFKA_BOOTSTRAP_SERVERS it starts the embedded broker and prints its address.
+    The execute role needs ESS_VENUES_FILE or ESS_VENUES (see README, "Executor").
     Exit code 1 when a role fails (the worker stops every role: no half-running ESS).
     """
-    from ess.worker import ROLES, WorkerError, run_worker  # noqa: PLC0415 - heavy imports
+    from ess.executor.config import VenueConfigError  # noqa: PLC0415 - heavy imports
+    from ess.worker import ROLES, WorkerError, run_worker  # noqa: PLC0415
 
     settings = EssSettings()
     configure_logging(settings.log_level, json=settings.log_json)
@@ -264,7 +266,7 @@ def worker(roles: tuple[str, ...]) -> None:
                 ),
             )
         )
-    except WorkerError as exc:
+    except (WorkerError, VenueConfigError) as exc:
         _fail(str(exc))
 
 

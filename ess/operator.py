@@ -12,17 +12,14 @@ import getpass
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from ess.clock import Clock
 from ess.core.signing import load_private_key, sign_reset
-from ess.kafka import consumer, producer
-from ess.statelog import Folded, KafkaStateLog, LoggedEntry, fold_log
+from ess.kafka import producer
+from ess.statelog import Folded, KafkaStateLog, LoggedEntry, fold_log, follow_state
 from schemas import (
     ReasonCode,
     ResetCommand,
@@ -91,24 +88,6 @@ async def read_state(bootstrap: str, registry: TopicRegistry) -> tuple[Folded, l
     log = KafkaStateLog(bootstrap, registry.state.name)
     entries = await log.read()
     return fold_log(entries), entries
-
-
-async def follow_state(
-    bootstrap: str, registry: TopicRegistry, from_offset: int = 0
-) -> AsyncIterator[LoggedEntry]:
-    """Yield state-log entries from ``from_offset`` on, forever (the caller stops iterating)."""
-    tp = TopicPartition(registry.state.name, 0)
-    reader = consumer(bootstrap, group_id=None, client_id="ess-operator")
-    await reader.start()
-    try:
-        reader.assign([tp])
-        reader.seek(tp, from_offset)
-        while True:
-            batch = await reader.getmany(tp, timeout_ms=200)
-            for record in batch.get(tp, []):
-                yield KafkaStateLog.decode_record(record.offset, record.value)
-    finally:
-        await reader.stop()
 
 
 async def wait_for_outcome(

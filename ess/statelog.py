@@ -9,16 +9,16 @@ closed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from loguru import logger
 
 from ess.core import INITIAL_STATE, EssState, SequenceError, evolve
-from ess.kafka import producer, read_to_end
-from schemas import RecordError, StateEntry, decode, encode
+from ess.kafka import consumer, producer, read_to_end
+from schemas import RecordError, StateEntry, TopicRegistry, decode, encode
 
 #: Kafka key of every state-log record: one partition, so the key only documents intent.
 STATE_KEY = b"ess"
@@ -145,3 +145,21 @@ class KafkaStateLog:
 
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
+
+
+async def follow_state(
+    bootstrap: str, registry: TopicRegistry, from_offset: int = 0
+) -> AsyncIterator[LoggedEntry]:
+    """Yield state-log entries from ``from_offset`` on, forever (the caller stops iterating)."""
+    tp = TopicPartition(registry.state.name, 0)
+    reader = consumer(bootstrap, group_id=None, client_id="ess-follower")
+    await reader.start()
+    try:
+        reader.assign([tp])
+        reader.seek(tp, from_offset)
+        while True:
+            batch = await reader.getmany(tp, timeout_ms=200)
+            for record in batch.get(tp, []):
+                yield KafkaStateLog.decode_record(record.offset, record.value)
+    finally:
+        await reader.stop()

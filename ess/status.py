@@ -14,6 +14,7 @@ Two different "health" notions meet here; keeping them apart is the point of thi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +23,14 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["ProjectorStatus", "StatusServer", "StatusSource", "serve_status", "status_app"]
+__all__ = [
+    "ProjectorStatus",
+    "StatusServer",
+    "StatusSnapshot",
+    "StatusSource",
+    "serve_status",
+    "status_app",
+]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -86,10 +94,22 @@ class ProjectorStatus:
         }
 
 
-class StatusSource(Protocol):
-    """Anything that can produce a :class:`ProjectorStatus` (the projector does)."""
+class StatusSnapshot(Protocol):
+    """What a status page serves: a JSON view, and whether the process is doing its job."""
 
-    def status(self) -> ProjectorStatus: ...
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def checks(self) -> Mapping[str, str]: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+class StatusSource(Protocol):
+    """Anything that can produce a status snapshot (the projector and the executor do)."""
+
+    def status(self) -> StatusSnapshot: ...
 
 
 def status_app(source: StatusSource, registry: CollectorRegistry) -> web.Application:

@@ -1,7 +1,9 @@
 """``ess worker``: run ESS roles in one process (all by default, or any subset).
 
 Roles: ``detect`` (stream detection), ``command`` (the command processor, single writer of
-``ess.state``), ``project`` (PolicyStore record, events, health beat, metrics, /status).
+``ess.state``), ``execute`` (cancel and flatten every configured venue while ACTIVE, keep the
+venues' dead-man's switches armed), ``project`` (PolicyStore record, events, health beat,
+metrics, /status).
 Each role can also run alone, in its own process, and scale out where the role allows
 (``detect``). With no ``KAFKA_BOOTSTRAP_SERVERS`` the worker starts the embedded broker, which
 only makes sense with all roles in this one process (nobody else can reach its log).
@@ -13,6 +15,7 @@ detection without the processor) is worse than a loudly dead one that a supervis
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -25,7 +28,7 @@ from ess.policystore import policy_store_from_url, redact_url
 from ess.processor import run_processor
 from ess.projector import run_projector
 
-ROLES: tuple[str, ...] = ("detect", "command", "project")
+ROLES: tuple[str, ...] = ("detect", "command", "execute", "project")
 
 
 class WorkerError(RuntimeError):
@@ -65,6 +68,8 @@ def _jobs(
     settings: EssSettings, roles: Sequence[str], stop: asyncio.Event
 ) -> dict[str, Coroutine[Any, Any, None]]:
     jobs: dict[str, Coroutine[Any, Any, None]] = {}
+    if "execute" in roles:  # first: its configuration errors must precede creating the others
+        jobs["execute"] = _executor_job(settings, stop)
     if "command" in roles:
         jobs["command"] = run_processor(settings, stop)
     if "project" in roles:
@@ -114,3 +119,31 @@ async def _supervise(jobs: dict[str, Coroutine[Any, Any, None]], stop: asyncio.E
     if failure is not None:
         role, error = failure
         raise WorkerError(f"role {role} failed: {type(error).__name__}: {error}") from error
+
+
+def _executor_job(settings: EssSettings, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+    """The execute role, configured from ``ESS_VENUES_FILE``/``ESS_VENUES`` and
+    ``ESS_EXECUTOR_*``. Running it without any venue setting is refused: a kill switch that
+    silently flattens nothing is worse than one that does not start. ``ESS_VENUES='[]'``
+    states "no venues" explicitly (gates only)."""
+    from ess.executor.config import (  # noqa: PLC0415 - ccxt is heavy
+        ExecutorSettings,
+        VenueConfigError,
+        load_venues,
+    )
+    from ess.executor.service import run_executor  # noqa: PLC0415
+
+    if not (os.environ.get("ESS_VENUES_FILE") or os.environ.get("ESS_VENUES")):
+        raise VenueConfigError(
+            "the execute role needs venues: set ESS_VENUES_FILE (TOML/JSON) or ESS_VENUES "
+            "(JSON); ESS_VENUES='[]' runs it with none on purpose"
+        )
+    venues = load_venues(os.environ)
+    return run_executor(
+        settings.registry(),
+        settings.kafka_bootstrap_servers,
+        venues,
+        ExecutorSettings(),
+        stop,
+        status_host=settings.status_host,
+    )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ess.core.flatten import MarketKind
 
@@ -127,10 +128,11 @@ class VenueCredentials(BaseModel):
     secret: SecretStr
 
 
-class ExecutorSettings(BaseModel):
-    """How hard the executor pushes. Defaults suit a real venue; tests shorten them."""
+class ExecutorSettings(BaseSettings):
+    """How hard the executor pushes, from ``ESS_EXECUTOR_<FIELD>`` variables (for example
+    ``ESS_EXECUTOR_FLATTEN_DEADLINE_S=5``). Defaults suit a real venue; tests shorten them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="ESS_EXECUTOR_", frozen=True, extra="ignore")
 
     #: Past this long without a verified-flat read, ``flatten_stalled`` is reported (and
     #: repeated every ``stalled_report_interval_s``) while the executor keeps trying.
@@ -142,6 +144,8 @@ class ExecutorSettings(BaseModel):
     #: Retry backoff after a failed round: doubles from ``backoff_initial_s`` to the cap.
     backoff_initial_s: float = Field(default=0.05, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
+    #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
+    status_port: int = Field(default=9465, ge=-1, le=65535)
 
 
 def parse_venues(data: Any) -> tuple[VenueConfig, ...]:

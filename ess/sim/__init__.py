@@ -11,8 +11,8 @@ the base-URL override pattern of :mod:`ess.executor.ccxt_client` (re-exported he
 
 from __future__ import annotations
 
-from ess.sim.book import Account, ApiError, Fill, Order, Position
 from ess.executor.ccxt_client import localize_urls, make_exchange, route_exceptions_by_path
+from ess.sim.book import Account, ApiError, Fill, Order, Position
 from ess.sim.faults import Fault, FaultKind
 from ess.sim.markets import Market, Venue, default_markets, generate_markets
 from ess.sim.ratelimit import RateCounters, RateLimits

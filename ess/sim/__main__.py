@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="RNG seed for faults and generated books"
     )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="simulated network round trip per request"
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--json-logs", action="store_true")
     return parser
@@ -45,6 +48,7 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
     sim = ExchangeSimulator(
         markets=default_markets(extra_futures=args.futures_symbols, extra_spot=args.spot_symbols),
         seed=args.seed,
+        latency_ms=args.latency_ms,
     )
     await sim.start(args.host, args.port)
     loop = asyncio.get_running_loop()

@@ -178,6 +178,10 @@ class ExchangeSimulator:
     :meth:`rate_counters`; act as the market with :meth:`fill_order`; break it with
     :meth:`add_fault`.
 
+    ``latency_ms`` delays every answer by a simulated network round trip (half before the
+    exchange acts, half after), so that concurrency pays off as it does against a real venue
+    20-50 ms away; loopback alone answers in about a millisecond.
+
     ``seed`` drives the RNG behind probabilistic faults. ``verify_signatures`` and
     ``check_recv_window`` can be turned off for hand-made requests; ``clock_skew_ms`` shifts the
     server clock (``/time`` and the recvWindow check) to provoke -1021.
@@ -193,7 +197,11 @@ class ExchangeSimulator:
         verify_signatures: bool = True,
         check_recv_window: bool = True,
         clock_skew_ms: int = 0,
+        latency_ms: float = 0.0,
     ) -> None:
+        if latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        self.latency_ms = latency_ms
         self._markets = index_markets(DEFAULT_MARKETS if markets is None else markets)
         self._marks: dict[tuple[Venue, str], Decimal] = {
             (venue, symbol): market.mark_price
@@ -604,7 +612,12 @@ class ExchangeSimulator:
             api_key=api_key,
         )
         try:
-            return await self._pipeline(ctx, venue)
+            if self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 2000)
+            response = await self._pipeline(ctx, venue)
+            if self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 2000)
+            return response
         finally:
             _log.bind(
                 method=method,

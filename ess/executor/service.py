@@ -1,0 +1,434 @@
+"""The executor role: follow ``ess.state``, flatten every venue while ESS is ACTIVE, report
+every step to ``ess.actions``, and keep the venues' dead-man's switches armed.
+
+How the pieces fit:
+
+* **State.** The executor reads ``ess.state`` to its end and folds it before acting, then
+  follows it. It acts only on the folded state, never on a single entry: replaying an old
+  ``activated`` that a later ``reset`` cancelled must not flatten a live account.
+* **Activation.** A new activation (a ``seq`` it has not enforced yet) starts one
+  :class:`~ess.executor.engine.VenueFlattener` run per venue, all in parallel. Further trips
+  while ACTIVE change nothing (the venues are already being kept flat). A reset stops them.
+* **Restart.** Nothing about a flatten's progress needs storing: the plan is recomputed from
+  fresh venue reads, and client order ids derive from the activation and what was read, so a
+  restarted executor resumes a half-done flatten exactly where the venue says it stands.
+  ``ess.actions`` records each step only after the venue answered (``verified_flat`` only
+  after a complete read showed nothing).
+* **Reports** go through an in-memory queue to ``ess.actions``: a slow or absent broker never
+  delays a cancel or a close. The queue is bounded; overflow drops the oldest report and
+  counts it (``ess_executor_reports_dropped_total``), the log line of every step stays.
+* **Corrupt log.** A gap or an undecodable record in ``ess.state`` makes the log untrusted:
+  the executor keeps doing what it was doing (an ACTIVE executor keeps enforcing), starts
+  nothing new, and reports unhealthy on ``/healthz`` until restarted on a repaired log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ess.clock import Clock, SystemClock
+from ess.core import INITIAL_STATE, Activation, EssState, SequenceError
+from ess.executor.binance import BinanceVenue
+from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.executor.engine import Phase, VenueFlattener, VenueProgress, enforce_all, keep_countdown
+from ess.executor.ports import VenuePort
+from ess.kafka import producer
+from ess.statelog import Folded, KafkaStateLog, fold_log, follow_state
+from ess.status import serve_status
+from schemas import ActionReport, TopicRegistry, encode
+
+__all__ = ["Countdown", "Executor", "ExecutorMetrics", "ExecutorStatus", "run_executor"]
+
+#: Reports kept while ``ess.actions`` is unreachable (each is a few hundred bytes).
+_QUEUE_LIMIT = 100_000
+_RETRY_S = 1.0
+#: How long a stopping executor waits for its last reports to reach ess.actions.
+_DRAIN_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Countdown:
+    """The dead-man's switch of one venue: these symbols, this countdown."""
+
+    symbols: tuple[str, ...]
+    countdown_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorStatus:
+    """What ``GET /status`` of the executor serves."""
+
+    status: str
+    activation_seq: int | None
+    reason: str | None
+    caught_up: bool
+    log_trusted: bool
+    venues: tuple[VenueProgress, ...]
+    reports_pending: int
+    reports_dropped: int
+    checks: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        """Following a trusted log; a stalled venue is reported in ``checks`` but does not make
+        the executor "unhealthy": restarting it would not help the venue."""
+        return self.caught_up and self.log_trusted
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "activation_seq": self.activation_seq,
+            "reason": self.reason,
+            "caught_up": self.caught_up,
+            "log_trusted": self.log_trusted,
+            "healthy": self.healthy,
+            "checks": dict(self.checks),
+            "reports_pending": self.reports_pending,
+            "reports_dropped": self.reports_dropped,
+            "venues": [
+                {
+                    "venue": p.venue,
+                    "account": p.account,
+                    "phase": p.phase.value,
+                    "activation_seq": p.activation_seq,
+                    "rounds": p.rounds,
+                    "cancels_sent": p.cancels_sent,
+                    "closes_sent": p.closes_sent,
+                    "flatten_seconds": p.flatten_seconds,
+                    "last_error": p.last_error,
+                }
+                for p in self.venues
+            ],
+        }
+
+
+class ExecutorMetrics:
+    """Prometheus metrics of the executor, in ``registry`` (a fresh one when omitted)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.actions = Counter(
+            "ess_executor_actions",
+            "Executor steps reported to ess.actions, by venue, action and outcome.",
+            labelnames=["venue", "action", "outcome"],
+            registry=reg,
+        )
+        self.stalled = Gauge(
+            "ess_executor_venue_stalled",
+            "1 while a venue is past the flatten deadline without a verified-flat read.",
+            labelnames=["venue"],
+            registry=reg,
+        )
+        self.flat = Gauge(
+            "ess_executor_venue_flat",
+            "1 while a venue is verified flat during an activation.",
+            labelnames=["venue"],
+            registry=reg,
+        )
+        self.flatten_seconds = Gauge(
+            "ess_executor_flatten_seconds",
+            "Seconds from the start of the current activation's flatten to verified flat.",
+            labelnames=["venue"],
+            registry=reg,
+        )
+        self.reports_dropped = Counter(
+            "ess_executor_reports_dropped",
+            "Action reports dropped because ess.actions was unreachable for too long.",
+            registry=reg,
+        )
+
+    def observe(self, report: ActionReport) -> None:
+        self.actions.labels(report.venue, report.action, report.outcome).inc()
+
+    def observe_progress(self, progress: VenueProgress) -> None:
+        self.stalled.labels(progress.venue).set(progress.phase is Phase.STALLED)
+        self.flat.labels(progress.venue).set(progress.phase is Phase.FLAT)
+        if progress.flatten_seconds is not None:
+            self.flatten_seconds.labels(progress.venue).set(progress.flatten_seconds)
+
+
+@dataclass(slots=True)
+class _Enforcement:
+    activation: Activation
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+class Executor:
+    """Runs the executor role against ``bootstrap`` until :meth:`run`'s ``stop`` is set."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: TopicRegistry,
+        venues: Sequence[VenuePort],
+        settings: ExecutorSettings,
+        *,
+        countdowns: Mapping[str, Countdown] | None = None,
+        clock: Clock | None = None,
+        metrics: ExecutorMetrics | None = None,
+    ) -> None:
+        names = [venue.name for venue in venues]
+        if len(set(names)) != len(names):
+            raise ValueError(f"venue names must be unique: {names}")
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.venues = tuple(venues)
+        self.settings = settings
+        self.countdowns = dict(countdowns or {})
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or ExecutorMetrics()
+        self.flatteners = tuple(
+            VenueFlattener(venue, settings, clock=self.clock, report=self.report)
+            for venue in self.venues
+        )
+        self._folded = Folded(INITIAL_STATE, 0)
+        self._caught_up = False
+        self._log_fault: str | None = None
+        self._enforcement: _Enforcement | None = None
+        self._reports: deque[ActionReport] = deque()
+        self._reports_ready = asyncio.Event()
+        self._reports_drained = asyncio.Event()
+        self._reports_drained.set()
+        self._dropped = 0
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def state(self) -> EssState:
+        return self._folded.state
+
+    def status(self) -> ExecutorStatus:
+        progress = tuple(flattener.progress for flattener in self.flatteners)
+        for item in progress:
+            self.metrics.observe_progress(item)
+        state = self.state
+        checks = {
+            "log": "untrusted: " + self._log_fault if self._log_fault else "ok",
+            "caught_up": "yes" if self._caught_up else "no",
+        }
+        for item in progress:
+            checks[f"venue:{item.venue}"] = item.phase.value + (
+                f" ({item.last_error})" if item.last_error and item.phase is not Phase.FLAT else ""
+            )
+        return ExecutorStatus(
+            status=state.status.value,
+            activation_seq=state.activation.seq if state.activation else None,
+            reason=state.activation.reason.value if state.activation else None,
+            caught_up=self._caught_up,
+            log_trusted=self._log_fault is None,
+            venues=progress,
+            reports_pending=len(self._reports),
+            reports_dropped=self._dropped,
+            checks=checks,
+        )
+
+    def report(self, report: ActionReport) -> None:
+        """Queue ``report`` for ``ess.actions`` (never blocks; drops the oldest on overflow)."""
+        self.metrics.observe(report)
+        if len(self._reports) >= _QUEUE_LIMIT:
+            self._reports.popleft()
+            self._dropped += 1
+            self.metrics.reports_dropped.inc()
+        self._reports.append(report)
+        self._reports_drained.clear()
+        self._reports_ready.set()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the log, enforce activations and arm countdowns until ``stop``."""
+        logger.bind(
+            venues=[venue.name for venue in self.venues], topic=self.topics.state.name
+        ).info("executor starting")
+        tasks = [
+            asyncio.create_task(self._follow(stop), name="ess-executor-follow"),
+            asyncio.create_task(self._publish(stop), name="ess-executor-publish"),
+        ]
+        for venue in self.venues:
+            countdown = self.countdowns.get(venue.name)
+            if countdown and countdown.symbols and venue.supports_countdown:
+                tasks.append(
+                    asyncio.create_task(self._countdown(venue, countdown, stop), name="countdown")
+                )
+        try:
+            await stop.wait()
+        finally:
+            await self._stop_enforcement("shutdown")
+            await self._drain_reports()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+            for venue in self.venues:
+                await venue.aclose()
+            logger.bind(reports_unsent=len(self._reports)).info("executor stopped")
+
+    async def _drain_reports(self) -> None:
+        """Give the publisher a moment to send the last reports (``stopped``) on shutdown."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_DRAIN_S):
+                await self._reports_drained.wait()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        """Catch up on ``ess.state``, then follow it; reconnect after any failure."""
+        state_log = KafkaStateLog(self.bootstrap, self.topics.state.name)
+        while not stop.is_set():
+            try:
+                if not self._caught_up:
+                    self._folded = fold_log(await state_log.read(), self._folded)
+                    self._caught_up = True
+                    logger.bind(
+                        status=self.state.status.value, next_offset=self._folded.next_offset
+                    ).info("executor caught up with ess.state")
+                    self._apply()
+                async for logged in follow_state(
+                    self.bootstrap, self.topics, self._folded.next_offset
+                ):
+                    self._folded = fold_log([logged], self._folded)
+                    self._apply()
+            except SequenceError as exc:
+                self._log_fault = str(exc)
+                logger.bind(error=str(exc)).critical(
+                    "ess.state cannot be trusted; the executor keeps its current enforcement "
+                    "and starts nothing new until restarted on a repaired log"
+                )
+                return
+            except Exception as exc:
+                logger.bind(error=f"{type(exc).__name__}: {exc}").error(
+                    "executor lost ess.state; reconnecting"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _RETRY_S)
+
+    def _apply(self) -> None:
+        """Start or stop enforcement to match the folded state."""
+        state = self.state
+        current = self._enforcement
+        if state.active and state.activation is not None:
+            if current is None or current.activation.seq != state.activation.seq:
+                self._start_enforcement(state.activation)
+        elif current is not None:
+            task = asyncio.get_running_loop().create_task(self._stop_enforcement("reset"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _start_enforcement(self, activation: Activation) -> None:
+        previous = self._enforcement
+        if previous is not None:
+            previous.stop.set()
+        logger.bind(
+            seq=activation.seq, reason=activation.reason.value, venues=len(self.venues)
+        ).critical("executor: emergency stop ACTIVE, flattening every venue")
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            enforce_all(self.flatteners, activation, stop), name=f"ess-enforce-{activation.seq}"
+        )
+        self._enforcement = _Enforcement(activation, stop, task)
+
+    async def _stop_enforcement(self, why: str) -> None:
+        current, self._enforcement = self._enforcement, None
+        if current is None:
+            return
+        current.stop.set()
+        await asyncio.gather(current.task, return_exceptions=True)
+        logger.bind(seq=current.activation.seq, why=why).warning("executor enforcement ended")
+
+    async def _countdown(self, venue: VenuePort, countdown: Countdown, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await venue.open()
+                break
+            except Exception as exc:
+                logger.bind(venue=venue.name, error=str(exc)).error(
+                    "cannot open venue to arm its countdown; retrying"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _RETRY_S)
+        await keep_countdown(
+            venue,
+            countdown.symbols,
+            countdown.countdown_ms,
+            stop,
+            clock=self.clock,
+            report=self.report,
+        )
+
+    async def _publish(self, stop: asyncio.Event) -> None:
+        """Drain the report queue into ``ess.actions``, reconnecting as needed."""
+        topic = self.topics.actions.name
+        while True:  # cancelled by run() once the queue is drained (or the drain timed out)
+            sender = producer(self.bootstrap)
+            try:
+                await sender.start()
+                while True:
+                    if not self._reports:
+                        self._reports_drained.set()
+                        self._reports_ready.clear()
+                        await self._reports_ready.wait()
+                        continue
+                    report = self._reports[0]
+                    key = f"{report.venue}/{report.account}".encode()
+                    await sender.send_and_wait(topic, encode(report), key=key)
+                    if self._reports and self._reports[0] is report:
+                        self._reports.popleft()
+            except Exception as exc:
+                logger.bind(error=f"{type(exc).__name__}: {exc}").error(
+                    "cannot publish to ess.actions; retrying"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _RETRY_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sender.stop()
+
+
+async def run_executor(
+    topics: TopicRegistry,
+    bootstrap: str,
+    venues: Sequence[tuple[VenueConfig, VenueCredentials]],
+    settings: ExecutorSettings,
+    stop: asyncio.Event,
+    *,
+    status_host: str = "127.0.0.1",
+    clock: Clock | None = None,
+) -> None:
+    """Entry point of ``ess worker --role execute``: an :class:`Executor` over ccxt venues
+    built from ``venues`` (see :func:`ess.executor.config.load_venues`), with its status
+    server on ``settings.status_port`` (``-1``: none), until ``stop``."""
+    if not venues:
+        logger.critical(
+            "executor has no venues configured: ESS will stop trading through the gates but "
+            "will not cancel or flatten anything on any exchange"
+        )
+    executor = Executor(
+        bootstrap,
+        topics,
+        [BinanceVenue(config, credentials) for config, credentials in venues],
+        settings,
+        countdowns={
+            config.name: Countdown(config.countdown_symbols, config.countdown_ms)
+            for config, _ in venues
+            if config.countdown_symbols
+        },
+        clock=clock,
+    )
+    server = None
+    if settings.status_port >= 0:
+        server = await serve_status(
+            executor, executor.metrics.registry, status_host, settings.status_port
+        )
+    try:
+        await executor.run(stop)
+    finally:
+        if server is not None:
+            await server.stop()
