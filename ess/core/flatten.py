@@ -12,11 +12,14 @@ here rather than in the I/O code, because they are what makes a retry safe:
   the position. Spot has no short side, so selling at most the held balance cannot flip either.
 * **Client order ids derive from the activation and the observation.** The id of a close is a
   hash of (activation, venue, symbol, observed signed quantity, attempt). A retry of the same
-  close after a timeout carries the same id, so the venue refuses a second copy (duplicate
-  client order id) instead of executing it twice; a changed position (the first copy did
-  execute, or a late fill moved it) yields a new id. ``attempt`` only moves on when the venue
-  says the id was already used but the position is unchanged (the earlier order expired
-  unfilled), which a restarted executor discovers the same way.
+  close after a timeout carries the same id, so while the first copy is still open at the
+  venue a second one is refused (duplicate client order id); a changed position (the first
+  copy did execute, or a late fill moved it) yields a new id. ``attempt`` only moves on when
+  the venue says the id was already used but the position is unchanged (the earlier order
+  expired unfilled), which a restarted executor discovers the same way. Binance only keeps
+  ids unique among *open* orders, so a filled market close frees its id again: what makes a
+  retry safe there is reduce-only (futures) or selling at most the held balance (spot),
+  always planned from a fresh read. The ids make every close traceable to its activation.
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ class VenueSnapshot:
 
     @property
     def flat(self) -> bool:
-        """No position and no open order (regular or conditional)."""
-        return not self.positions and not self.orders
+        """No open order (regular or conditional) and no position a close could reduce."""
+        return not self.orders and not any(position.quantity for position in self.positions)
 
 
 @dataclass(frozen=True, slots=True)

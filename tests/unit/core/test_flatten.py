@@ -37,10 +37,12 @@ def test_futures_closes_are_reduce_only_in_the_opposite_direction() -> None:
     )
     closes = {p.symbol: p.close for p in plan.symbols}
     btc, eth = closes["BTCUSDT"], closes["ETHUSDT"]
-    assert btc is not None and eth is not None
+    assert btc is not None
+    assert eth is not None
     assert (btc.side, btc.amount, btc.reduce_only) == ("sell", D("0.5"), True)
     assert (eth.side, eth.amount, eth.reduce_only) == ("buy", D("2"), True)
-    assert plan.closes == 2 and plan.cancels == 0
+    assert plan.closes == 2
+    assert plan.cancels == 0
 
 
 def test_cancels_come_per_book_and_symbols_are_sorted() -> None:
@@ -60,7 +62,8 @@ def test_cancels_come_per_book_and_symbols_are_sorted() -> None:
     btc, sol = plan.symbols
     assert [c.conditional for c in btc.cancels] == [False, True]
     assert btc.close is not None
-    assert [c.conditional for c in sol.cancels] == [False] and sol.close is None
+    assert [c.conditional for c in sol.cancels] == [False]
+    assert sol.close is None
 
 
 def test_spot_sells_balances_without_reduce_only() -> None:
@@ -82,7 +85,8 @@ def test_a_negative_spot_balance_is_never_bought() -> None:
 def test_the_same_observation_gives_the_same_id_and_a_changed_one_a_new_id() -> None:
     first = close_order_id("act", "venue", "BTCUSDT", D("0.50"))
     assert first == close_order_id("act", "venue", "BTCUSDT", D("0.5"))
-    assert len(first) == 36 and first.startswith("ess-")
+    assert len(first) == 36
+    assert first.startswith("ess-")
     assert first != close_order_id("act", "venue", "BTCUSDT", D("0.4"))
     assert first != close_order_id("act", "venue", "BTCUSDT", D("-0.5"))
     assert first != close_order_id("other", "venue", "BTCUSDT", D("0.5"))

@@ -1,0 +1,1 @@
+"""Executor tests: the flatten engine with fakes, the Binance adapters against the simulator."""

@@ -1,0 +1,198 @@
+"""Venue configuration: files and inline JSON, credentials from named environment variables,
+validation, and secrets that never print."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ess.core.flatten import MarketKind
+from ess.executor.config import (
+    VenueConfig,
+    VenueConfigError,
+    VenueCredentials,
+    load_venues,
+    parse_venues,
+)
+
+KEY = "key-value-4f2a"
+SECRET = "secret-value-9c1e"
+
+TOML = """
+[[venues]]
+name = "binance-futures"
+exchange = "binanceusdm"
+countdown_symbols = ["BTCUSDT", "ETHUSDT"]
+
+[[venues]]
+name = "binance-spot"
+exchange = "binance"
+account = "treasury"
+quote = "USDC"
+keep_assets = ["BNB"]
+api_key_env = "SPOT_KEY"
+secret_env = "SPOT_SECRET"
+"""
+
+CREDENTIALS = {
+    "ESS_VENUE_BINANCE_FUTURES_API_KEY": KEY,
+    "ESS_VENUE_BINANCE_FUTURES_SECRET": SECRET,
+    "SPOT_KEY": "spot-" + KEY,
+    "SPOT_SECRET": "spot-" + SECRET,
+}
+
+
+def check_loaded(loaded: tuple[tuple[VenueConfig, VenueCredentials], ...]) -> None:
+    (futures, futures_credentials), (spot, spot_credentials) = loaded
+    assert (futures.name, futures.market_kind, futures.account) == (
+        "binance-futures",
+        MarketKind.FUTURES,
+        "main",
+    )
+    assert futures.countdown_symbols == ("BTCUSDT", "ETHUSDT")
+    assert (futures.weight_per_minute, futures.orders_per_10s) == (1920, 240)
+    assert futures_credentials.api_key.get_secret_value() == KEY
+    assert futures_credentials.secret.get_secret_value() == SECRET
+    assert (spot.market_kind, spot.account, spot.quote, spot.keep_assets) == (
+        MarketKind.SPOT,
+        "treasury",
+        "USDC",
+        ("BNB",),
+    )
+    assert (spot.weight_per_minute, spot.orders_per_10s) == (4800, 80)
+    assert spot_credentials.secret.get_secret_value() == "spot-" + SECRET
+
+
+def test_load_from_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "venues.toml"
+    path.write_text(TOML)
+
+    check_loaded(load_venues({"ESS_VENUES_FILE": str(path), **CREDENTIALS}))
+
+
+def test_load_from_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "venues.json"
+    path.write_text(json.dumps(tomllib.loads(TOML)))
+
+    check_loaded(load_venues({"ESS_VENUES_FILE": str(path), **CREDENTIALS}))
+
+
+def test_load_inline_json_list() -> None:
+    inline = json.dumps(tomllib.loads(TOML)["venues"])
+
+    check_loaded(load_venues({"ESS_VENUES": inline, **CREDENTIALS}))
+
+
+def test_nothing_configured_is_empty() -> None:
+    assert load_venues({"ESS_VENUES": "  ", "ESS_VENUES_FILE": ""}) == ()
+
+
+def test_file_and_inline_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(VenueConfigError, match="not both"):
+        load_venues({"ESS_VENUES_FILE": str(tmp_path / "v.toml"), "ESS_VENUES": "[]"})
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"ESS_VENUES": "[{"}, "ESS_VENUES"),
+        ({"ESS_VENUES": '"binance"'}, "must be a list"),
+        ({"ESS_VENUES_FILE": "/nonexistent/venues.toml"}, "cannot read"),
+    ],
+)
+def test_unreadable_configuration_is_an_error(env: dict[str, str], match: str) -> None:
+    with pytest.raises(VenueConfigError, match=match):
+        load_venues(env)
+
+
+def test_malformed_toml_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "venues.toml"
+    path.write_text("[[venues]\nname = ")
+
+    with pytest.raises(VenueConfigError, match=r"venues\.toml"):
+        load_venues({"ESS_VENUES_FILE": str(path)})
+
+
+def test_missing_credentials_name_the_variables_not_the_values() -> None:
+    venues = json.dumps([{"name": "binance-futures", "exchange": "binanceusdm"}])
+    env = {"ESS_VENUES": venues, "ESS_VENUE_BINANCE_FUTURES_API_KEY": KEY}
+
+    with pytest.raises(VenueConfigError) as caught:
+        load_venues(env)
+
+    message = str(caught.value)
+    assert "ESS_VENUE_BINANCE_FUTURES_SECRET" in message
+    assert "ESS_VENUE_BINANCE_FUTURES_API_KEY" not in message  # that one is set
+    assert KEY not in message
+
+
+def test_empty_credential_counts_as_missing() -> None:
+    venues = json.dumps([{"name": "x", "exchange": "binance"}])
+
+    with pytest.raises(VenueConfigError, match="ESS_VENUE_X_API_KEY and ESS_VENUE_X_SECRET"):
+        load_venues({"ESS_VENUES": venues, "ESS_VENUE_X_API_KEY": ""})
+
+
+def test_duplicate_names_are_refused() -> None:
+    venue = {"name": "twice", "exchange": "binance"}
+
+    with pytest.raises(VenueConfigError, match="repeated: twice"):
+        parse_venues([venue, {**venue, "exchange": "binanceusdm"}])
+
+
+def test_countdown_on_spot_is_refused() -> None:
+    with pytest.raises(VenueConfigError, match="countdown_symbols"):
+        parse_venues([{"name": "s", "exchange": "binance", "countdown_symbols": ["BTCUSDT"]}])
+
+
+@pytest.mark.parametrize(
+    "venue",
+    [
+        {"name": "bad name!", "exchange": "binance"},
+        {"name": "x", "exchange": "kraken"},
+        {"name": "x", "exchange": "binance", "timeout_ms": 10},
+        {"name": "x", "exchange": "binance", "unknown": 1},
+    ],
+)
+def test_invalid_venues_are_refused(venue: dict[str, object]) -> None:
+    with pytest.raises(VenueConfigError, match="invalid venue configuration"):
+        parse_venues([venue])
+
+
+def test_a_credential_pasted_into_the_file_is_not_echoed_in_the_error() -> None:
+    with pytest.raises(VenueConfigError, match="api_key") as caught:
+        parse_venues([{"name": "x", "exchange": "binance", "api_key": KEY}])
+
+    assert KEY not in str(caught.value)
+
+
+def test_explicit_budgets_are_kept() -> None:
+    (venue,) = parse_venues(
+        {"venues": [{"name": "x", "exchange": "binanceusdm", "weight_per_minute": 600}]}
+    )
+
+    assert (venue.weight_per_minute, venue.orders_per_10s) == (600, 240)
+
+
+def test_env_names_default_and_override() -> None:
+    default = VenueConfig(name="binance.futures-2", exchange="binanceusdm")
+    custom = VenueConfig(name="x", exchange="binance", api_key_env="K", secret_env="S")
+
+    assert default.env_names() == (
+        "ESS_VENUE_BINANCE_FUTURES_2_API_KEY",
+        "ESS_VENUE_BINANCE_FUTURES_2_SECRET",
+    )
+    assert custom.env_names() == ("K", "S")
+
+
+def test_credentials_are_masked_in_repr_and_str() -> None:
+    credentials = VenueCredentials.model_validate({"api_key": KEY, "secret": SECRET})
+
+    for text in (repr(credentials), str(credentials), f"{credentials.model_dump()}"):
+        assert KEY not in text
+        assert SECRET not in text
+        assert "**********" in text
+    assert credentials.secret.get_secret_value() == SECRET
