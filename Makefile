@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect sim
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-flatten sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,10 +51,13 @@ bench-gate: install
 bench-detect: install
 	$(BIN)/python -m bench.bench_detect
 
+bench-flatten: install
+	$(BIN)/python -m bench.bench_flatten
+
 sim: install
 	$(BIN)/python -m ess.sim --port 8090 --seed-demo
 
-bench: bench-gate bench-detect
+bench: bench-gate bench-detect bench-flatten
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov

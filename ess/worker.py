@@ -24,6 +24,14 @@ from loguru import logger
 
 from ess.broker import kafka_target
 from ess.config import EssSettings
+from ess.executor.config import (
+    ExecutorSettings,
+    VenueConfig,
+    VenueConfigError,
+    VenueCredentials,
+    load_venues,
+)
+from ess.executor.service import run_executor
 from ess.policystore import policy_store_from_url, redact_url
 from ess.processor import run_processor
 from ess.projector import run_projector
@@ -52,10 +60,12 @@ async def run_worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    # Configuration errors surface before anything starts (no broker started for nothing).
+    venues = _executor_venues() if "execute" in roles else ()
     registry = settings.registry()
     async with kafka_target(registry) as bootstrap:
         bound = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        jobs = _jobs(bound, roles, stop)
+        jobs = _jobs(bound, roles, stop, venues)
         logger.bind(roles=list(roles), bootstrap=bootstrap, prefix=registry.prefix).info(
             "ESS worker started"
         )
@@ -65,11 +75,21 @@ async def run_worker(
 
 
 def _jobs(
-    settings: EssSettings, roles: Sequence[str], stop: asyncio.Event
+    settings: EssSettings,
+    roles: Sequence[str],
+    stop: asyncio.Event,
+    venues: Sequence[tuple[VenueConfig, VenueCredentials]],
 ) -> dict[str, Coroutine[Any, Any, None]]:
     jobs: dict[str, Coroutine[Any, Any, None]] = {}
-    if "execute" in roles:  # first: its configuration errors must precede creating the others
-        jobs["execute"] = _executor_job(settings, stop)
+    if "execute" in roles:
+        jobs["execute"] = run_executor(
+            settings.registry(),
+            settings.kafka_bootstrap_servers,
+            venues,
+            ExecutorSettings(),
+            stop,
+            status_host=settings.status_host,
+        )
     if "command" in roles:
         jobs["command"] = run_processor(settings, stop)
     if "project" in roles:
@@ -121,29 +141,14 @@ async def _supervise(jobs: dict[str, Coroutine[Any, Any, None]], stop: asyncio.E
         raise WorkerError(f"role {role} failed: {type(error).__name__}: {error}") from error
 
 
-def _executor_job(settings: EssSettings, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
-    """The execute role, configured from ``ESS_VENUES_FILE``/``ESS_VENUES`` and
-    ``ESS_EXECUTOR_*``. Running it without any venue setting is refused: a kill switch that
-    silently flattens nothing is worse than one that does not start. ``ESS_VENUES='[]'``
-    states "no venues" explicitly (gates only)."""
-    from ess.executor.config import (  # noqa: PLC0415 - ccxt is heavy
-        ExecutorSettings,
-        VenueConfigError,
-        load_venues,
-    )
-    from ess.executor.service import run_executor  # noqa: PLC0415
-
+def _executor_venues() -> tuple[tuple[VenueConfig, VenueCredentials], ...]:
+    """The execute role's venues from ``ESS_VENUES_FILE``/``ESS_VENUES``, read before anything
+    starts. Running it without any venue setting is refused: a kill switch that silently
+    flattens nothing is worse than one that does not start. ``ESS_VENUES='[]'`` states "no
+    venues" explicitly (gates only)."""
     if not (os.environ.get("ESS_VENUES_FILE") or os.environ.get("ESS_VENUES")):
         raise VenueConfigError(
             "the execute role needs venues: set ESS_VENUES_FILE (TOML/JSON) or ESS_VENUES "
             "(JSON); ESS_VENUES='[]' runs it with none on purpose"
         )
-    venues = load_venues(os.environ)
-    return run_executor(
-        settings.registry(),
-        settings.kafka_bootstrap_servers,
-        venues,
-        ExecutorSettings(),
-        stop,
-        status_host=settings.status_host,
-    )
+    return load_venues(os.environ)

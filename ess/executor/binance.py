@@ -199,7 +199,15 @@ class BinanceVenue:
         return self._budget
 
     async def open(self) -> None:
-        """Build the client (once) and load markets: one ``exchangeInfo`` request."""
+        """Build the client and load markets (one ``exchangeInfo`` request), once: after a
+        success further calls return at once, so the service can open a venue early (to arm
+        its countdown) without costing the flatten a round trip. A market listed later is
+        loaded when a close needs it."""
+        if self._lots:
+            return
+        await self._load_markets()
+
+    async def _load_markets(self) -> None:
         if self._exchange is None:
             self._exchange = make_exchange(
                 self._config.exchange,
@@ -253,6 +261,9 @@ class BinanceVenue:
         Spot has no reduce-only flag (Binance rejects unknown parameters): selling at most the
         held balance cannot go short."""
         lot = self._lots.get(step.symbol)
+        if lot is None:
+            await self._load_markets()  # listed since we opened?
+            lot = self._lots.get(step.symbol)
         if lot is None:
             raise VenueError(VenueErrorKind.REJECTED, f"no market {step.symbol}")
         amount = lot.tradable(step.amount)

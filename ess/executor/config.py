@@ -87,7 +87,7 @@ class VenueConfig(BaseModel):
     #: Order budget per 10 s (Binance: futures 300, spot 100 per account).
     orders_per_10s: int = Field(default=0, ge=0)
     #: Most requests in flight at once on this venue.
-    max_in_flight: int = Field(default=16, ge=1, le=256)
+    max_in_flight: int = Field(default=64, ge=1, le=256)
     #: Per-request timeout.
     timeout_ms: int = Field(default=3_000, ge=100, le=60_000)
 

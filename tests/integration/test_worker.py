@@ -22,6 +22,8 @@ from ess.core.signing import generate_private_key, write_key_pair
 from ess.kafka import read_to_end
 from ess.operator import manual_trip, send_command, signed_reset
 from ess.policystore import RedisPolicyStore
+from ess.sim import ExchangeSimulator
+from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET, seed_demo
 from schemas import EmergencyEvent, TopicRegistry, decode
 from tests.fixtures.redis import redis_test_url, scratch_namespace
 from tests.helpers import eventually
@@ -36,10 +38,13 @@ async def namespace() -> AsyncIterator[str]:
 
 
 @contextmanager
-def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    env: dict[str, str], log: Path, roles: tuple[str, ...] = ("command", "project")
+) -> Iterator[subprocess.Popen[bytes]]:
+    role_args = [arg for role in roles for arg in ("--role", role)]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ess.cli", "worker", "--role", "command", "--role", "project"],
+            [sys.executable, "-m", "ess.cli", "worker", *role_args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -140,3 +145,66 @@ async def _refreshed_after(record: Any, before: str) -> dict[str, Any] | None:
 async def _two(pending: Any) -> list[Any] | None:
     found = await pending
     return found if len(found) >= 2 else None
+
+
+async def test_worker_execute_role_flattens_every_venue_on_a_trip(
+    kafka_bootstrap: str, registry: TopicRegistry, tmp_path: Path
+) -> None:
+    async with ExchangeSimulator() as sim:
+        account = seed_demo(sim)
+        venues = tmp_path / "venues.toml"
+        venues.write_text(
+            "[[venues]]\n"
+            'name = "futures"\nexchange = "binanceusdm"\n'
+            f'base_url = "{sim.url}"\ncountdown_symbols = ["BTCUSDT"]\n\n'
+            "[[venues]]\n"
+            f'name = "spot"\nexchange = "binance"\nbase_url = "{sim.url}"\n'
+        )
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "ESS_TOPIC_PREFIX": registry.prefix,
+            "ESS_VENUES_FILE": str(venues),
+            "ESS_VENUE_FUTURES_API_KEY": DEMO_API_KEY,
+            "ESS_VENUE_FUTURES_SECRET": DEMO_SECRET,
+            "ESS_VENUE_SPOT_API_KEY": DEMO_API_KEY,
+            "ESS_VENUE_SPOT_SECRET": DEMO_SECRET,
+            "ESS_EXECUTOR_STATUS_PORT": "-1",
+            "ESS_STATUS_PORT": "-1",
+        }
+        log = tmp_path / "worker.log"
+        with worker(env, log, roles=("command", "execute")) as proc:
+            # While ESS is INACTIVE the venue's own dead-man's switch is kept armed.
+            await eventually(lambda: sim.countdowns(account), timeout=30, message=str(log))
+            assert sim.positions(account)  # and nothing is touched
+
+            trip = manual_trip(SystemClock(), "e2e: flatten everything", "carol")
+            await send_command(kafka_bootstrap, registry, trip)
+
+            def flat() -> bool:
+                assert sim.positions(account) == {}
+                assert sim.open_orders(account) == []
+                assert sum(sim.spot_balance(account, "BTC")) == 0
+                assert sum(sim.spot_balance(account, "ETH")) == 0
+                return True
+
+            await eventually(flat, timeout=30, message=str(log))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+        text = log.read_text()
+        assert "verified_flat" in text
+        assert DEMO_SECRET not in text
+
+
+def test_the_execute_role_refuses_to_start_without_venues(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESS_VENUES")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ess.cli", "worker", "--role", "execute"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ESS_VENUES_FILE" in done.stderr
