@@ -23,6 +23,8 @@ from schemas import ActionReport, ReasonCode
 from tests.executor.conftest import OpenVenue
 from tests.helpers import eventually
 
+pytestmark = pytest.mark.integration
+
 D = Decimal
 
 SETTINGS = ExecutorSettings(
