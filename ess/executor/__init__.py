@@ -5,5 +5,6 @@ dead-man's switches armed while ESS is healthy.
 Layers: :mod:`ess.core.flatten` plans (pure); :mod:`ess.executor.ports` is the venue port;
 :mod:`ess.executor.binance` adapts ccxt to it; :mod:`ess.executor.engine` runs the
 read-plan-act-verify loop per venue; :mod:`ess.executor.service` follows ``ess.state`` and
-publishes every step to ``ess.actions``.
+publishes every step to ``ess.actions``; :mod:`ess.executor.client` offers the in-process
+API's ``ExchangeClient`` port over the same venues.
 """

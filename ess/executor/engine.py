@@ -7,7 +7,7 @@ One :class:`VenueFlattener` per venue runs this loop for an activation until ESS
 2. **Plan** with :func:`~ess.core.flatten.plan_flatten` (pure; cancel-before-close per symbol,
    reduce-only closes with client order ids derived from the activation and the observation).
 3. **Act**: every symbol concurrently; within a symbol its cancels (both books at once), then
-   its close once those cancels succeeded.
+   its close (on spot only if those cancels succeeded: a resting sell locks the balance).
 4. **Verify** with a fresh read straight after a clean round, so an emergency flatten costs
    four sequential venue round trips: read, cancel, close, read.
 

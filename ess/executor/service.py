@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ess.clock import Clock, SystemClock
 from ess.core import INITIAL_STATE, Activation, EssState, SequenceError
@@ -111,49 +113,66 @@ class ExecutorStatus:
 
 
 class ExecutorMetrics:
-    """Prometheus metrics of the executor, in ``registry`` (a fresh one when omitted)."""
+    """Prometheus metrics of the executor, in ``registry`` (a fresh one when omitted).
+
+    Per-venue gauges are rendered at scrape time from ``progress`` (set by the executor), so
+    they can never lag behind the venues' real phase."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        reg = self.registry
+        self.progress: Callable[[], Iterable[VenueProgress]] = tuple
         self.actions = Counter(
             "ess_executor_actions",
             "Executor steps reported to ess.actions, by venue, action and outcome.",
             labelnames=["venue", "action", "outcome"],
-            registry=reg,
-        )
-        self.stalled = Gauge(
-            "ess_executor_venue_stalled",
-            "1 while a venue is past the flatten deadline without a verified-flat read.",
-            labelnames=["venue"],
-            registry=reg,
-        )
-        self.flat = Gauge(
-            "ess_executor_venue_flat",
-            "1 while a venue is verified flat during an activation.",
-            labelnames=["venue"],
-            registry=reg,
-        )
-        self.flatten_seconds = Gauge(
-            "ess_executor_flatten_seconds",
-            "Seconds from the start of the current activation's flatten to verified flat.",
-            labelnames=["venue"],
-            registry=reg,
+            registry=self.registry,
         )
         self.reports_dropped = Counter(
             "ess_executor_reports_dropped",
             "Action reports dropped because ess.actions was unreachable for too long.",
-            registry=reg,
+            registry=self.registry,
         )
+        self.registry.register(_ProgressCollector(self))
 
     def observe(self, report: ActionReport) -> None:
         self.actions.labels(report.venue, report.action, report.outcome).inc()
 
-    def observe_progress(self, progress: VenueProgress) -> None:
-        self.stalled.labels(progress.venue).set(progress.phase is Phase.STALLED)
-        self.flat.labels(progress.venue).set(progress.phase is Phase.FLAT)
-        if progress.flatten_seconds is not None:
-            self.flatten_seconds.labels(progress.venue).set(progress.flatten_seconds)
+
+class _ProgressCollector(Collector):
+    """``ess_executor_venue_{stalled,flat}`` and ``ess_executor_flatten_seconds`` per venue."""
+
+    def __init__(self, owner: ExecutorMetrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(tuple(self._owner.progress()))
+
+    @staticmethod
+    def _families(progress: Sequence[VenueProgress]) -> Iterator[Metric]:
+        stalled = GaugeMetricFamily(
+            "ess_executor_venue_stalled",
+            "1 while a venue is past the flatten deadline without a verified-flat read.",
+            labels=["venue"],
+        )
+        flat = GaugeMetricFamily(
+            "ess_executor_venue_flat",
+            "1 while a venue is verified flat during an activation.",
+            labels=["venue"],
+        )
+        seconds = GaugeMetricFamily(
+            "ess_executor_flatten_seconds",
+            "Seconds from the start of the current activation's flatten to verified flat.",
+            labels=["venue"],
+        )
+        for item in progress:
+            stalled.add_metric([item.venue], float(item.phase is Phase.STALLED))
+            flat.add_metric([item.venue], float(item.phase is Phase.FLAT))
+            if item.flatten_seconds is not None:
+                seconds.add_metric([item.venue], item.flatten_seconds)
+        yield from (stalled, flat, seconds)
 
 
 @dataclass(slots=True)
@@ -201,6 +220,10 @@ class Executor:
         self._reports_drained.set()
         self._dropped = 0
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics.progress = self._progress
+
+    def _progress(self) -> tuple[VenueProgress, ...]:
+        return tuple(flattener.progress for flattener in self.flatteners)
 
     # ------------------------------------------------------------------ observation
 
@@ -209,9 +232,7 @@ class Executor:
         return self._folded.state
 
     def status(self) -> ExecutorStatus:
-        progress = tuple(flattener.progress for flattener in self.flatteners)
-        for item in progress:
-            self.metrics.observe_progress(item)
+        progress = self._progress()
         state = self.state
         checks = {
             "log": "untrusted: " + self._log_fault if self._log_fault else "ok",
