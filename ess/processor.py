@@ -377,6 +377,9 @@ class CommandProcessor:
         committed = await self._io.commands.committed(self._commands)
         self._next_command = resume_offset(committed, self._folded.max_command_offset)
         self._io.commands.seek(self._commands, self._next_command)
+        # Warm the fencing check: the first ListOffsets of ess.state costs ~100 ms (connection
+        # and metadata), which would otherwise be added to the first trip's latency.
+        await self._io.commands.end_offsets([self._state_tp])
         self._owned = True
         self._generation += 1
         logger.bind(committed=committed, **self._progress()).info(

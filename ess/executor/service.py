@@ -276,12 +276,10 @@ class Executor:
             asyncio.create_task(self._follow(stop), name="ess-executor-follow"),
             asyncio.create_task(self._publish(stop), name="ess-executor-publish"),
         ]
-        for venue in self.venues:
-            countdown = self.countdowns.get(venue.name)
-            if countdown and countdown.symbols and venue.supports_countdown:
-                tasks.append(
-                    asyncio.create_task(self._countdown(venue, countdown, stop), name="countdown")
-                )
+        tasks += [
+            asyncio.create_task(self._prepare(venue, stop), name=f"ess-venue-{venue.name}")
+            for venue in self.venues
+        ]
         try:
             await stop.wait()
         finally:
@@ -364,17 +362,22 @@ class Executor:
         await asyncio.gather(current.task, return_exceptions=True)
         logger.bind(seq=current.activation.seq, why=why).warning("executor enforcement ended")
 
-    async def _countdown(self, venue: VenuePort, countdown: Countdown, stop: asyncio.Event) -> None:
+    async def _prepare(self, venue: VenuePort, stop: asyncio.Event) -> None:
+        """Open ``venue`` now (client, markets), so that an activation does not pay for it,
+        then keep its dead-man's switch armed if it has one configured."""
         while not stop.is_set():
             try:
                 await venue.open()
                 break
             except Exception as exc:
                 logger.bind(venue=venue.name, error=str(exc)).error(
-                    "cannot open venue to arm its countdown; retrying"
+                    "cannot open venue; retrying (a flatten would retry too)"
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _RETRY_S)
+        countdown = self.countdowns.get(venue.name)
+        if countdown is None or not countdown.symbols or not venue.supports_countdown:
+            return
         await keep_countdown(
             venue,
             countdown.symbols,

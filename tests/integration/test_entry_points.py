@@ -1,4 +1,5 @@
-"""The runnable entry points that talk to a broker: `make demo`'s round trip, `ess broker`."""
+"""The runnable entry points that talk to a broker: `make demo`'s trading session, the
+broker round trip, `ess broker`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from io import StringIO
 
 import pytest
+from rich.console import Console
 
 from ess.examples import broker_roundtrip
+from ess.examples.trading_demo import run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +25,22 @@ def test_broker_roundtrip_demo_uses_the_configured_cluster(
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
 
     assert broker_roundtrip.main() == 0
+
+
+async def test_the_trading_demo_trips_flattens_and_resets(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    out = StringIO()
+
+    result = await run_demo(Console(file=out, width=120))
+
+    assert result.ok, out.getvalue()
+    assert result.reason == "flash_crash"
+    assert result.venues_flat
+    assert result.reset_by == "alice"
+    assert result.actions["flatten/verified_flat"] == 2
+    assert "ESS ACTIVE" in out.getvalue()
 
 
 def test_ess_broker_command_serves_until_interrupted() -> None:

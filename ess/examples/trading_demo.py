@@ -1,0 +1,440 @@
+"""The whole of ESS in one run: a trading bot, a flash crash, ESS stopping it, venues flat.
+
+``python -m ess.examples.trading_demo`` (part of ``make demo``) starts, in this process:
+
+* the embedded Kafka-compatible broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) with every ESS
+  topic under a fresh prefix;
+* the exchange simulator (Binance USD-M futures and spot, 5 ms simulated round trip);
+* every ESS role: detection (Faust), the command processor, the executor (over ccxt to the
+  simulator, with the futures countdown dead-man's switch) and the projector (PolicyStore
+  record in memory, events, health), plus a trading gate reading that record;
+
+then plays a scripted session: a bot buys BTC futures, keeps resting orders and a stop-loss,
+holds spot BTC, and publishes its fills, PnL, heartbeats and market ticks to ESS. The market
+then falls 3 % in a second. ESS trips on ``flash_crash``, the gate closes, the executor
+cancels and flattens both venues, the state log is printed, an operator's signed reset
+re-opens trading, and a summary shows the time from the crash record to the account being
+flat. Exit code 0 when every step happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+
+from ess.broker import kafka_target
+from ess.clock import SystemClock
+from ess.config import EssSettings
+from ess.core.signing import generate_private_key, write_key_pair
+from ess.executor.ccxt_client import make_exchange
+from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.executor.service import run_executor
+from ess.gate import PolicyStoreGateFeed, TradingGate
+from ess.kafka import producer, read_to_end
+from ess.logging import configure_logging
+from ess.operator import entry_row, read_state, send_command, signed_reset, wait_for_outcome
+from ess.policystore import InMemoryPolicyStore
+from ess.processor import run_processor
+from ess.projector import run_projector
+from ess.sim import ExchangeSimulator, Venue
+from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET
+from ess.statelog import follow_state
+from schemas import (
+    ActionReport,
+    ActivatedEntry,
+    Fill,
+    HealthBeat,
+    MarketTick,
+    PnlTick,
+    ResetEntry,
+    TopicRegistry,
+    decode,
+    encode,
+    topic_registry,
+)
+
+ACCOUNT = "bot-1"
+SYMBOL, CCXT_SYMBOL = "BTCUSDT", "BTC/USDT:USDT"
+START_PRICE = Decimal(60_000)
+#: Session steps before the crash, and the pause between them (seconds).
+STEPS, STEP_S = 12, 0.15
+#: The crash: the mark price falls this much in one step (with 0.5 BTC on a 10k wallet, a
+#: 3 % fall costs 9 % of equity: over the 5 % flash-crash limit, under the 10 % daily loss).
+CRASH = Decimal("0.03")
+
+
+@dataclass
+class DemoResult:
+    """What the summary prints; ``ok`` only when every step happened."""
+
+    reason: str = ""
+    trigger: str = ""
+    crash_to_active_ms: float | None = None
+    crash_to_gate_closed_ms: float | None = None
+    crash_to_flat_ms: float | None = None
+    venues_flat: bool = False
+    gate_reopened: bool = False
+    reset_by: str = ""
+    actions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.reason and self.venues_flat and self.gate_reopened and self.reset_by) and (
+            self.crash_to_flat_ms is not None
+        )
+
+
+class Session:
+    """The bot: trades on the simulator through ccxt and reports everything to ESS."""
+
+    def __init__(
+        self, sim: ExchangeSimulator, sender: AIOKafkaProducer, topics: TopicRegistry
+    ) -> None:
+        self.sim = sim
+        self.sender = sender
+        self.topics = topics
+        self.exchange = make_exchange("binanceusdm", sim.url, DEMO_API_KEY, DEMO_SECRET)
+        self.price = START_PRICE
+
+    async def close(self) -> None:
+        await self.exchange.close()
+
+    async def publish(self, topic: str, key: str, record: Any) -> None:
+        await self.sender.send_and_wait(topic, encode(record), key=key.encode())
+
+    def equity(self) -> float:
+        wallet = self.sim.futures_wallet(ACCOUNT)
+        unrealized = sum(
+            (position.qty * (self.sim.mark_price(symbol) - position.entry_price))
+            for symbol, position in self.sim.positions(ACCOUNT).items()
+        )
+        return float(wallet + unrealized)
+
+    async def trade(self, side: str, qty: str) -> Fill:
+        order = await self.exchange.create_order(CCXT_SYMBOL, "market", side, float(qty))
+        return Fill(
+            event_id=str(uuid.uuid4()),
+            account_id=ACCOUNT,
+            venue="binance-futures",
+            symbol=SYMBOL,
+            side=side,
+            qty=float(qty),
+            price=float(order.get("average") or self.price),
+            realized_pnl=0.0,
+            is_stop_loss=False,
+            order_id=str(order["id"]),
+            ts=datetime.now(UTC),
+        )
+
+    async def tick(self, price: Decimal) -> float:
+        """Move the market to ``price`` and report tick, heartbeat and PnL; returns equity."""
+        self.price = price
+        self.sim.set_mark_price(SYMBOL, price)
+        now = datetime.now(UTC)
+        spread = float(price) * 0.0001
+        await self.publish(
+            self.topics.market.name,
+            SYMBOL,
+            MarketTick(
+                event_id=str(uuid.uuid4()),
+                symbol=SYMBOL,
+                bid=float(price) - spread,
+                ask=float(price) + spread,
+                last=float(price),
+                ts=now,
+            ),
+        )
+        await self.publish(
+            self.topics.health.name,
+            "bot",
+            HealthBeat(event_id=str(uuid.uuid4()), component="bot", status="HEALTHY", ts=now),
+        )
+        equity = self.equity()
+        await self.publish(
+            self.topics.pnl.name,
+            ACCOUNT,
+            PnlTick(event_id=str(uuid.uuid4()), account_id=ACCOUNT, equity=equity, ts=now),
+        )
+        return equity
+
+
+def _flat(sim: ExchangeSimulator) -> bool:
+    return (
+        not sim.positions(ACCOUNT)
+        and not sim.open_orders(ACCOUNT)
+        and sum(sim.spot_balance(ACCOUNT, "BTC")) == 0
+    )
+
+
+async def _when(check: Callable[[], bool]) -> float:
+    """``perf_counter()`` at the first poll (every millisecond) where ``check`` holds."""
+    while not check():  # noqa: ASYNC110 - polls state owned by others (sim, gate)
+        await asyncio.sleep(0.001)
+    return time.perf_counter()
+
+
+async def _until(check: Any, timeout: float, what: str) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo: {what} did not happen within {timeout:.0f}s")
+        await asyncio.sleep(0.005)
+
+
+async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script, read top-down
+    """Play the scripted session; see the module docstring."""
+    result = DemoResult()
+    registry = topic_registry(prefix=f"demo-{uuid.uuid4().hex[:8]}")
+    keys = Path(tempfile.mkdtemp(prefix="ess-demo-keys-"))
+    alice = write_key_pair(generate_private_key(), keys, "alice")
+    async with (
+        kafka_target(registry) as bootstrap,
+        ExchangeSimulator(latency_ms=5.0) as sim,
+    ):
+        console.print(f"[bold]broker[/] {bootstrap}   [bold]exchange simulator[/] {sim.url}")
+        sim.add_account(
+            DEMO_API_KEY, DEMO_SECRET, name=ACCOUNT, spot={"USDT": "5000", "BTC": "0.2"}
+        )
+        settings = EssSettings(
+            kafka_bootstrap_servers=bootstrap,
+            topic_prefix=registry.prefix,
+            policy_store_url="memory://",
+            refresh_interval_sec=0.2,
+            status_port=-1,
+            operator_keys_dir=keys,
+        )
+        store = InMemoryPolicyStore()
+        credentials = VenueCredentials(
+            api_key=SecretStr(DEMO_API_KEY), secret=SecretStr(DEMO_SECRET)
+        )
+        venues = [
+            (
+                VenueConfig(
+                    name="binance-futures",
+                    exchange="binanceusdm",
+                    account=ACCOUNT,
+                    base_url=sim.url,
+                    countdown_symbols=(SYMBOL,),
+                ),
+                credentials,
+            ),
+            (
+                VenueConfig(
+                    name="binance-spot", exchange="binance", account=ACCOUNT, base_url=sim.url
+                ),
+                credentials,
+            ),
+        ]
+        from streams.runner import run_detector  # noqa: PLC0415 - Faust is heavy
+        from streams.settings import DetectorSettings  # noqa: PLC0415
+
+        stop, detector_ready = asyncio.Event(), asyncio.Event()
+        roles: dict[str, Coroutine[Any, Any, None]] = {
+            "command": run_processor(settings, stop),
+            "project": run_projector(
+                settings,
+                store,
+                stop,
+                bootstrap=bootstrap,
+                refresh_interval=0.2,
+                health_interval=0.5,
+            ),
+            "execute": run_executor(
+                registry,
+                bootstrap,
+                venues,
+                ExecutorSettings(status_port=-1, enforce_interval_s=1.0),
+                stop,
+            ),
+            "detect": run_detector(
+                DetectorSettings(
+                    bootstrap=bootstrap, registry=registry, app_id=f"{registry.prefix}-detect"
+                ),
+                stop,
+                ready=detector_ready,
+            ),
+        }
+        tasks = [asyncio.create_task(job, name=f"demo-{role}") for role, job in roles.items()]
+        gate = TradingGate(max_record_age=3.0, name="bot-gate")
+        feed = PolicyStoreGateFeed(store, gate, poll_interval=0.02)
+        sender = producer(bootstrap)
+        await sender.start()
+        session = Session(sim, sender, registry)
+        try:
+            with console.status("starting ESS roles (detect, command, execute, project)..."):
+                await asyncio.wait_for(detector_ready.wait(), 90)
+                await feed.start()
+                await _until(gate.allowed, 30, "the trading gate opening")
+            console.print("[green]ESS is up[/]: detection joined, gate open, countdown armed")
+
+            console.rule("[bold]trading session")
+            fill = await session.trade("buy", "0.5")
+            await session.publish(registry.fills.name, ACCOUNT, fill)
+            sim.seed_order(ACCOUNT, SYMBOL, "BUY", "0.1", "55000")
+            sim.seed_order(
+                ACCOUNT,
+                SYMBOL,
+                "SELL",
+                "0.5",
+                order_type="STOP_MARKET",
+                trigger_price="50000",
+                reduce_only=True,
+            )
+            sim.seed_order(ACCOUNT, SYMBOL, "SELL", "0.05", "75000", venue=Venue.SPOT)
+            console.print(
+                f"bot bought 0.5 BTC @ {fill.price:,.0f}; resting buy, stop-loss, spot sell placed"
+            )
+            price = START_PRICE
+            for step in range(STEPS):
+                price = (price * (1 + Decimal((-1) ** step) * Decimal("0.0004"))).quantize(
+                    Decimal("0.1")
+                )
+                equity = await session.tick(price)
+                if step % 4 == 3:
+                    side = "sell" if step % 8 == 3 else "buy"
+                    fill = await session.trade(side, "0.01")
+                    await session.publish(registry.fills.name, ACCOUNT, fill)
+                console.print(
+                    f"  t+{step * STEP_S:4.2f}s  BTC {price:>10,.1f}  equity {equity:>10,.2f}  "
+                    f"gate {'open' if gate.allowed() else 'CLOSED'}"
+                )
+                await asyncio.sleep(STEP_S)
+
+            console.rule("[bold red]flash crash")
+            state_at = (await read_state(bootstrap, registry))[0].next_offset
+            # Watchers start before the crash so that what they time is ESS, not themselves.
+            gate_closed = asyncio.create_task(_when(lambda: not gate.allowed()))
+            venues_flat = asyncio.create_task(_when(lambda: _flat(sim)))
+            crash_price = (price * (1 - CRASH)).quantize(Decimal("0.1"))
+            crashed, crashed_at = time.perf_counter(), datetime.now(UTC)
+            equity = await session.tick(crash_price)
+            console.print(f"BTC {price:,.1f} -> {crash_price:,.1f}; equity {equity:,.2f}")
+
+            async def activation() -> ActivatedEntry:
+                async for logged in follow_state(bootstrap, registry, state_at):
+                    if isinstance(logged.entry, ActivatedEntry):
+                        return logged.entry
+                raise AssertionError("unreachable")
+
+            entry = await asyncio.wait_for(activation(), 30)
+            # The entry's ts is the processor's clock when it decided (same host clock).
+            result.crash_to_active_ms = (entry.ts - crashed_at).total_seconds() * 1000
+            result.reason = entry.reason.value
+            if entry.trigger is not None:
+                result.trigger = (
+                    f"{entry.trigger.topic}[{entry.trigger.partition}]@{entry.trigger.offset}"
+                )
+            console.print(
+                f"[bold red]ESS ACTIVE[/] {result.crash_to_active_ms:.0f} ms after the crash "
+                f"record: {result.reason}\n  {entry.detail}"
+            )
+            result.crash_to_gate_closed_ms = (
+                await asyncio.wait_for(gate_closed, 10) - crashed
+            ) * 1000
+            console.print(f"trading gate CLOSED after {result.crash_to_gate_closed_ms:.0f} ms")
+            result.crash_to_flat_ms = (await asyncio.wait_for(venues_flat, 30) - crashed) * 1000
+            result.venues_flat = True
+            console.print(
+                f"[green]venues flat[/] after {result.crash_to_flat_ms:.0f} ms: no position, "
+                "no order (regular or conditional), spot BTC sold"
+            )
+
+            console.rule("[bold]state log")
+            _print_log(console, [entry_row(e) for e in (await read_state(bootstrap, registry))[1]])
+
+            console.rule("[bold]signed reset")
+            reset = signed_reset(SystemClock(), "alice", alice.private, "demo: crash reviewed")
+            await send_command(bootstrap, registry, reset)
+            outcome = await wait_for_outcome(bootstrap, registry, reset.command_id, timeout=30)
+            if isinstance(outcome, ResetEntry):
+                result.reset_by = ", ".join(outcome.operators)
+            await _until(gate.allowed, 10, "the gate re-opening")
+            result.gate_reopened = True
+            console.print(f"reset by {result.reset_by}: ESS INACTIVE, trading gate open again")
+            result.actions = await _action_counts(bootstrap, registry)
+        finally:
+            await session.close()
+            await feed.stop()
+            await sender.stop()
+            stop.set()
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 30)
+    return result
+
+
+async def _action_counts(bootstrap: str, registry: TopicRegistry) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in await read_to_end(bootstrap, registry.actions.name):
+        report = decode(ActionReport, record.value or b"")
+        key = f"{report.action}/{report.outcome}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _print_log(console: Console, rows: list[dict[str, str]]) -> None:
+    if not rows:
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+
+
+def _print_summary(console: Console, result: DemoResult) -> None:
+    table = Table(title="ESS demo summary", show_header=False)
+    rows = [
+        ("trip", f"{result.reason} (trigger {result.trigger or '-'})"),
+        ("crash record -> ESS ACTIVE", _ms(result.crash_to_active_ms)),
+        ("crash record -> trading gate closed", _ms(result.crash_to_gate_closed_ms)),
+        ("crash record -> account flat", _ms(result.crash_to_flat_ms)),
+        ("venues flat (futures + spot)", "yes" if result.venues_flat else "NO"),
+        ("reset", f"signed by {result.reset_by}" if result.reset_by else "NO"),
+        ("gate re-opened after reset", "yes" if result.gate_reopened else "NO"),
+        ("executor reports", ", ".join(f"{k} {v}" for k, v in sorted(result.actions.items()))),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def main() -> int:
+    console = Console()
+    log_path = Path(tempfile.gettempdir()) / "ess-demo.log"
+    with log_path.open("w") as log_file:
+        configure_logging("INFO", json=True, sink=log_file)
+        console.print(f"ESS logs (JSON) go to {log_path}")
+        return _run(console)
+
+
+def _run(console: Console) -> int:
+    try:
+        result = asyncio.run(run_demo(console))
+    except Exception as exc:  # the demo's verdict: say what failed, exit non-zero
+        console.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}")
+        return 1
+    _print_summary(console, result)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
