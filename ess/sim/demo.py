@@ -13,12 +13,27 @@ from typing import Final
 from ess.sim.markets import Venue
 from ess.sim.server import ExchangeSimulator
 
-__all__ = ["DEMO_API_KEY", "DEMO_SECRET", "seed_demo", "seed_many"]
+__all__ = [
+    "DEMO_API_KEY",
+    "DEMO_POSITIONS",
+    "DEMO_SECRET",
+    "seed_demo",
+    "seed_demo_book",
+    "seed_many",
+]
 
 #: Credentials of the demo account. They are public by design (printed by ``python -m ess.sim``)
 #: and only ever valid against a simulator.
 DEMO_API_KEY: Final = "ess-demo-key"
 DEMO_SECRET: Final = "ess-demo-secret"  # noqa: S105 - a published demo credential
+
+
+#: The demo account's futures positions: symbol -> (signed size, entry price).
+DEMO_POSITIONS: Final = {
+    "BTCUSDT": ("0.5", "58000"),
+    "ETHUSDT": ("-2", "3100"),
+    "SOLUSDT": ("10", "140"),
+}
 
 
 def seed_demo(
@@ -37,9 +52,15 @@ def seed_demo(
     account = sim.add_account(
         api_key, secret, name=name, spot={"BTC": "0.2", "ETH": "1.5", "USDT": "1000"}
     )
-    sim.seed_position(account, "BTCUSDT", "0.5", "58000")
-    sim.seed_position(account, "ETHUSDT", "-2", "3100")
-    sim.seed_position(account, "SOLUSDT", "10", "140")
+    seed_demo_book(sim, account)
+    return account
+
+
+def seed_demo_book(sim: ExchangeSimulator, account: str) -> None:
+    """The demo's positions and orders on an existing ``account`` (see :func:`seed_demo`); the
+    spot sell needs 0.05 BTC on the account's spot balance."""
+    for symbol, (size, entry) in DEMO_POSITIONS.items():
+        sim.seed_position(account, symbol, size, entry)
     sim.seed_order(account, "BTCUSDT", "BUY", "0.01", "50000")
     sim.seed_order(account, "ETHUSDT", "BUY", "1", "2800", reduce_only=True)
     sim.seed_order(
@@ -52,7 +73,6 @@ def seed_demo(
         reduce_only=True,
     )
     sim.seed_order(account, "BTCUSDT", "SELL", "0.05", "70000", venue=Venue.SPOT)
-    return account
 
 
 def seed_many(

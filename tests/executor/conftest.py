@@ -1,4 +1,4 @@
-"""Fixtures for the executor suites: a simulator per test with one account, and Binance
+"""Fixtures for the executor suites: one account on the per-test simulator, and Binance
 adapters pointed at it (opened inside the test's event loop, closed after it)."""
 
 from __future__ import annotations
@@ -20,13 +20,6 @@ SECRET = "exec-secret-Xv4mN8rT1"
 ACCOUNT = "main"
 
 OpenVenue = Callable[..., Awaitable[BinanceVenue]]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[ExchangeSimulator]:
-    """A started simulator (default markets and Binance's default rate limits)."""
-    async with ExchangeSimulator() as simulator:
-        yield simulator
 
 
 @pytest.fixture

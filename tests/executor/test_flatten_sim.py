@@ -19,6 +19,7 @@ from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings
 from ess.executor.engine import VenueFlattener, enforce_all
 from ess.sim import ExchangeSimulator, RateLimits, Venue
+from ess.sim.demo import DEMO_POSITIONS, seed_demo_book
 from schemas import ActionReport, ReasonCode
 from tests.executor.conftest import OpenVenue
 from tests.helpers import eventually
@@ -37,7 +38,7 @@ SETTINGS = ExecutorSettings(
 )
 
 #: Futures exposure seeded on every test account: symbol -> signed size.
-FUTURES = {"BTCUSDT": D("0.5"), "ETHUSDT": D("-2"), "SOLUSDT": D("10")}
+FUTURES = {symbol: D(size) for symbol, (size, _) in DEMO_POSITIONS.items()}
 
 
 def activation(seq: int = 0) -> Activation:
@@ -53,24 +54,11 @@ def activation(seq: int = 0) -> Activation:
 
 
 def seed(sim: ExchangeSimulator, account: str) -> None:
-    """Futures positions with regular and conditional orders; spot balances with a resting
-    sell that locks part of one."""
-    for symbol, size in FUTURES.items():
-        sim.seed_position(account, symbol, size, sim.mark_price(symbol))
-    sim.seed_order(account, "BTCUSDT", "BUY", "0.01", "50000")
-    sim.seed_order(account, "ETHUSDT", "BUY", "1", "2800", reduce_only=True)
-    sim.seed_order(
-        account,
-        "BTCUSDT",
-        "SELL",
-        "0.5",
-        order_type="STOP_MARKET",
-        trigger_price="55000",
-        reduce_only=True,
-    )
+    """The demo book: futures positions with regular and conditional orders; spot balances
+    with a resting sell that locks part of one."""
     sim.seed_balance(account, "BTC", "0.2")
     sim.seed_balance(account, "ETH", "1.5")
-    sim.seed_order(account, "BTCUSDT", "SELL", "0.05", "70000", venue=Venue.SPOT)
+    seed_demo_book(sim, account)
 
 
 def assert_flat(sim: ExchangeSimulator, account: str) -> None:

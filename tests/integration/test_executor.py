@@ -61,12 +61,6 @@ def reset(seq: int) -> ResetEntry:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[ExchangeSimulator]:
-    async with ExchangeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture
 def account(sim: ExchangeSimulator) -> str:
     name = sim.add_account(KEY, SECRET, name="main", spot={"USDT": "1000", "BTC": "0.2"})
     sim.seed_position(name, "BTCUSDT", "0.5", "60000")
@@ -134,6 +128,16 @@ async def action_reports(bootstrap: str, registry: TopicRegistry) -> list[Action
     return [decode(ActionReport, record.value or b"") for record in records]
 
 
+async def reported_by_both(
+    bootstrap: str, registry: TopicRegistry, outcome: str
+) -> list[ActionReport]:
+    """``ess.actions`` once both venues reported ``flatten/<outcome>``."""
+    reports = await action_reports(bootstrap, registry)
+    venues = {r.venue for r in reports if (r.action, r.outcome) == ("flatten", outcome)}
+    assert venues == {"futures", "spot"}
+    return reports
+
+
 async def append(bootstrap: str, registry: TopicRegistry, *entries: Any) -> None:
     async with KafkaStateLog(bootstrap, registry.state.name) as log:
         for entry in entries:
@@ -154,13 +158,9 @@ async def test_activation_flattens_both_venues_and_reset_ends_enforcement(
 
     await append(kafka_bootstrap, registry, activated(0))
 
-    async def both_verified() -> list[ActionReport]:
-        reports = await action_reports(kafka_bootstrap, registry)
-        flat = {r.venue for r in reports if (r.action, r.outcome) == ("flatten", "verified_flat")}
-        assert flat == {"futures", "spot"}
-        return reports
-
-    reports = await eventually(both_verified, timeout=20)
+    reports = await eventually(
+        lambda: reported_by_both(kafka_bootstrap, registry, "verified_flat"), timeout=20
+    )
     assert sim.positions(account) == {}
     assert sim.open_orders(account) == []
     assert sum(sim.spot_balance(account, "BTC")) == 0
@@ -185,13 +185,7 @@ async def test_activation_flattens_both_venues_and_reset_ends_enforcement(
 
     await append(kafka_bootstrap, registry, reset(1))
 
-    async def stopped() -> set[str]:
-        reports = await action_reports(kafka_bootstrap, registry)
-        ended = {r.venue for r in reports if (r.action, r.outcome) == ("flatten", "stopped")}
-        assert ended == {"futures", "spot"}
-        return ended
-
-    await eventually(stopped, timeout=20)
+    await eventually(lambda: reported_by_both(kafka_bootstrap, registry, "stopped"), timeout=20)
     assert executor.status().status == "INACTIVE"
 
 

@@ -1,5 +1,6 @@
-"""Fixtures for the exchange-simulator suites: a simulator per test, and real ccxt clients
-(created inside the test's event loop, closed without ccxt's 250 ms exit sleep)."""
+"""Fixtures for the exchange-simulator suites: an account on the per-test simulator (``sim``,
+from ``tests/fixtures/sim.py``) and real ccxt clients (created inside the test's event loop,
+closed without ccxt's 250 ms exit sleep)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,6 @@ from ess.sim import ExchangeSimulator, make_exchange
 
 API_KEY = "test-key"
 SECRET = "test-secret"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[ExchangeSimulator]:
-    async with ExchangeSimulator() as simulator:
-        yield simulator
 
 
 @pytest.fixture
