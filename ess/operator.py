@@ -18,7 +18,7 @@ from typing import Any
 
 from ess.clock import Clock
 from ess.core.signing import load_private_key, sign_reset
-from ess.kafka import producer
+from ess.kafka import KafkaSecurity, producer
 from ess.statelog import Folded, KafkaStateLog, LoggedEntry, fold_log, follow_state
 from schemas import (
     ReasonCode,
@@ -71,10 +71,14 @@ def signed_reset(clock: Clock, operator: str, key_path: Path, detail: str) -> Re
 
 
 async def send_command(
-    bootstrap: str, registry: TopicRegistry, command: TripCommand | ResetCommand
+    bootstrap: str,
+    registry: TopicRegistry,
+    command: TripCommand | ResetCommand,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Write ``command`` to the command topic; returns its offset once the broker acked it."""
-    out = producer(bootstrap, read_to_end_safe=True)
+    out = producer(bootstrap, read_to_end_safe=True, security=security)
     await out.start()
     try:
         metadata = await out.send_and_wait(registry.commands.name, encode(command), key=COMMAND_KEY)
@@ -83,9 +87,11 @@ async def send_command(
     return int(metadata.offset)
 
 
-async def read_state(bootstrap: str, registry: TopicRegistry) -> tuple[Folded, list[LoggedEntry]]:
+async def read_state(
+    bootstrap: str, registry: TopicRegistry, *, security: KafkaSecurity | None = None
+) -> tuple[Folded, list[LoggedEntry]]:
     """The whole state log, folded (raises ``SequenceError`` on a log that cannot be trusted)."""
-    log = KafkaStateLog(bootstrap, registry.state.name)
+    log = KafkaStateLog(bootstrap, registry.state.name, security=security)
     entries = await log.read()
     return fold_log(entries), entries
 
@@ -97,6 +103,7 @@ async def wait_for_outcome(
     *,
     timeout: float = 30.0,  # noqa: ASYNC109 - the error message reports what was waited for
     from_offset: int = 0,
+    security: KafkaSecurity | None = None,
 ) -> StateEntry:
     """The state-log entry the command processor appended for ``command_id``.
 
@@ -106,7 +113,7 @@ async def wait_for_outcome(
     deadline = time.monotonic() + timeout
     try:
         async with asyncio.timeout(timeout):
-            async for logged in follow_state(bootstrap, registry, from_offset):
+            async for logged in follow_state(bootstrap, registry, from_offset, security=security):
                 if logged.entry.command_id == command_id:
                     return logged.entry
     except TimeoutError:

@@ -58,7 +58,7 @@ from ess.core.decider import UNAUTHENTICATED_REJECTIONS
 from ess.core.ids import derive_id
 from ess.core.signing import KeyMaterialError
 from ess.deadletter import DeadLetterWriter
-from ess.kafka import consumer, producer
+from ess.kafka import KafkaSecurity, consumer, producer
 from ess.logging import configure_logging
 from ess.statelog import Folded, KafkaStateLog, LoggedEntry, fold_log
 from schemas import (
@@ -217,6 +217,7 @@ class CommandProcessor:
             (offsets are still committed under ``group_id``). That saves the ~3 s group join
             of tests and tools, and gives up the group's single-owner guard; fencing remains.
         fault: Test-only fault injection (:class:`Fault`).
+        security: TLS/SASL of every client (default PLAINTEXT).
     """
 
     def __init__(
@@ -229,9 +230,11 @@ class CommandProcessor:
         group_id: str | None = None,
         join_group: bool = True,
         fault: Fault | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.stats = ProcessorStats()
         self._bootstrap = bootstrap
+        self._security = security
         self._registry = registry
         self._policy = reset_policy
         self._clock = clock
@@ -240,7 +243,7 @@ class CommandProcessor:
         self._fault = fault
         self._commands = TopicPartition(registry.commands.name, 0)
         self._state_tp = TopicPartition(registry.state.name, 0)
-        self._log = KafkaStateLog(bootstrap, registry.state.name)
+        self._log = KafkaStateLog(bootstrap, registry.state.name, security=security)
         self._folded = fold_log(())
         self._next_command = 0
         self._owned = False
@@ -301,7 +304,9 @@ class CommandProcessor:
         return self._clients
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
-        commands = consumer(self._bootstrap, group_id=self._group_id, client_id=SOURCE)
+        commands = consumer(
+            self._bootstrap, group_id=self._group_id, client_id=SOURCE, security=self._security
+        )
         await commands.start()
         # Stopping leaves the group: a prompt handover on Kafka. (Tansu 0.6.0 ignores the
         # LeaveGroup and waits for the 6 s session to expire before it rebalances.)
@@ -315,7 +320,7 @@ class CommandProcessor:
         await self._log.start()
         stack.push_async_callback(self._log.stop)
         # Dead letters and security events; ess.state has its own one-record-per-batch producer.
-        side = producer(self._bootstrap, client_id=SOURCE)
+        side = producer(self._bootstrap, client_id=SOURCE, security=self._security)
         await side.start()
         stack.push_async_callback(side.stop)
         self._clients = _Clients(
@@ -624,7 +629,12 @@ async def run_processor(settings: EssSettings, stop: asyncio.Event) -> None:
     except (KeyMaterialError, OSError, ValueError) as exc:
         raise _critical(StartupRefused, f"command processor settings: {exc}") from exc
     processor = CommandProcessor(
-        bootstrap, settings.registry(), reset_policy=policy, clock=SystemClock(), fault=fault
+        bootstrap,
+        settings.registry(),
+        reset_policy=policy,
+        clock=SystemClock(),
+        fault=fault,
+        security=settings.kafka_security(),
     )
     await processor.run(stop)
 

@@ -77,7 +77,7 @@ from ess.clock import Clock, SystemClock
 from ess.config import EssSettings
 from ess.core import EssState, SequenceError, derive_id
 from ess.core.projection import NEVER, event_for, policy_record
-from ess.kafka import UnknownTopicError, consumer, producer, read_to_end
+from ess.kafka import KafkaSecurity, UnknownTopicError, consumer, producer, read_to_end
 from ess.metrics import LogTally, ProjectorMetrics
 from ess.statelog import Folded, KafkaStateLog, fold_log
 from ess.status import ProjectorStatus, serve_status
@@ -256,10 +256,12 @@ class Projector:
         metrics: ProjectorMetrics | None = None,
         io_timeout: float = 5.0,
         log_timeout: float = 10.0,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if refresh_interval <= 0 or health_interval <= 0 or io_timeout <= 0 or log_timeout <= 0:
             raise ValueError("intervals and timeouts must be positive")
         self.bootstrap = bootstrap
+        self.security = security
         self.topics = registry
         self.policy_store = policy_store
         self.clock: Clock = clock or SystemClock()
@@ -415,7 +417,12 @@ class Projector:
             sender: AIOKafkaProducer | None = None
             try:
                 self._published_seq = await self._highest_published_seq()
-                follower = consumer(self.bootstrap, group_id=None, client_id="ess-projector")
+                follower = consumer(
+                    self.bootstrap,
+                    group_id=None,
+                    client_id="ess-projector",
+                    security=self.security,
+                )
                 await follower.start()
                 existing = await follower.topics()
                 for name in (self.topics.state.name, self.topics.health.name):
@@ -425,7 +432,7 @@ class Projector:
                 await follower.seek_to_beginning(state_tp)
                 listed_end = int((await follower.end_offsets([state_tp]))[state_tp])
                 # One record per batch: ess.events is read "to the end" on every start.
-                sender = producer(self.bootstrap, read_to_end_safe=True)
+                sender = producer(self.bootstrap, read_to_end_safe=True, security=self.security)
                 await sender.start()
                 return _Clients(follower, sender, listed_end)
             except Exception as exc:
@@ -459,7 +466,9 @@ class Projector:
         """Highest ``seq`` on ``ess.events`` (``None`` if empty). Records that do not decode
         are skipped: they cannot say which seq they announced, and ESS is the only writer."""
         highest: int | None = None
-        for record in await read_to_end(self.bootstrap, self.topics.events.name):
+        for record in await read_to_end(
+            self.bootstrap, self.topics.events.name, security=self.security
+        ):
             try:
                 event: EmergencyStopEvent | EmergencyResetEvent = decode(
                     EmergencyEvent, record.value or b""
@@ -733,6 +742,7 @@ async def run_projector(
         health_interval=health_interval,
         component=component,
         metrics=metrics,
+        security=settings.kafka_security(),
     )
     server = None
     if status_port is not None:

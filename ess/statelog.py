@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from loguru import logger
 
 from ess.core import INITIAL_STATE, EssState, SequenceError, evolve
-from ess.kafka import consumer, producer, read_to_end
+from ess.kafka import KafkaSecurity, consumer, producer, read_to_end
 from schemas import RecordError, StateEntry, TopicRegistry, decode, encode
 
 #: Kafka key of every state-log record: one partition, so the key only documents intent.
@@ -106,14 +106,17 @@ class KafkaStateLog:
     rather than skipping it, because every reader must fail closed on a log it cannot trust.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, *, security: KafkaSecurity | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.security = security
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         if self._producer is None:
-            self._producer = producer(self.bootstrap, read_to_end_safe=True)
+            self._producer = producer(self.bootstrap, read_to_end_safe=True, security=self.security)
             await self._producer.start()
 
     async def stop(self) -> None:
@@ -122,7 +125,9 @@ class KafkaStateLog:
             self._producer = None
 
     async def read(self, from_offset: int = 0) -> list[LoggedEntry]:
-        records = await read_to_end(self.bootstrap, self.topic, start_offset=from_offset)
+        records = await read_to_end(
+            self.bootstrap, self.topic, start_offset=from_offset, security=self.security
+        )
         return [self.decode_record(record.offset, record.value) for record in records]
 
     @staticmethod
@@ -148,11 +153,15 @@ class KafkaStateLog:
 
 
 async def follow_state(
-    bootstrap: str, registry: TopicRegistry, from_offset: int = 0
+    bootstrap: str,
+    registry: TopicRegistry,
+    from_offset: int = 0,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> AsyncIterator[LoggedEntry]:
     """Yield state-log entries from ``from_offset`` on, forever (the caller stops iterating)."""
     tp = TopicPartition(registry.state.name, 0)
-    reader = consumer(bootstrap, group_id=None, client_id="ess-follower")
+    reader = consumer(bootstrap, group_id=None, client_id="ess-follower", security=security)
     await reader.start()
     try:
         reader.assign([tp])

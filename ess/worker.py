@@ -63,7 +63,7 @@ async def run_worker(
     # Configuration errors surface before anything starts (no broker started for nothing).
     venues = _executor_venues() if "execute" in roles else ()
     registry = settings.registry()
-    async with kafka_target(registry) as bootstrap:
+    async with kafka_target(registry, security=settings.kafka_security()) as bootstrap:
         bound = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
         jobs = _jobs(bound, roles, stop, venues)
         logger.bind(roles=list(roles), bootstrap=bootstrap, prefix=registry.prefix).info(
@@ -89,6 +89,7 @@ def _jobs(
             ExecutorSettings(),
             stop,
             status_host=settings.status_host,
+            security=settings.kafka_security(),
         )
     if "command" in roles:
         jobs["command"] = run_processor(settings, stop)
@@ -111,7 +112,11 @@ def _jobs(
         from streams.runner import run_detector  # noqa: PLC0415
         from streams.settings import DetectorSettings  # noqa: PLC0415
 
-        detector = DetectorSettings.from_env(settings.kafka_bootstrap_servers, settings.registry())
+        detector = DetectorSettings.from_env(
+            settings.kafka_bootstrap_servers,
+            settings.registry(),
+            security=settings.kafka_security(),
+        )
         jobs["detect"] = run_detector(detector, stop)
     return jobs
 

@@ -60,19 +60,21 @@ def decode(target: Any, raw: bytes | str) -> Any:
     Raises :class:`RecordError` for oversized input, invalid UTF-8 or JSON, and every
     validation failure, with the field path in the message.
     """
-    name = _model_name(target)
+    # The model name is only computed on failure: decode is on every record's hot path.
     try:
         data = raw.encode() if isinstance(raw, str) else raw
     except UnicodeEncodeError as exc:  # a str holding lone surrogates cannot be UTF-8
-        raise RecordError(name, [("", f"invalid UTF-8: {exc.reason}")]) from exc
+        raise RecordError(_model_name(target), [("", f"invalid UTF-8: {exc.reason}")]) from exc
     if len(data) > MAX_RECORD_BYTES:
-        raise RecordError(name, [("", f"record is {len(data)} bytes, limit {MAX_RECORD_BYTES}")])
+        raise RecordError(
+            _model_name(target), [("", f"record is {len(data)} bytes, limit {MAX_RECORD_BYTES}")]
+        )
     try:
         if isinstance(target, type) and issubclass(target, BaseModel):
             return target.model_validate_json(data)
         return _adapter(target).validate_json(data)
     except ValidationError as exc:
-        raise RecordError(name, _describe(exc)) from exc
+        raise RecordError(_model_name(target), _describe(exc)) from exc
 
 
 _ADAPTERS: dict[int, TypeAdapter[Any]] = {}

@@ -164,6 +164,9 @@ def create_app(
         processing_guarantee="at_least_once",
         Monitor=LeanMonitor,
         Table=DetectTable,
+        # TLS/SASL for Faust's consumer, producer and admin client; None (PLAINTEXT) is
+        # Faust's own default.
+        broker_credentials=settings.security.faust_credentials(),
     )
     app.ess_fetch_max_wait_ms = settings.fetch_max_wait_ms
 

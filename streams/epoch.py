@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from loguru import logger
 
 from ess.core import SequenceError
-from ess.kafka import consumer
+from ess.kafka import KafkaSecurity, consumer
 from ess.rules.base import Context
 from ess.statelog import Folded, KafkaStateLog, fold_log
 
@@ -48,8 +48,16 @@ class StaticEpoch:
 class EpochFollower:
     """Follows ``topic`` (``ess.state``) and exposes the current :class:`Context`."""
 
-    def __init__(self, bootstrap: str, topic: str, *, fetch_max_wait_ms: int = 50) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        fetch_max_wait_ms: int = 50,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._tp = TopicPartition(topic, 0)
         self._fetch_max_wait_ms = fetch_max_wait_ms
@@ -72,6 +80,7 @@ class EpochFollower:
             group_id=None,
             client_id="ess-detect-epoch",
             fetch_max_wait_ms=self._fetch_max_wait_ms,
+            security=self._security,
         )
         await reader.start()
         self._consumer = reader

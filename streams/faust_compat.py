@@ -44,9 +44,12 @@ __all__ = ["DetectApp", "DetectTable", "LeanMonitor"]
 _PROBE_TIMEOUT_S: Final = 5.0
 
 
-async def fetched_highwaters(bootstrap: list[str], listed: dict[Any, int]) -> dict[Any, int]:
+async def fetched_highwaters(
+    bootstrap: list[str], listed: dict[Any, int], auth: dict[str, Any] | None = None
+) -> dict[Any, int]:
     """``max(listed end, fetch high watermark)`` per partition, from a throwaway group-less
-    consumer that fetches once near the listed end of each partition."""
+    consumer that fetches once near the listed end of each partition. ``auth``: the app's
+    TLS/SASL keywords (``credentials_to_aiokafka_auth``), so the probe connects like Faust."""
     probe = aiokafka.AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -54,6 +57,7 @@ async def fetched_highwaters(bootstrap: list[str], listed: dict[Any, int]) -> di
         enable_auto_commit=False,
         fetch_max_wait_ms=10,
         max_partition_fetch_bytes=1024,
+        **(auth or {}),
     )
     await probe.start()
     try:
@@ -94,7 +98,12 @@ class DetectConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         bootstrap = faust_aiokafka.server_list(
             self.transport.url, faust_aiokafka.Transport.default_port
         )
-        truer = await fetched_highwaters(bootstrap, listed)
+        auth = dict(
+            faust_aiokafka.credentials_to_aiokafka_auth(
+                self.app.conf.broker_credentials, self.app.conf.ssl_context
+            )
+        )
+        truer = await fetched_highwaters(bootstrap, listed, auth)
         raised = {tp: (listed[tp], end) for tp, end in truer.items() if end != listed[tp]}
         if raised:
             logger.bind(

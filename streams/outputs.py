@@ -23,7 +23,7 @@ from typing import Final
 from aiokafka import AIOKafkaProducer
 from loguru import logger
 
-from ess.kafka import producer
+from ess.kafka import KafkaSecurity, producer
 from schemas import DeadLetter, TopicRegistry, TripCommand, encode
 
 __all__ = ["COMMAND_KEY", "KafkaOutputs"]
@@ -36,8 +36,11 @@ _MAX_BACKOFF_S: Final = 2.0
 class KafkaOutputs:
     """Trip commands and dead letters to the registry's topics, with ESS's own producers."""
 
-    def __init__(self, bootstrap: str, registry: TopicRegistry) -> None:
+    def __init__(
+        self, bootstrap: str, registry: TopicRegistry, *, security: KafkaSecurity | None = None
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._commands_topic = registry.commands.name
         self._deadletter_topic = registry.deadletter.name
         self._commands: AIOKafkaProducer | None = None
@@ -45,9 +48,14 @@ class KafkaOutputs:
 
     async def start(self) -> None:
         self._commands = producer(
-            self._bootstrap, read_to_end_safe=True, client_id="ess-detect-commands"
+            self._bootstrap,
+            read_to_end_safe=True,
+            client_id="ess-detect-commands",
+            security=self._security,
         )
-        self._letters = producer(self._bootstrap, client_id="ess-detect-deadletter")
+        self._letters = producer(
+            self._bootstrap, client_id="ess-detect-deadletter", security=self._security
+        )
         await self._commands.start()
         await self._letters.start()
 

@@ -55,10 +55,15 @@ async def run_detector(
     benchmark passes instrumented ones)."""
     from ess.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
 
-    await ensure_topics(settings.bootstrap, settings.registry)
-    epoch = EpochFollower(settings.bootstrap, settings.registry.state.name, fetch_max_wait_ms=50)
+    await ensure_topics(settings.bootstrap, settings.registry, security=settings.security)
+    epoch = EpochFollower(
+        settings.bootstrap,
+        settings.registry.state.name,
+        fetch_max_wait_ms=50,
+        security=settings.security,
+    )
     await epoch.start()
-    outputs = KafkaOutputs(settings.bootstrap, settings.registry)
+    outputs = KafkaOutputs(settings.bootstrap, settings.registry, security=settings.security)
     app: Any = None
     try:
         await outputs.start()
@@ -114,8 +119,9 @@ async def _amain() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     registry = ess.registry()
-    async with kafka_target(registry) as bootstrap:
-        settings = DetectorSettings.from_env(bootstrap, registry)
+    security = ess.kafka_security()
+    async with kafka_target(registry, security=security) as bootstrap:
+        settings = DetectorSettings.from_env(bootstrap, registry, security=security)
         logger.bind(bootstrap=bootstrap, app_id=settings.app_id, prefix=registry.prefix).info(
             "starting detection worker"
         )

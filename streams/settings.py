@@ -2,9 +2,10 @@
 
 Environment (all optional):
 
-* ``KAFKA_BOOTSTRAP_SERVERS``, ``ESS_TOPIC_PREFIX``, ``ESS_INPUT_PARTITIONS``: as for every
-  ESS process (:class:`ess.config.EssSettings`); without a bootstrap the runner starts an
-  embedded broker.
+* ``KAFKA_BOOTSTRAP_SERVERS``, ``ESS_TOPIC_PREFIX``, ``ESS_INPUT_PARTITIONS`` and the Kafka
+  security settings (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``, ``KAFKA_SSL_*``): as for
+  every ESS process (:class:`ess.config.EssSettings`, which the caller reads and passes in);
+  without a bootstrap the runner starts an embedded broker.
 * ``ESS_DETECT_GROUP`` (default ``ess-detect-a``): the Faust app id, which is also the
   consumer group and the prefix of the changelog topics. Run a second, independent group
   (``ess-detect-b``) for redundancy: both see every record and send the same trips with the
@@ -26,6 +27,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ess.kafka import PLAINTEXT, KafkaSecurity
 from ess.rules.config import DetectionConfig
 from schemas import TopicRegistry
 
@@ -84,6 +86,9 @@ class DetectorSettings:
     standby_replicas: int = 1
     #: Replication factor of the topics Faust creates (changelogs, leader topic).
     replication_factor: int = 1
+    #: TLS/SASL of every Kafka client of the worker: Faust's (``broker_credentials``) and
+    #: ESS's own (epoch follower, trip and dead-letter producers, topic setup).
+    security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         # The silence rules point a never-seen required key's trigger at the physical topic.
@@ -96,12 +101,20 @@ class DetectorSettings:
             object.__setattr__(self, "detection", detection.model_copy(update=wanted))
 
     @classmethod
-    def from_env(cls, bootstrap: str, registry: TopicRegistry) -> DetectorSettings:
-        """Settings from ``ESS_DETECT_*`` for a known Kafka and registry."""
+    def from_env(
+        cls,
+        bootstrap: str,
+        registry: TopicRegistry,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> DetectorSettings:
+        """Settings from ``ESS_DETECT_*`` for a known Kafka, registry and connection security
+        (``EssSettings.kafka_security()``; the Kafka settings are read once, by the caller)."""
         env = DetectEnv()
         return cls(
             bootstrap=bootstrap,
             registry=registry,
+            security=security,
             app_id=env.group,
             detection=load_detection_config(env.config),
             fetch_max_wait_ms=env.fetch_max_wait_ms,

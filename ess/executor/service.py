@@ -42,7 +42,7 @@ from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.engine import Phase, VenueFlattener, VenueProgress, enforce_all, keep_countdown
 from ess.executor.ports import VenuePort
-from ess.kafka import producer
+from ess.kafka import KafkaSecurity, producer
 from ess.statelog import Folded, KafkaStateLog, fold_log, follow_state
 from ess.status import serve_status
 from schemas import ActionReport, TopicRegistry, encode
@@ -195,11 +195,13 @@ class Executor:
         countdowns: Mapping[str, Countdown] | None = None,
         clock: Clock | None = None,
         metrics: ExecutorMetrics | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         names = [venue.name for venue in venues]
         if len(set(names)) != len(names):
             raise ValueError(f"venue names must be unique: {names}")
         self.bootstrap = bootstrap
+        self.security = security
         self.topics = topics
         self.venues = tuple(venues)
         self.settings = settings
@@ -300,7 +302,7 @@ class Executor:
 
     async def _follow(self, stop: asyncio.Event) -> None:
         """Catch up on ``ess.state``, then follow it; reconnect after any failure."""
-        state_log = KafkaStateLog(self.bootstrap, self.topics.state.name)
+        state_log = KafkaStateLog(self.bootstrap, self.topics.state.name, security=self.security)
         while not stop.is_set():
             try:
                 if not self._caught_up:
@@ -311,7 +313,7 @@ class Executor:
                     ).info("executor caught up with ess.state")
                     self._apply()
                 async for logged in follow_state(
-                    self.bootstrap, self.topics, self._folded.next_offset
+                    self.bootstrap, self.topics, self._folded.next_offset, security=self.security
                 ):
                     self._folded = fold_log([logged], self._folded)
                     self._apply()
@@ -391,7 +393,7 @@ class Executor:
         """Drain the report queue into ``ess.actions``, reconnecting as needed."""
         topic = self.topics.actions.name
         while True:  # cancelled by run() once the queue is drained (or the drain timed out)
-            sender = producer(self.bootstrap)
+            sender = producer(self.bootstrap, security=self.security)
             try:
                 await sender.start()
                 while True:
@@ -425,6 +427,7 @@ async def run_executor(
     *,
     status_host: str = "127.0.0.1",
     clock: Clock | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Entry point of ``ess worker --role execute``: an :class:`Executor` over ccxt venues
     built from ``venues`` (see :func:`ess.executor.config.load_venues`), with its status
@@ -445,6 +448,7 @@ async def run_executor(
             if config.countdown_symbols
         },
         clock=clock,
+        security=security,
     )
     server = None
     if settings.status_port >= 0:

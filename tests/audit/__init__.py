@@ -1,0 +1,134 @@
+"""Tests of the audit tooling (``ess.audit``), and the recording builder they share.
+
+Everything here runs without a broker: recordings are written directly in the recording
+format, as ``ess record`` would have written them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from ess.audit.recording import Manifest, RecordingWriter, TopicFile
+from ess.rules.base import Coordinates, Detection, trip_command
+from schemas import (
+    ActivatedEntry,
+    ReasonCode,
+    ResetEntry,
+    StateEntry,
+    TopicRegistry,
+    TriggerRef,
+    TripRecordedEntry,
+    encode,
+    topic_registry,
+)
+from tests.records import beat, fill, pnl, s, security
+
+# Re-exported: the audit tests build their records with the shared builders.
+__all__ = ["beat", "fill", "pnl", "s", "security"]
+
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def ms(moment: datetime) -> int:
+    """Kafka timestamp (ms) of ``moment``."""
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class Builder:
+    """Writes a recording: input records and state-log entries with their Kafka timestamps."""
+
+    directory: Path
+    registry: TopicRegistry = field(default_factory=lambda: topic_registry("ess"))
+    _files: dict[str, TopicFile] = field(default_factory=dict)
+    _offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    _writer: RecordingWriter | None = None
+
+    def __post_init__(self) -> None:
+        self._writer = RecordingWriter(self.directory, self.registry.prefix)
+        for spec in [*self.registry.inputs(), self.registry.state]:
+            self._files[spec.logical] = self._writer.topic(spec)
+
+    def add(
+        self,
+        logical: str,
+        key: str,
+        record: dict[str, Any] | bytes | None,
+        at: datetime,
+        *,
+        partition: int | None = None,
+    ) -> Coordinates:
+        """Record one input record sent at ``at`` (its Kafka timestamp); returns where."""
+        spec = getattr(self.registry, logical)
+        if partition is None:
+            partition = (murmur2(key.encode()) & 0x7FFFFFFF) % spec.partitions
+        value = orjson.dumps(record) if isinstance(record, dict) else record
+        offset = self._offsets.get((logical, partition), 0)
+        self._offsets[(logical, partition)] = offset + 1
+        self._files[logical].write(partition, offset, ms(at), key.encode(), value)
+        return Coordinates(spec.name, partition, offset)
+
+    def state(self, entry: StateEntry, at: datetime | None = None) -> None:
+        """Record one state-log entry, appended at ``at`` (default: its ``ts``)."""
+        logical = "state"
+        offset = self._offsets.get((logical, 0), 0)
+        self._offsets[(logical, 0)] = offset + 1
+        self._files[logical].write(0, offset, ms(at or entry.ts), b"ess", encode(entry))
+
+    def close(self, recorded_at: datetime = T0) -> Manifest:
+        assert self._writer is not None
+        return self._writer.close(recorded_at)
+
+
+def trip_entry(
+    seq: int,
+    rule: str,
+    reason: ReasonCode,
+    key: str,
+    coords: Coordinates,
+    event_ts: datetime,
+    *,
+    kind: str = "activated",
+    ts: datetime | None = None,
+    discriminator: str = "",
+) -> ActivatedEntry | TripRecordedEntry:
+    """The state entry a live detector trip leaves (its command id derived as live)."""
+    detection = Detection(
+        rule,
+        reason,
+        key,
+        "recorded live",
+        TriggerRef(
+            topic=coords.topic,
+            partition=coords.partition,
+            offset=coords.offset,
+            event_ts=event_ts,
+        ),
+        discriminator,
+    )
+    command = trip_command(detection)
+    model = ActivatedEntry if kind == "activated" else TripRecordedEntry
+    return model(
+        seq=seq,
+        command_id=command.command_id,
+        ts=ts or event_ts,
+        reason=reason,
+        detail=command.detail,
+        source=command.source,
+        trigger=command.trigger,
+    )
+
+
+def reset_entry(seq: int, ts: datetime) -> ResetEntry:
+    return ResetEntry(
+        seq=seq, command_id=f"reset-{seq}", ts=ts, operators=("alice",), nonce=f"n-{seq}"
+    )
+
+
+# --------------------------------------------------------------------------- records

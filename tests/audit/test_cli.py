@@ -1,0 +1,123 @@
+"""``ess replay`` and ``ess record`` from the command line, with no broker running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ess.cli import cli
+from schemas import ReasonCode
+from tests.audit import T0, Builder, pnl, s, security, trip_entry
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens here: a replay that tried to reach Kafka would fail.
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.delenv("ESS_DETECT_CONFIG", raising=False)
+    monkeypatch.delenv("ESS_DETECT_TICK_INTERVAL_SEC", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def recording(directory: Path, *, with_state: bool = True) -> Path:
+    b = Builder(directory)
+    coords = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    for i, equity in enumerate((1000, 970, 940)):
+        b.add("pnl", "acct-1", pnl("acct-1", equity, T0 + s(100 * i)), T0 + s(100 * i))
+    if with_state:
+        b.state(trip_entry(0, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", coords, T0))
+    b.close()
+    return directory
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_a_matching_replay_exits_0_and_writes_the_report(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    result = run("replay", str(directory))
+
+    assert result.exit_code == 0, result.output
+    assert "MATCH: the replay decided exactly what the live run did" in result.output
+    report = directory / "replay-report.html"
+    assert "<svg" in report.read_text(encoding="utf-8")
+
+
+def test_a_differing_replay_exits_1(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec", with_state=False)
+
+    result = run("replay", str(directory), "--report", str(tmp_path / "out.html"))
+
+    assert result.exit_code == 1, result.output
+    assert "extra in replay" in result.output
+    assert "DIFFERENT: 1 trip decision(s) differ" in result.output
+    assert (tmp_path / "out.html").is_file()
+
+
+def test_a_what_if_replay_shows_moves_and_exits_0(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    # 940 is a 6 % loss: a 5 % daily-loss limit would have tripped acct-1.
+    result = run("replay", str(directory), "--set", "account.daily_loss=5%")
+
+    assert result.exit_code == 0, result.output
+    assert "new" in result.output
+    assert "acct-1" in result.output
+    assert "what-if replay" in result.output
+
+
+def test_the_live_config_file_is_used(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+    config = tmp_path / "detect.toml"
+    config.write_text("[account]\ndaily_loss = 0.05\n")
+
+    # The live run (per its recorded state) did not trip on daily loss; with a config of
+    # 5 % the replay does: an audit failure, not a what-if.
+    result = run("replay", str(directory), "--config", str(config))
+
+    assert result.exit_code == 1, result.output
+    assert "extra in replay" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "{tmp}/nope"], "does not exist"),
+        (["replay", "{tmp}"], "has no manifest.json"),
+        (["replay", "{rec}", "--set", "dailyloss=0.1"], "unknown setting 'dailyloss'"),
+        (["replay", "{rec}", "--set", "account.daily_loss=2"], "Input should be less than 1"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    directory = recording(tmp_path / "rec")
+    argv = [a.format(tmp=tmp_path, rec=directory) for a in args]
+
+    result = run(*argv)
+
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_a_damaged_recording_exits_2(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+    (directory / "ess.pnl.jsonl").write_text("{broken\n")
+
+    result = run("replay", str(directory))
+
+    assert result.exit_code == 2, result.output
+    assert "ess.pnl.jsonl line 1: not JSON" in " ".join(result.output.split())
+
+
+def test_record_refuses_to_overwrite_a_recording(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    result = run("record", "--out", str(directory))
+
+    assert result.exit_code == 1
+    assert "already holds a recording" in result.output
