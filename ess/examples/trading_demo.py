@@ -13,8 +13,9 @@ then plays a scripted session: a bot buys BTC futures, keeps resting orders and 
 holds spot BTC, and publishes its fills, PnL, heartbeats and market ticks to ESS. The market
 then falls 3 % in a second. ESS trips on ``flash_crash``, the gate closes, the executor
 cancels and flattens both venues, the state log is printed, an operator's signed reset
-re-opens trading, and a summary shows the time from the crash record to the account being
-flat. Exit code 0 when every step happened.
+re-opens trading, the run is recorded and replayed offline (same decisions, HTML report), and
+a summary shows the time from the crash record to the account being flat. Exit code 0 when
+every step happened.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class DemoResult:
     gate_reopened: bool = False
     reset_by: str = ""
     actions: dict[str, int] = field(default_factory=dict)
+    replay_matches: bool = False
+    report: str = ""
 
     @property
     def ok(self) -> bool:
@@ -367,6 +370,9 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             result.gate_reopened = True
             console.print(f"reset by {result.reset_by}: ESS INACTIVE, trading gate open again")
             result.actions = await _action_counts(bootstrap, registry)
+
+            console.rule("[bold]audit: record and replay this run")
+            await _audit(console, bootstrap, registry, result)
         finally:
             await session.close()
             await feed.stop()
@@ -376,6 +382,29 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, 30)
     return result
+
+
+async def _audit(
+    console: Console, bootstrap: str, registry: TopicRegistry, result: DemoResult
+) -> None:
+    """``ess record`` then ``ess replay`` of this very run: the same decisions, offline."""
+    from ess.audit.compare import compare  # noqa: PLC0415 - only the demo's end needs these
+    from ess.audit.recording import record  # noqa: PLC0415
+    from ess.audit.replay import replay  # noqa: PLC0415
+    from ess.audit.report import write_html_report  # noqa: PLC0415
+
+    directory = Path(tempfile.mkdtemp(prefix="ess-demo-recording-"))
+    manifest = await record(bootstrap, registry, directory)
+    replayed = replay(directory, workers=1)
+    comparison = compare(replayed.recorded, replayed.replayed, unreplayable=replayed.unreplayable)
+    report = write_html_report(directory / "replay-report.html", replayed, comparison)
+    result.replay_matches = comparison.ok
+    result.report = str(report)
+    verdict = "[green]MATCH[/]" if comparison.ok else "[red]DIFFERENT[/]"
+    console.print(
+        f"recorded {sum(t.records for t in manifest.topics)} records to {directory}; "
+        f"replay decided {len(replayed.replayed)} trip(s): {verdict}; report {report}"
+    )
 
 
 async def _action_counts(bootstrap: str, registry: TopicRegistry) -> dict[str, int]:
@@ -406,6 +435,7 @@ def _print_summary(console: Console, result: DemoResult) -> None:
         ("venues flat (futures + spot)", "yes" if result.venues_flat else "NO"),
         ("reset", f"signed by {result.reset_by}" if result.reset_by else "NO"),
         ("gate re-opened after reset", "yes" if result.gate_reopened else "NO"),
+        ("audit replay of this run", f"MATCH ({result.report})" if result.replay_matches else "NO"),
         ("executor reports", ", ".join(f"{k} {v}" for k, v in sorted(result.actions.items()))),
     ]
     for name, value in rows:

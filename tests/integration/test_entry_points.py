@@ -40,6 +40,8 @@ async def test_the_trading_demo_trips_flattens_and_resets(
     assert result.venues_flat
     assert result.reset_by == "alice"
     assert result.actions["flatten/verified_flat"] == 2
+    assert result.replay_matches  # ess record + ess replay of the run decide the same
+    assert result.report.endswith("replay-report.html")
     assert "ESS ACTIVE" in out.getvalue()
 
 
