@@ -257,7 +257,8 @@ def worker(roles: tuple[str, ...]) -> None:
 
     Without KAFKA_BOOTSTRAP_SERVERS it starts the embedded broker and prints its address.
     The execute role needs ESS_VENUES_FILE or ESS_VENUES (see README, "Executor").
-    Exit code 1 when a role fails (the worker stops every role: no half-running ESS).
+    Exit code 1 when a role fails (the worker stops every role: no half-running ESS), 3 when
+    the command processor was fenced (another writer appended to ess.state).
     """
     from ess.executor.config import VenueConfigError  # noqa: PLC0415 - heavy imports
     from ess.worker import ROLES, WorkerError, run_worker  # noqa: PLC0415
@@ -275,6 +276,12 @@ def worker(roles: tuple[str, ...]) -> None:
             )
         )
     except (WorkerError, VenueConfigError) as exc:
+        from ess.processor import EXIT_FENCED, FencedError  # noqa: PLC0415
+
+        if isinstance(exc.__cause__, FencedError):
+            # Like `python -m ess.processor`: another writer exists; do not restart blindly.
+            err_console.print(f"[red]error:[/] {exc}")
+            sys.exit(EXIT_FENCED)
         _fail(str(exc))
 
 
