@@ -70,6 +70,10 @@ class EssSettings(BaseSettings):
     policy_store_url: str = "sqlite:///ess-policy.sqlite3"
     #: How often the projector re-asserts the record and ESS publishes its own health beat.
     refresh_interval_sec: float = Field(default=1.0, gt=0)
+    #: The projector stops re-asserting the record once ``ess.state`` has not answered for
+    #: this long (it can no longer vouch for it): gates then close within this plus their
+    #: ``max_record_age``.
+    log_timeout_sec: float = Field(default=3.0, gt=0)
     #: ``component`` of ESS's own health beats (detection ignores it for ``system_critical``).
     health_component: str = "ess"
     #: The projector's HTTP ``/status``, ``/metrics`` and ``/healthz``; port 0 picks a free one,

@@ -742,6 +742,7 @@ async def run_projector(
         health_interval=health_interval,
         component=component,
         metrics=metrics,
+        log_timeout=settings.log_timeout_sec,
         security=settings.kafka_security(),
     )
     server = None

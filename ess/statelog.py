@@ -9,7 +9,7 @@ closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,16 +158,25 @@ async def follow_state(
     from_offset: int = 0,
     *,
     security: KafkaSecurity | None = None,
+    on_fetch: Callable[[], None] | None = None,
 ) -> AsyncIterator[LoggedEntry]:
-    """Yield state-log entries from ``from_offset`` on, forever (the caller stops iterating)."""
+    """Yield state-log entries from ``from_offset`` on, forever (the caller stops iterating).
+
+    ``on_fetch`` is called whenever the broker answered a fetch, with or without records: an
+    empty batch alone cannot tell an idle log from an unreachable broker."""
     tp = TopicPartition(registry.state.name, 0)
     reader = consumer(bootstrap, group_id=None, client_id="ess-follower", security=security)
     await reader.start()
     try:
         reader.assign([tp])
         reader.seek(tp, from_offset)
+        last_poll: int | None = None
         while True:
             batch = await reader.getmany(tp, timeout_ms=200)
+            polled = reader.last_poll_timestamp(tp)
+            if on_fetch is not None and polled is not None and polled != last_poll:
+                last_poll = polled
+                on_fetch()
             for record in batch.get(tp, []):
                 yield KafkaStateLog.decode_record(record.offset, record.value)
     finally:

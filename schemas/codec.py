@@ -70,9 +70,11 @@ def decode(target: Any, raw: bytes | str) -> Any:
             _model_name(target), [("", f"record is {len(data)} bytes, limit {MAX_RECORD_BYTES}")]
         )
     try:
+        # Strict: a wrong JSON type (``true`` or ``"1.5"`` for a number, an epoch number for a
+        # timestamp) is refused, never coerced; producers must send the contract's types.
         if isinstance(target, type) and issubclass(target, BaseModel):
-            return target.model_validate_json(data)
-        return _adapter(target).validate_json(data)
+            return target.model_validate_json(data, strict=True)
+        return _adapter(target).validate_json(data, strict=True)
     except ValidationError as exc:
         raise RecordError(_model_name(target), _describe(exc)) from exc
 

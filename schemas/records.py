@@ -13,8 +13,9 @@ Design notes
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -25,6 +26,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     computed_field,
+    field_validator,
 )
 
 #: Identifiers (event ids, command ids, names) are short; a megabyte "id" is an attack.
@@ -101,8 +103,25 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
+#: Event times ESS accepts: anything outside is a broken or hostile clock. Rules do date
+#: arithmetic on event times (windows, timeouts), which overflows near years 1 and 9999.
+EARLIEST_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TS: Final = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 class TimedRecord(Record):
     ts: AwareDatetime
+
+    @field_validator("ts")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        try:
+            plausible = EARLIEST_TS <= value < LATEST_TS
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 has no UTC equivalent
+            plausible = False
+        if not plausible:
+            raise ValueError(f"timestamp outside {EARLIEST_TS.year}-{LATEST_TS.year - 1}")
+        return value
 
 
 # --------------------------------------------------------------------------- input topics

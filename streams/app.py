@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
@@ -80,6 +81,7 @@ def build_detectors(settings: DetectorSettings) -> list[TopicDetector]:
                 record_type=record_type,
                 rules=rules.get(logical, []),
                 key_field=spec.key,
+                max_future_skew=timedelta(seconds=settings.detection.max_future_skew_sec),
             )
         )
     return detectors

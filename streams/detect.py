@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -174,8 +174,10 @@ class TopicDetector:
         record_type: type[BaseModel],
         rules: Sequence[AnyRule],
         key_field: str,
+        max_future_skew: timedelta | None = None,
     ) -> None:
         self.logical = logical
+        self.max_future_skew = max_future_skew
         self.topic = topic
         self.record_type = record_type
         self.rules: tuple[AnyRule, ...] = tuple(rules)
@@ -231,6 +233,10 @@ class TopicDetector:
             except Exception as exc:  # the codec promises RecordError; belt and braces
                 self._refuse(out, live, table, raw, coords, f"decode failed: {exc!r}", ctx, now)
                 continue
+            skew = self._future_skew(record, raw)
+            if skew is not None:
+                self._refuse(out, live, table, raw, coords, skew, ctx, now)
+                continue
             out.valid += 1
             for rule, prefix in self._plan:
                 try:
@@ -258,6 +264,18 @@ class TopicDetector:
                     detections.append(hit)
         out.writes = self._writes(live)
         return out
+
+    def _future_skew(self, record: Any, raw: RawRecord) -> str | None:
+        """Why ``record`` is refused for an event time too far after its Kafka timestamp."""
+        if self.max_future_skew is None or raw.timestamp_ms is None:
+            return None
+        written = datetime.fromtimestamp(raw.timestamp_ms / 1000, UTC)
+        if record.ts - written <= self.max_future_skew:
+            return None
+        return (
+            f"ts {record.ts.isoformat()} is more than {self.max_future_skew.total_seconds():g}s "
+            f"after the record's Kafka timestamp {written.isoformat()}"
+        )
 
     def _refuse(  # noqa: PLR0917 - private; one call site passes the loop's locals
         self,

@@ -146,6 +146,9 @@ class ExecutorSettings(BaseSettings):
     #: Retry backoff after a failed round: doubles from ``backoff_initial_s`` to the cap.
     backoff_initial_s: float = Field(default=0.05, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
+    #: No answer from ``ess.state`` for this long: stop re-arming the venues' dead-man's
+    #: switches (ESS cannot know whether it was tripped), so the venues cancel on their own.
+    log_timeout_s: float = Field(default=3.0, gt=0)
     #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
     status_port: int = Field(default=9465, ge=-1, le=65535)
 

@@ -30,7 +30,7 @@ read        ``failed``
 cancel      ``ok``, ``failed``
 close       ``sent``, ``failed``, ``already_reduced`` (reduce-only refused: the position is
             already smaller), ``duplicate_id`` (an earlier copy of this close reached the venue)
-countdown   ``armed`` (first time, and after a failure), ``failed``
+countdown   ``armed`` (first time, and after a failure), ``failed``, ``paused`` (ess.state lost)
 ==========  ==============================================================================
 
 ``detail`` is a compact JSON object (symbol, side, amount, client order id, error, timings),
@@ -465,14 +465,18 @@ async def keep_countdown(
     *,
     clock: Clock,
     report: ReportSink,
+    healthy: Callable[[], bool] = lambda: True,
 ) -> None:
     """Keep the venue's own dead-man's switch armed for ``symbols`` until ``stop``.
 
     Re-arms every symbol concurrently every third of ``countdown_ms``, so two refreshes can
     fail before the venue cancels anything. Failures are reported and retried at the next
     tick; ``armed`` is reported the first time and after a failure, not on every refresh.
-    Stopping does not disarm: if ESS dies, the venue must cancel the orders. Needs an opened
-    venue; does nothing if the venue has no such switch or no symbol is given.
+    Stopping does not disarm: if ESS dies, the venue must cancel the orders. Neither does an
+    ESS that cannot see its state: while ``healthy()`` is false (the executor lost
+    ``ess.state``) the switch is not re-armed, so the venue cancels the orders on its own
+    (``paused`` is reported once). Needs an opened venue; does nothing if the venue has no
+    such switch or no symbol is given.
     """
     if not venue.supports_countdown or not symbols:
         return
@@ -499,9 +503,23 @@ async def keep_countdown(
             unarmed[symbol] = False
             reporter("countdown", "armed", activation_seq=None, **fields)
 
+    paused = False
     while not stop.is_set():
         started = loop.time()
-        await asyncio.gather(*(arm(symbol) for symbol in unarmed))
+        if healthy():
+            paused = False
+            await asyncio.gather(*(arm(symbol) for symbol in unarmed))
+        elif not paused:
+            paused = True
+            unarmed.update(dict.fromkeys(unarmed, True))  # re-arming will be news again
+            reporter(
+                "countdown",
+                "paused",
+                activation_seq=None,
+                level="CRITICAL",
+                symbols=list(symbols),
+                why="ess.state unreachable: letting the venue cancel",
+            )
         if await _stopped(stop, interval - (loop.time() - started)):
             return
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -222,10 +223,25 @@ class Executor:
         self._reports_drained.set()
         self._dropped = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._last_contact: float | None = None
+        self._contact = asyncio.Event()  # set at the first answer from ess.state
         self.metrics.progress = self._progress
 
     def _progress(self) -> tuple[VenueProgress, ...]:
         return tuple(flattener.progress for flattener in self.flatteners)
+
+    def _touch(self) -> None:
+        self._last_contact = time.monotonic()
+        self._contact.set()
+
+    def log_reachable(self) -> bool:
+        """Whether ``ess.state`` answered within ``settings.log_timeout_s``. While it does
+        not, the executor cannot know whether ESS was tripped, so it stops re-arming the
+        venues' dead-man's switches and lets the venues cancel (fail closed)."""
+        return (
+            self._last_contact is not None
+            and time.monotonic() - self._last_contact <= self.settings.log_timeout_s
+        )
 
     # ------------------------------------------------------------------ observation
 
@@ -307,13 +323,18 @@ class Executor:
             try:
                 if not self._caught_up:
                     self._folded = fold_log(await state_log.read(), self._folded)
+                    self._touch()
                     self._caught_up = True
                     logger.bind(
                         status=self.state.status.value, next_offset=self._folded.next_offset
                     ).info("executor caught up with ess.state")
                     self._apply()
                 async for logged in follow_state(
-                    self.bootstrap, self.topics, self._folded.next_offset, security=self.security
+                    self.bootstrap,
+                    self.topics,
+                    self._folded.next_offset,
+                    security=self.security,
+                    on_fetch=self._touch,
                 ):
                     self._folded = fold_log([logged], self._folded)
                     self._apply()
@@ -380,6 +401,13 @@ class Executor:
         countdown = self.countdowns.get(venue.name)
         if countdown is None or not countdown.symbols or not venue.supports_countdown:
             return
+        # Armed only by an executor that sees the log ("healthy"): wait for the first answer.
+        waiters = {asyncio.create_task(self._contact.wait()), asyncio.create_task(stop.wait())}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if stop.is_set():
+            return
         await keep_countdown(
             venue,
             countdown.symbols,
@@ -387,6 +415,7 @@ class Executor:
             stop,
             clock=self.clock,
             report=self.report,
+            healthy=self.log_reachable,
         )
 
     async def _publish(self, stop: asyncio.Event) -> None:

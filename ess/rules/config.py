@@ -209,6 +209,9 @@ class DetectionConfig(BaseModel):
     #: Symbols that must tick: ``data_feed_stale`` also covers them before their first tick.
     required_symbols: frozenset[Name] = frozenset()
 
+    #: A record whose event time is this far after its Kafka timestamp is refused (dead-
+    #: lettered): a clock in the future would silence time-based rules for its key.
+    max_future_skew_sec: Seconds = 300.0
     #: Out-of-order tolerance of the window rules (see the class docstring).
     max_lateness_sec: Annotated[float, Field(ge=0, le=24 * 3600, allow_inf_nan=False)] = 30.0
     #: Fill ids remembered per account and symbol by ``position_size`` (a running sum cannot

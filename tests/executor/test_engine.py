@@ -619,6 +619,37 @@ async def test_keep_countdown_reports_a_failure_then_armed_again() -> None:
         await task
 
 
+async def test_keep_countdown_stops_re_arming_while_the_state_log_is_unreachable() -> None:
+    venue = futures_venue()
+    reports: list[ActionReport] = []
+    stop = asyncio.Event()
+    log_reachable = True
+    task = asyncio.create_task(
+        keep_countdown(
+            venue,
+            ["BTCUSDT"],
+            30,
+            stop,
+            clock=ManualClock(),
+            report=reports.append,
+            healthy=lambda: log_reachable,
+        )
+    )
+    await eventually(lambda: venue.counts["arm_countdown"] >= 2, timeout=3)
+    log_reachable = False
+    await eventually(lambda: [r.outcome for r in reports] == ["armed", "paused"], timeout=3)
+    paused_at = venue.counts["arm_countdown"]
+    await eventually(lambda: venue.counts["arm_countdown"] == paused_at, timeout=3)
+
+    log_reachable = True
+    await eventually(lambda: venue.counts["arm_countdown"] > paused_at, timeout=3)
+    await eventually(lambda: [r.outcome for r in reports][-1] == "armed", timeout=3)
+    stop.set()
+    async with asyncio.timeout(1):
+        await task
+    assert [r.outcome for r in reports] == ["armed", "paused", "armed"]
+
+
 @pytest.mark.parametrize(
     ("kind", "symbols"), [(MarketKind.SPOT, ["BTCUSDT"]), (MarketKind.FUTURES, [])]
 )

@@ -164,6 +164,31 @@ def test_invalid_records_are_dead_lettered_with_coordinates_and_counted_as_corru
     assert [w.key for w in out.writes] == [table_key("data_feed_corrupt", "S")]
 
 
+def test_an_event_time_far_after_the_kafka_timestamp_is_dead_lettered() -> None:
+    det = TopicDetector(
+        logical="fills",
+        topic="ess.fills",
+        record_type=RECORD_TYPE["fills"],
+        rules=RULES["fills"],
+        key_field="account_id",
+        max_future_skew=timedelta(minutes=5),
+    )
+    written = int((T0 + timedelta(seconds=10)).timestamp() * 1000)
+    batch = [
+        RawRecord(0, 0, fill("a", 0), timestamp_ms=written),  # a little before: fine
+        RawRecord(0, 1, fill("a", 290), timestamp_ms=written),  # within the skew: fine
+        RawRecord(0, 2, fill("a", 86_400), timestamp_ms=written),  # a day ahead: refused
+        RawRecord(0, 3, fill("a", 86_400)),  # no Kafka timestamp: nothing to compare with
+    ]
+
+    out = det.process(batch, {}, Context(), NOW)
+
+    assert out.valid == 3
+    [letter] = out.dead_letters
+    assert letter.offset == 2
+    assert "after the record's Kafka timestamp" in letter.error
+
+
 def test_a_failing_rule_dead_letters_the_record_and_other_rules_still_run() -> None:
     @dataclass
     class Broken:
