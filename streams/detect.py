@@ -43,6 +43,7 @@ from ess.deadletter import build_dead_letter
 from ess.rules.base import Context, Coordinates, Detection, Rule
 from ess.rules.catalog import accepts_invalid, is_silence_rule, required_keys
 from schemas import DeadLetter, RecordError, decode
+from schemas.records import EARLIEST_TS, LATEST_TS
 
 __all__ = [
     "KEY_SEP",
@@ -132,6 +133,14 @@ class BatchOutcome:
     valid: int = 0
 
 
+def _plausible(moment: datetime) -> bool:
+    """Within the contract's event-time range (rules do date arithmetic on it)."""
+    try:
+        return EARLIEST_TS <= moment < LATEST_TS
+    except OverflowError:  # an offset that has no UTC equivalent at the edge of datetime
+        return False
+
+
 def _key_from_raw(raw: bytes | None, key_field: str) -> tuple[str | None, datetime | None]:
     """Best effort for an invalid record: its key field and its own ``ts``, if readable."""
     if not raw:
@@ -150,8 +159,8 @@ def _key_from_raw(raw: bytes | None, key_field: str) -> tuple[str | None, dateti
             parsed = datetime.fromisoformat(raw_ts)
         except ValueError:
             parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            ts = parsed
+        if parsed is not None and parsed.tzinfo is not None and _plausible(parsed):
+            ts = parsed  # else the caller falls back to the Kafka timestamp
     if isinstance(key, str) and 0 < len(key) <= 256:
         return key, ts
     return None, ts

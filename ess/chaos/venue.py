@@ -1,0 +1,415 @@
+"""Venue fault campaign: flatten a realistic book while every simulator fault kind fires.
+
+One *run* is: a fresh, seeded :class:`~ess.sim.ExchangeSimulator` (rate-limit windows of 1 s, so
+a 429 or 418 says ``Retry-After: 1``); one account holding futures positions with regular and
+conditional orders, and spot balances with resting sells (the demo book plus generated
+markets); every fault kind of :mod:`ess.sim.faults` armed at once on the endpoints it applies
+to; then the real executor engine (:func:`~ess.executor.engine.enforce_all` over the futures
+and spot :class:`~ess.executor.binance.BinanceVenue` adapters, through ccxt over HTTP) enforces
+an activation until the run is flat or its deadline passes.
+
+What "30 % fault rate" means. The simulator matches faults in order, each with its own
+probability, and the first one that fires wins. Arming 14 kinds at 0.3 each would fault 99 %
+of requests; instead the per-fault probabilities are chosen so that a request to an endpoint
+meets *some* fault with probability :data:`FAULT_RATE`, each kind applicable to that endpoint
+equally likely (see :func:`_spread`). The two kinds that act *inside* the exchange are drawn
+separately, also at :data:`FAULT_RATE`: ``partial_fill`` on every order placement and
+``late_fill`` on every cancel (the orders leave the book and fill ``delay_s`` later).
+
+Figures (``run_campaign``):
+
+* ``runs``; ``flat_within_deadline``: runs that ended flat, i.e. every venue's flattener in
+  phase ``FLAT`` (it read the venue back as flat) *and* the simulator's own books flat (no
+  futures position, no open order in either book, no spot balance but the quote), holding for
+  :data:`SETTLE_S` so that a late fill or a slow close still in flight would have shown up;
+  ``not_flat``: runs that did not get there within ``deadline_s`` (must be 0).
+* ``positions_flipped``: fills of ESS's closes that took a futures position through zero (or
+  opened one), found by replaying every fill of the run from the seeded positions (must be 0:
+  closes are reduce-only). ``late_fill_flips``: the same done by late fills (the market
+  filling an order the venue had reported cancelled): not ESS's doing, shown for context.
+* ``time_to_flat_s``: ``{p50, p99, max}`` (nearest rank) over the runs that ended flat, from
+  the start of the activation to the moment the flat state that lasted began.
+* ``faults_fired``: fault hits by kind, summed over all runs; ``fault_rate``; ``deadline_s``;
+  ``duration_s``: wall time of the whole campaign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from loguru import logger
+from pydantic import SecretStr
+
+from ess.clock import SystemClock
+from ess.core import Activation
+from ess.executor.binance import BinanceVenue
+from ess.executor.budget import RateBudget
+from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.executor.engine import Phase, VenueFlattener, enforce_all
+from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
+from ess.sim.demo import seed_demo_book, seed_many
+from schemas import ActionReport, ReasonCode
+
+__all__ = ["FAILURES", "FAULT_RATE", "run_campaign"]
+
+#: Figures that must be 0.
+FAILURES: Final = ("not_flat", "positions_flipped")
+
+#: Probability that a request meets a fault (and, separately, that an order fills partially
+#: and that a cancel turns into a late fill).
+FAULT_RATE: Final = 0.3
+#: Per-run deadline: a run not flat by then counts in ``not_flat``.
+DEADLINE_S: Final = 30.0
+#: How long the flat state must hold before a run counts as flat: longer than every delayed
+#: effect below (a late fill, a slow close), so none of them can land after the verdict.
+SETTLE_S: Final = 1.0
+#: ``late_fill``: the cancelled orders fill this long after the cancel answered.
+LATE_FILL_DELAY_S: Final = 0.2
+#: ``hang``: the answer comes (and the request is executed) only after this long, beyond the
+#: client's timeout, so the client has given up on a request that still executes.
+HANG_DELAY_S: Final = 0.5
+#: Runs in flight at once (each with its own simulator, adapters and budgets).
+CONCURRENCY: Final = 6
+#: The adapters' per-request timeout.
+TIMEOUT_MS: Final = 300
+
+_API_KEY: Final = "chaos-venue-key"
+_SECRET: Final = "chaos-venue-secret"  # noqa: S105 - a simulator-only credential
+_ACCOUNT: Final = "chaos"
+_QUOTE: Final = "USDT"
+_EXTRA_FUTURES: Final = 5
+_EXTRA_SPOT: Final = 3
+
+#: Short backoffs, as in the executor's simulator tests; the deadline for "stalled" reports is
+#: shorter than the run's so the campaign also exercises the stall watchdog.
+SETTINGS: Final = ExecutorSettings(
+    flatten_deadline_s=5.0,
+    stalled_report_interval_s=1.0,
+    enforce_interval_s=0.05,
+    backoff_initial_s=0.01,
+    backoff_max_s=0.2,
+    status_port=-1,
+)
+
+#: Kinds that stand in for (or mangle) the exchange's answer on any endpoint.
+_ANYWHERE: Final = (
+    FaultKind.HTTP_429,
+    FaultKind.HTTP_418,
+    FaultKind.HTTP_500,
+    FaultKind.HTTP_502,
+    FaultKind.HTTP_503,
+    FaultKind.RATE_LIMIT_CODE,
+    FaultKind.HANG,
+    FaultKind.EXEC_THEN_HANG,
+    FaultKind.EMPTY,
+    FaultKind.BAD_JSON,
+    FaultKind.INVALID_KEY,
+    FaultKind.ERROR,
+)
+
+
+@dataclass(frozen=True)
+class _Endpoints:
+    """A group of endpoints and the kinds that apply to it."""
+
+    method: str
+    paths: tuple[str, ...]
+    kinds: tuple[FaultKind, ...]
+    inside: FaultKind | None = None  # partial_fill or late_fill, drawn separately
+
+
+_GROUPS: Final = (
+    # Reads: positions, account, open orders of both books, exchangeInfo.
+    _Endpoints("GET", ("/fapi/*", "/api/*"), _ANYWHERE),
+    # Cancels; -2011 on a cancel reads as "nothing was open": a lie the next read must catch.
+    _Endpoints(
+        "DELETE",
+        ("/fapi/v1/allOpenOrders", "/fapi/v1/algoOpenOrders", "/api/v3/openOrders"),
+        (*_ANYWHERE, FaultKind.UNKNOWN_ORDER),
+        inside=FaultKind.LATE_FILL,
+    ),
+    # Closes; -2022 only where reduce-only exists.
+    _Endpoints(
+        "POST",
+        ("/fapi/v1/order",),
+        (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
+        inside=FaultKind.PARTIAL_FILL,
+    ),
+    _Endpoints("POST", ("/api/v3/order",), _ANYWHERE, inside=FaultKind.PARTIAL_FILL),
+)
+
+
+def _spread(rate: float, count: int) -> list[float]:
+    """Probabilities for ``count`` faults matched in order (first to fire wins) so that each
+    fires on a share ``rate / count`` of requests and some fault on a share ``rate``.
+
+    With ``q = rate / count``, fault ``i`` is reached when none of the ``i`` before fired,
+    which happens with probability ``1 - i*q`` (telescoping product), so it needs
+    ``q / (1 - i*q)``.
+    """
+    share = rate / count
+    return [share / (1 - index * share) for index in range(count)]
+
+
+def arm_faults(sim: ExchangeSimulator, rate: float = FAULT_RATE) -> None:
+    """Every fault kind, forever, on the endpoints it applies to, at ``rate`` (see module)."""
+    for group in _GROUPS:
+        for path in group.paths:
+            for kind, probability in zip(group.kinds, _spread(rate, len(group.kinds)), strict=True):
+                extra: dict[str, Any] = {}
+                if kind is FaultKind.HANG:
+                    extra["delay_s"] = HANG_DELAY_S
+                sim.add_fault(
+                    group.method, path, kind, times=None, probability=probability, **extra
+                )
+            if group.inside is not None:
+                extra = (
+                    {"delay_s": LATE_FILL_DELAY_S} if group.inside is FaultKind.LATE_FILL else {}
+                )
+                sim.add_fault(
+                    group.method, path, group.inside, times=None, probability=rate, **extra
+                )
+
+
+def seed_book(sim: ExchangeSimulator, account: str, seed: int) -> dict[str, Decimal]:
+    """The demo book (BTC/ETH/SOL positions, a limit buy, a reduce-only buy, a reduce-only
+    stop in the algo book; spot BTC and ETH with a resting sell) plus generated futures
+    positions and spot balances with resting orders. Returns the futures positions."""
+    sim.seed_balance(account, "BTC", "0.2")
+    sim.seed_balance(account, "ETH", "1.5")
+    seed_demo_book(sim, account)
+    seed_many(sim, account, futures=_EXTRA_FUTURES, spot=_EXTRA_SPOT, seed=seed)
+    return {symbol: position.qty for symbol, position in sim.positions(account).items()}
+
+
+def really_flat(sim: ExchangeSimulator, account: str) -> bool:
+    """The simulator's own books, not what any client read: no position, no open order in
+    either book, no spot balance but the quote currency."""
+    if sim.positions(account) or sim.open_orders(account):
+        return False
+    state = sim.account(account)
+    assets = set(state.spot_free) | set(state.spot_locked)
+    return all(sum(sim.spot_balance(account, a)) == 0 for a in assets if a != _QUOTE)
+
+
+def count_flips(sim: ExchangeSimulator, account: str, start: dict[str, Decimal]) -> tuple[int, int]:
+    """Futures fills that took a position through zero (or opened one from flat), replaying
+    every fill of the run: ``(by ESS's closes, by late fills)``.
+
+    Only late fills fill a resting order in this campaign, so every other futures fill is one
+    of ESS's reduce-only closes. A late fill is the market trading against an order the venue
+    said it had cancelled: it may open or flip a position without ESS doing anything wrong
+    (the engine must then close that too), so it is counted apart.
+    """
+    running = dict(start)
+    ours = late = 0
+    for fill in sim.fills(account):
+        if fill.venue is not Venue.FUTURES:
+            continue
+        before = running.get(fill.symbol, Decimal(0))
+        after = before + (fill.qty if fill.side == "BUY" else -fill.qty)
+        if before * after < 0 or (before == 0 and after != 0):
+            if fill.late:
+                late += 1
+            else:
+                ours += 1
+        running[fill.symbol] = after
+    return ours, late
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run: seconds to a lasting flat state (``None``: not within the deadline)."""
+
+    time_to_flat_s: float | None
+    flips: int
+    late_fill_flips: int
+    faults: dict[str, int]
+    reports: int
+
+
+def _activation(seed: int) -> Activation:
+    return Activation(
+        seq=seed,
+        command_id=f"chaos-venue-{seed}",
+        reason=ReasonCode.MANUAL,
+        detail="venue fault campaign",
+        source="operator:chaos",
+        trigger=None,
+        ts=datetime.now(UTC),
+    )
+
+
+def _venue(sim: ExchangeSimulator, exchange: str) -> BinanceVenue:
+    config = VenueConfig.model_validate(
+        {
+            "name": f"chaos-{exchange}",
+            "exchange": exchange,
+            "account": _ACCOUNT,
+            "base_url": sim.url,
+            "timeout_ms": TIMEOUT_MS,
+        }
+    )
+    credentials = VenueCredentials(api_key=SecretStr(_API_KEY), secret=SecretStr(_SECRET))
+    # The simulator counts weight over 1 s windows (so a 429 costs 1 s, not a minute); the
+    # client budget keeps its per-window figures over the same 1 s, or it would throttle a
+    # run with many retries to a handful of reads per minute.
+    budget = RateBudget(
+        config.weight_per_minute,
+        config.orders_per_10s,
+        config.max_in_flight,
+        weight_window_s=1.0,
+        orders_window_s=1.0,
+    )
+    return BinanceVenue(config, credentials, budget=budget)
+
+
+async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
+    """One run (see the module docstring), cleaned up whatever happens."""
+    limits = {
+        Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
+        Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
+    }
+    sim = ExchangeSimulator(
+        markets=default_markets(extra_futures=_EXTRA_FUTURES, extra_spot=_EXTRA_SPOT),
+        rate_limits=limits,
+        seed=seed,
+    )
+    await sim.start()
+    venues: list[BinanceVenue] = []
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    reports: list[ActionReport] = []
+    try:
+        account = sim.add_account(_API_KEY, _SECRET, name=_ACCOUNT, spot={_QUOTE: "1000"})
+        start_book = seed_book(sim, account, seed)
+        arm_faults(sim)
+        venues = [_venue(sim, "binanceusdm"), _venue(sim, "binance")]
+        flatteners = [
+            VenueFlattener(venue, SETTINGS, clock=SystemClock(), report=reports.append)
+            for venue in venues
+        ]
+        started = time.monotonic()
+        task = asyncio.create_task(enforce_all(flatteners, _activation(seed), stop))
+        flat_since: float | None = None
+        result_time: float | None = None
+        while True:
+            now = time.monotonic()
+            flat = all(f.progress.phase is Phase.FLAT for f in flatteners) and really_flat(
+                sim, account
+            )
+            if not flat:
+                flat_since = None
+            elif flat_since is None:
+                flat_since = now
+            elif now - flat_since >= SETTLE_S:
+                result_time = flat_since - started
+                break
+            # A flat state that began by the deadline may finish settling after it.
+            if now - started > deadline_s and flat_since is None:
+                break
+            await asyncio.sleep(0.02)
+        flips, late_flips = count_flips(sim, account, start_book)
+        return RunResult(
+            time_to_flat_s=result_time,
+            flips=flips,
+            late_fill_flips=late_flips,
+            faults=_fault_hits(sim),
+            reports=len(reports),
+        )
+    finally:
+        stop.set()
+        if task is not None:
+            try:
+                async with asyncio.timeout(10.0):
+                    await task
+            except TimeoutError:
+                logger.error("venue campaign: enforce_all did not stop within 10 s")
+        for venue in venues:
+            await venue.aclose()
+        await sim.stop()
+
+
+def _fault_hits(sim: ExchangeSimulator) -> dict[str, int]:
+    hits: Counter[str] = Counter()
+    for fault in sim.faults:
+        hits[fault.kind.value] += fault.hits
+    return dict(hits)
+
+
+def percentile(values: Sequence[float], share: float) -> float | None:
+    """Nearest-rank percentile (``share`` in (0, 1]); ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
+    """Run the campaign (quick: 3 runs; full: 30) and return its figures (module docstring).
+
+    Each run has its own simulator seeded ``seed + run`` (reproducible up to scheduling:
+    timeouts race the event loop). Up to :data:`CONCURRENCY` runs share the event loop at
+    once: a run spends nearly all its time waiting (backoffs, ``Retry-After``, timeouts), and
+    one after another the full campaign would take over five minutes.
+    """
+    runs = 3 if quick else 30
+    began = time.monotonic()
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(index: int) -> RunResult:
+        async with gate:
+            result = await run_once(seed + index)
+        logger.bind(
+            run=index,
+            time_to_flat_s=result.time_to_flat_s,
+            flips=result.flips,
+            faults=sum(result.faults.values()),
+        ).info("venue campaign run done")
+        return result
+
+    results = await asyncio.gather(*(one(index) for index in range(runs)))
+    times = [r.time_to_flat_s for r in results if r.time_to_flat_s is not None]
+    fired: Counter[str] = Counter()
+    for result in results:
+        fired.update(result.faults)
+    return {
+        "runs": runs,
+        "flat_within_deadline": len(times),
+        "not_flat": runs - len(times),
+        "positions_flipped": sum(r.flips for r in results),
+        "late_fill_flips": sum(r.late_fill_flips for r in results),
+        "time_to_flat_s": {
+            "p50": _rounded(percentile(times, 0.5)),
+            "p99": _rounded(percentile(times, 0.99)),
+            "max": _rounded(max(times, default=None)),
+        },
+        "faults_fired": dict(sorted(fired.items())),
+        "fault_rate": FAULT_RATE,
+        "deadline_s": DEADLINE_S,
+        "settle_s": SETTLE_S,
+        "concurrency": CONCURRENCY,
+        "reports": sum(r.reports for r in results),
+        "duration_s": round(time.monotonic() - began, 1),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m ess.chaos.venue
+    import json
+
+    with contextlib.suppress(KeyboardInterrupt):
+        print(json.dumps(asyncio.run(run_campaign(quick=True)), indent=2))  # noqa: T201

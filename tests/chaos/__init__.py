@@ -1,0 +1,1 @@
+"""Shortened reliability campaigns (the full ones run with ``make chaos``)."""

@@ -1,0 +1,112 @@
+"""Input fuzzing: hostile records through the live detectors (Hypothesis drives the campaign's
+mutators) and the quick campaign (pure + a real worker on the embedded broker)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ess.chaos import fuzz
+from ess.rules.base import Context
+from streams.detect import RawRecord
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+DETECTORS = fuzz._detectors()
+MUST_REFUSE = sorted([name for name, (_m, refused) in fuzz.CATEGORIES.items() if refused])
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    topic=st.sampled_from(fuzz.TOPICS),
+    categories=st.lists(st.sampled_from([*MUST_REFUSE, fuzz.TOMBSTONE]), min_size=1, max_size=6),
+    rng=st.randoms(use_true_random=False),
+    data=st.data(),
+)
+def test_hostile_records_are_dead_lettered_and_valid_trips_still_happen(
+    topic: str, categories: list[str], rng: random.Random, data: st.DataObject
+) -> None:
+    detector = DETECTORS[topic]
+    valid = [
+        orjson.dumps(record)
+        for _key, record in fuzz.valid_sequences(topic, NOW - timedelta(minutes=5), rng, "h")
+    ]
+    hostile = [
+        fuzz.hostile_record(topic, category, rng, key=f"fuzz-{i}", now=NOW)
+        for i, category in enumerate(categories)
+    ]
+    # Hypothesis places the hostile records between (and around) the valid ones.
+    slots = sorted(data.draw(st.integers(0, len(valid))) for _ in hostile)
+    stream: list[tuple[bytes | None, Any]] = [(value, None) for value in valid]
+    for shift, (slot, item) in enumerate(zip(slots, hostile, strict=True)):
+        stream.insert(slot + shift, (item.value, item))
+    batch = data.draw(st.integers(1, len(stream)))
+
+    expected = [(d.rule, d.key) for d in _alone(detector, valid)]
+    table: dict[str, Any] = {}
+    letters: dict[int, list[str]] = {}
+    found: list[tuple[str, str]] = []
+    for start in range(0, len(stream), batch):
+        raws = [
+            RawRecord(1, offset, stream[offset][0])
+            for offset in range(start, min(start + batch, len(stream)))
+        ]
+        out = detector.process(raws, table, Context(), NOW)  # must not raise
+        for write in out.writes:
+            table[write.key] = write.slot
+        for letter in out.dead_letters:
+            assert (letter.source_topic, letter.partition) == (detector.topic, 1)
+            letters.setdefault(letter.offset, []).append(letter.error)
+        found += [(d.rule, d.key) for d in out.detections if not d.key.startswith("fuzz-")]
+
+    for offset, (_value, item) in enumerate(stream):
+        if item is None:
+            assert offset not in letters, "a valid record was dead-lettered"
+        else:
+            assert letters.get(offset), f"{item.category} not dead-lettered: {item.value!r:.200}"
+            assert all(error.strip() for error in letters[offset])
+    assert found == expected
+    assert expected, "the valid sequence must trip something"
+
+
+def _alone(detector: Any, values: list[bytes]) -> list[Any]:
+    table: dict[str, Any] = {}
+    hits: list[Any] = []
+    for offset, value in enumerate(values):
+        out = detector.process([RawRecord(0, offset, value)], table, Context(), NOW)
+        for write in out.writes:
+            table[write.key] = write.slot
+        hits += out.detections
+    return hits
+
+
+def test_every_must_refuse_category_is_refused_on_every_topic() -> None:
+    rng = random.Random(7)
+    for topic in fuzz.TOPICS:
+        for category in [*MUST_REFUSE, fuzz.TOMBSTONE]:
+            for _ in range(5):
+                item = fuzz.hostile_record(topic, category, rng, key="k", now=NOW)
+                out = DETECTORS[topic].process([RawRecord(0, 0, item.value)], {}, Context(), NOW)
+                assert out.valid == 0, (topic, item)
+                assert len(out.dead_letters) == 1, (topic, item)
+
+
+@pytest.mark.integration
+async def test_quick_campaign_figures() -> None:
+    figures = await fuzz.run_campaign(quick=True, seed=0)
+
+    assert {name: figures[name] for name in fuzz.FAILURES} == dict.fromkeys(fuzz.FAILURES, 0)
+    assert figures["dead_lettered"] == figures["records"] >= 200
+    assert figures["live"]["records"] >= 50
+    assert set(figures["by_topic"]) == set(fuzz.TOPICS)
+    assert all(count > 0 for count in figures["by_topic"].values())
+    assert figures["valid_trips_expected"] >= 2 * len(fuzz.TOPICS)
