@@ -71,7 +71,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,7 +83,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from pydantic import SecretStr
 
-from ess.broker import EmbeddedBroker, ensure_topics, external_bootstrap
+from ess.broker import kafka_target
 from ess.clock import SystemClock
 from ess.config import EssSettings
 from ess.core.signing import generate_private_key, sign_reset, write_key_pair
@@ -423,18 +423,6 @@ def _malformed(now: datetime, keys: _Keys) -> list[Attempt]:
 # --------------------------------------------------------------------------- campaign
 
 
-@contextlib.asynccontextmanager
-async def _kafka(registry: TopicRegistry) -> AsyncIterator[str]:
-    external = external_bootstrap()
-    if external is not None:
-        await ensure_topics(external, registry)
-        yield external
-        return
-    async with EmbeddedBroker() as broker:
-        await ensure_topics(broker.bootstrap_servers, registry)
-        yield broker.bootstrap_servers
-
-
 def _write_keys(directory: Path) -> _Keys:
     keys = _Keys(
         alice=generate_private_key(),
@@ -746,7 +734,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
             "venue secret": VENUE_SECRET,
             "kafka sasl password": SASL_PASSWORD,
         }
-        async with _kafka(registry) as bootstrap:
+        async with kafka_target(registry) as bootstrap:
             settings = EssSettings(
                 _env_file=None,
                 kafka_bootstrap_servers=bootstrap,

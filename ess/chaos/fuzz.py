@@ -64,7 +64,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from loguru import logger
 
-from ess.broker import EmbeddedBroker, ensure_topics, external_bootstrap
+from ess.broker import kafka_target
 from ess.kafka import consumer, producer
 from ess.rules.base import Context, Detection
 from ess.rules.config import DetectionConfig
@@ -699,18 +699,6 @@ async def _collect(bootstrap: str, topic: str, sink: list[bytes], stop: asyncio.
         await reader.stop()
 
 
-@contextlib.asynccontextmanager
-async def _bootstrap(registry: TopicRegistry) -> Any:
-    external = external_bootstrap()
-    if external is not None:
-        await ensure_topics(external, registry)
-        yield external
-        return
-    async with EmbeddedBroker() as broker:
-        await ensure_topics(broker.bootstrap_servers, registry)
-        yield broker.bootstrap_servers
-
-
 class _Live:
     """Sent records and what came back on ``ess.deadletter`` / ``ess.commands``."""
 
@@ -828,7 +816,7 @@ async def run_live(hostile_total: int, *, seed: int = 0, timeout_s: float = 60.0
         t0 = t0.replace(hour=0, minute=0, second=1) + timedelta(days=1)
     tally = Tally()
     live = _Live(registry)
-    async with _bootstrap(registry) as bootstrap:
+    async with kafka_target(registry) as bootstrap:
         settings = DetectorSettings(
             bootstrap=bootstrap,
             registry=registry,
