@@ -131,14 +131,29 @@ _OPTIONAL: Final = frozenset({"checks"})  # has a default: dropping it is valid
 
 # --------------------------------------------------------------------------- valid records
 
-_EVENT_IDS: Final = itertools.count()
+
+class _EventIds:
+    """A process-wide event id counter that tests can restart (a Hypothesis example must
+    generate the same bytes when replayed)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._count = itertools.count()
+
+    def next(self) -> int:
+        return next(self._count)
+
+
+EVENT_IDS: Final = _EventIds()
 
 
 def _base(topic: str, key: str, ts: datetime, rng: random.Random) -> dict[str, Any]:
     """A valid record of ``topic`` for ``key`` at ``ts`` (JSON-ready dict)."""
     # A process-wide counter keeps ids distinct even when ``rng`` repeats itself (Hypothesis'
     # random may return the same bits every time): rules dedupe by event id.
-    event_id = f"{next(_EVENT_IDS)}-{rng.getrandbits(64):016x}"
+    event_id = f"{EVENT_IDS.next()}-{rng.getrandbits(64):016x}"
     common = {"event_id": event_id, "ts": ts.isoformat()}
     account = {"account_id": key, "venue": "binance", "symbol": "BTCUSDT"}
     match topic:
