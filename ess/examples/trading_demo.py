@@ -191,12 +191,12 @@ async def _when(check: Callable[[], bool]) -> float:
     return time.perf_counter()
 
 
-async def _until(check: Any, timeout: float, what: str) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"demo: {what} did not happen within {timeout:.0f}s")
-        await asyncio.sleep(0.005)
+async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:  # noqa: ASYNC109
+    """:func:`_when`, bounded: a step that never happens fails the demo and names itself."""
+    try:
+        await asyncio.wait_for(_when(check), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"demo: {what} did not happen within {timeout:.0f}s") from None
 
 
 async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script, read top-down
