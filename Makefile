@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-flatten bench-replay chaos sim
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay chaos sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,13 +57,16 @@ bench-flatten: install
 bench-replay: install
 	$(BIN)/python -m bench.bench_replay
 
+bench-broker: install
+	$(BIN)/python -m bench.bench_broker
+
 chaos: install
 	$(BIN)/python -m ess.chaos
 
 sim: install
 	$(BIN)/python -m ess.sim --port 8090 --seed-demo
 
-bench: bench-gate bench-detect bench-flatten bench-replay
+bench: bench-gate bench-detect bench-broker bench-flatten bench-replay
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov

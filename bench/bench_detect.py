@@ -1,7 +1,7 @@
 """Detection throughput and trip latency: one Faust worker versus a plain aiokafka loop.
 
-Run: ``python -m bench.bench_detect`` from the repository root (about 2 minutes). Starts its
-own embedded broker, writes ``bench/results/detect.json`` and prints it.
+Run: ``python -m bench.bench_detect`` from the repository root (about 2.5 minutes). Starts its
+own embedded brokers, writes ``bench/results/detect.json`` and prints it.
 
 What is measured
 ----------------
@@ -14,11 +14,14 @@ What is measured
   in-memory dict instead of Faust tables (no changelog): the cost floor of the rule code.
 * ``trip_latency_ms``: from just before producing a triggering record (a ``SecurityEvent``,
   which trips at once) to the ``TripCommand`` arriving at a consumer of ``ess.commands``
-  (fetch wait 5 ms), closed loop. ``idle``: nothing else flows. ``load``: a generator in this
-  process streams the mix at ``LOAD_EPS`` records/s meanwhile (``eps`` is what it achieved);
-  ``load_half_rate`` repeats that at half the rate. A worker slower than the load falls
-  behind, and each trip then waits for the backlog ahead of it: that phase is bounded to
-  30 s and reports how many trips were sent and arrived.
+  (fetch wait 5 ms), closed loop. ``idle``: nothing else flows; its ``broker_hop`` is the
+  broker's share (:func:`measure_hops`). ``load``: a generator in this process streams the
+  mix at ``LOAD_EPS`` records/s meanwhile (``eps`` is what it achieved); ``load_half_rate``
+  at half the rate. A worker behind the load makes each trip wait for the backlog ahead of
+  it: that phase is bounded to 30 s and reports how many trips were sent and arrived.
+
+Each phase runs on a fresh embedded broker (:func:`latency_phase`): the embedded broker's
+fetches get slower as it fills (``bench/bench_broker.py``).
 
 Everything (broker, worker, load generator, measuring consumer) shares this machine's cores,
 as in the notes of ``shared/notes/faust-on-embedded-broker.md``.
@@ -184,9 +187,10 @@ def make_mix(n: int, start: datetime, seed: int = 7) -> list[tuple[str, bytes, b
 # --------------------------------------------------------------------------- child processes
 
 
-def _counting(detectors: Sequence[Any], conn: Connection) -> list[Any]:
+def _counting(detectors: Sequence[Any], conn: Connection, *, report: bool = True) -> list[Any]:
     """The detectors, wrapped so that processed batches report progress (at most every 20 ms,
-    and when the count reaches the backlog): ``("progress", monotonic, records so far)``."""
+    and when the count reaches the backlog): ``("progress", monotonic, records so far)``.
+    ``report=False``: count only (nobody reads the pipe during a latency phase)."""
     from streams.detect import TopicDetector  # noqa: PLC0415
 
     state = {"n": 0, "last": 0.0}
@@ -203,7 +207,7 @@ def _counting(detectors: Sequence[Any], conn: Connection) -> list[Any]:
             t = time.monotonic()
             before = state["n"] - len(batch)
             # Reports stop after the backlog: the parent no longer reads the pipe then.
-            if before < BACKLOG and (t - state["last"] >= 0.02 or state["n"] >= BACKLOG):
+            if report and before < BACKLOG and (t - state["last"] >= 0.02 or state["n"] >= BACKLOG):
                 state["last"] = t
                 conn.send(("progress", t, state["n"]))
             return out
@@ -226,7 +230,7 @@ def _quiet_logs() -> None:
     logger.add(sys.stderr, level="WARNING", filter=lambda r: "trip sent" not in r["message"])
 
 
-def faust_worker(bootstrap: str, prefix: str, app_id: str, conn: Connection) -> None:
+def faust_worker(bootstrap: str, prefix: str, app_id: str, report: bool, conn: Connection) -> None:
     """Child process: one detection worker until the parent sends ``"stop"``."""
     import uvloop  # noqa: PLC0415
 
@@ -241,7 +245,7 @@ def faust_worker(bootstrap: str, prefix: str, app_id: str, conn: Connection) -> 
         settings = DetectorSettings(
             bootstrap=bootstrap, registry=topic_registry(prefix), app_id=app_id
         )
-        detectors = _counting(build_detectors(settings), conn)
+        detectors = _counting(build_detectors(settings), conn, report=report)
         stop, ready = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
@@ -426,10 +430,20 @@ async def measure_trips(
     load_elapsed = 0.0
 
     async def stream_load() -> None:
+        """``load_eps`` records/s in 10 ms ticks, each tick one batch per partition (aiokafka
+        ``send_batch``): the generator shares the cores with the worker and the broker, and
+        per-record ``send`` would cost it ~0.3 core per 5k records/s."""
         nonlocal sent_load, load_elapsed
         assert load is not None
-        gen = producer(bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+        gen = producer(bootstrap, linger_ms=0, max_batch_size=1024 * 1024)
         await gen.start()
+        placed = [
+            (spec.name, _partition(key, spec.partitions), key, value)
+            for topic, key, value in load
+            for spec in [getattr(registry, topic)]
+        ]
+        for name in {name for name, *_ in placed}:
+            await gen.partitions_for(name)  # send_batch needs the topic's metadata
         t0 = time.monotonic()
         tick = 0.01
         per_tick = int(load_eps * tick)
@@ -437,10 +451,16 @@ async def measure_trips(
         try:
             while True:
                 due = t0 + (i // per_tick + 1) * tick
+                batches: dict[tuple[str, int], Any] = {}
                 for _ in range(per_tick):
-                    topic, key, value = load[i % len(load)]
-                    await gen.send(getattr(registry, topic).name, value, key=key)
+                    name, partition, key, value = placed[i % len(placed)]
+                    batch = batches.get((name, partition))
+                    if batch is None:
+                        batch = batches[(name, partition)] = gen.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
                     i += 1
+                for (name, partition), batch in batches.items():
+                    await gen.send_batch(batch, name, partition=partition)
                 sent_load = i
                 load_elapsed = time.monotonic() - t0
                 delay = due - time.monotonic()
@@ -501,6 +521,60 @@ async def measure_trips(
     return result
 
 
+async def measure_hops(bootstrap: str, registry: Any, count: int) -> dict[str, float]:
+    """The broker's share of a trip: produce one record and see it arrive at a plain aiokafka
+    consumer assigned to every input partition (as the worker's consumer is), fetch wait
+    5 ms. A trip makes two such hops (input topic to worker, worker to ``ess.commands``)."""
+    from ess.kafka import consumer, producer  # noqa: PLC0415
+
+    reader = consumer(bootstrap, group_id=None, fetch_max_wait_ms=5)
+    await reader.start()
+    tps = [
+        TopicPartition(spec.name, p) for spec in registry.inputs() for p in range(spec.partitions)
+    ]
+    reader.assign(tps)
+    await reader.seek_to_end(*tps)
+    writer = producer(bootstrap, linger_ms=0)
+    await writer.start()
+    arrivals: dict[int, float] = {}
+    target = TopicPartition(registry.security.name, 0)
+
+    async def collect() -> None:
+        while True:
+            batch = await reader.getmany(timeout_ms=50)
+            now = time.monotonic()
+            for record in batch.get(target, []):
+                arrivals[record.offset] = now
+
+    collector = asyncio.create_task(collect())
+    latencies: list[float] = []
+    rng = random.Random(5)
+    try:
+        for _ in range(count):
+            t0 = time.monotonic()
+            meta = await writer.send_and_wait(target.topic, b"{}", key=b"hop", partition=0)
+            while meta.offset not in arrivals and time.monotonic() < t0 + 5:
+                await asyncio.sleep(0.0005)
+            if meta.offset in arrivals:
+                latencies.append((arrivals[meta.offset] - t0) * 1000)
+            await asyncio.sleep(rng.uniform(0.02, 0.05))
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await writer.stop()
+        await reader.stop()
+    return {"p50": round(_pct(latencies, 50), 2), "p99": round(_pct(latencies, 99), 2)}
+
+
+def _partition(key: bytes, partitions: int) -> int:
+    """Where Kafka's default partitioner puts ``key``."""
+    from aiokafka.partitioner import murmur2  # noqa: PLC0415
+
+    hashed: int = murmur2(key)
+    return int((hashed & 0x7FFFFFFF) % partitions)
+
+
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -510,13 +584,43 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def run() -> dict[str, Any]:
-    import faust  # noqa: PLC0415
+async def latency_phase(load_eps: int | None) -> dict[str, Any]:
+    """Trip latency on a fresh broker: idle (``load_eps`` None) or under load.
 
+    Each phase gets its own embedded broker because Tansu's memory storage gets slower to
+    fetch from as it fills (measured: at a constant 5k records/s consumed, its CPU rose from
+    0.37 to 0.86 cores within 18 s, for a plain aiokafka consumer as for the worker, while
+    producing alone stayed at 0.17): a phase run after the 200k-record backlog would measure
+    the broker's history, not the worker.
+    """
     from ess.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
-    started = time.monotonic()
+    async with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        prefix = f"lat{uuid.uuid4().hex[:6]}"
+        registry = topic_registry(prefix)
+        await ensure_topics(bootstrap, registry)
+        floor = await measure_hops(bootstrap, registry, IDLE_TRIPS) if load_eps is None else None
+        worker = Child(faust_worker, bootstrap, prefix, f"ess-detect-bench-{prefix}", False)
+        try:
+            await worker.wait(lambda c: c.ready_at is not None, "faust worker ready")
+            if floor is not None:
+                idle = await measure_trips(bootstrap, registry, IDLE_TRIPS)
+                return {**idle, "broker_hop": floor}
+            load = make_mix(50_000, datetime.now(UTC) + timedelta(seconds=LEAD_S), seed=3)
+            return await measure_trips(
+                bootstrap, registry, LOAD_TRIPS, load=load, load_eps=load_eps
+            )
+        finally:
+            worker.stop()
+
+
+async def throughput_phase() -> tuple[float, float]:
+    """``(plain loop, faust worker)`` records/s over the same pre-produced backlog."""
+    from ess.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
+    from schemas import topic_registry  # noqa: PLC0415
+
     async with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         prefix = f"bench{uuid.uuid4().hex[:6]}"
@@ -534,26 +638,32 @@ async def run() -> dict[str, Any]:
         baseline = plain.rate(BACKLOG)
         print(f"plain loop: {baseline:.0f} records/s", file=sys.stderr)
 
-        worker = Child(faust_worker, bootstrap, prefix, f"ess-detect-bench-{prefix}")
+        worker = Child(faust_worker, bootstrap, prefix, f"ess-detect-bench-{prefix}", True)
         try:
             await worker.wait(lambda c: c.ready_at is not None, "faust worker ready")
             await worker.wait(lambda c: c.count >= BACKLOG, "faust worker to finish the backlog")
             throughput = worker.rate(BACKLOG)
             print(f"faust worker: {throughput:.0f} records/s", file=sys.stderr)
-            idle = await measure_trips(bootstrap, registry, IDLE_TRIPS)
-            print(f"idle latency: {idle}", file=sys.stderr)
-            load_records = make_mix(50_000, datetime.now(UTC) + timedelta(seconds=LEAD_S), seed=3)
-            # Half the rate first (below the worker's capacity), then the full rate, which may
-            # saturate it and leave a backlog behind.
-            half = await measure_trips(
-                bootstrap, registry, LOAD_TRIPS, load=load_records, load_eps=LOAD_EPS // 2
-            )
-
-            loaded = await measure_trips(bootstrap, registry, LOAD_TRIPS, load=load_records)
-            print(f"load latency: {loaded}", file=sys.stderr)
-            print(f"half-load latency: {half}", file=sys.stderr)
         finally:
             worker.stop()
+    return baseline, throughput
+
+
+async def run() -> dict[str, Any]:
+    import faust  # noqa: PLC0415
+
+    from schemas import topic_registry  # noqa: PLC0415
+
+    started = time.monotonic()
+    baseline, throughput = await throughput_phase()
+    idle = await latency_phase(None)
+    print(f"idle latency: {idle}", file=sys.stderr)
+    # Half the rate first (well below the worker's capacity), then the full rate.
+    half = await latency_phase(LOAD_EPS // 2)
+    print(f"half-load latency: {half}", file=sys.stderr)
+    loaded = await latency_phase(LOAD_EPS)
+    print(f"load latency: {loaded}", file=sys.stderr)
+    registry = topic_registry()
     return {
         "benchmark": "detect",
         "throughput_eps": round(throughput),
@@ -576,7 +686,8 @@ async def run() -> dict[str, Any]:
             "invalid_share": INVALID_SHARE,
             "keys": {"accounts": ACCOUNTS, "components": COMPONENTS, "symbols": SYMBOLS},
             "input_partitions": registry.fills.partitions,
-            "worker": "1 process, uvloop, fetch wait 5 ms, batches of up to 2000 events",
+            "worker": "1 process, uvloop, fetch wait 5 ms, one stream event per fetched batch",
+            "brokers": "a fresh embedded broker per phase (throughput, idle, half load, load)",
             "rules": "ess.rules.catalog defaults (all enabled)",
             "duration_s": round(time.monotonic() - started, 1),
             "when": datetime.now(UTC).isoformat(timespec="seconds"),

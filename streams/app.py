@@ -3,12 +3,15 @@ timer for silence rules. Built by :func:`create_app`; nothing is bound at import
 
 Per input topic ``T`` (``ess.fills``, ``ess.pnl``, ...):
 
-* **agent** ``detect-<logical>`` reads ``T`` as raw bytes in batches (natural batching,
-  see ``_agent_body``), and hands each batch to :meth:`TopicDetector.process`
-  (:mod:`streams.detect`, pure). It then sends the detections as ``TripCommand`` s and waits
-  for the broker's ack, writes the changed states (once per key per batch), and sends dead
-  letters. Any exception is caught inside the loop: an exception escaping a Faust agent acks
-  the in-flight records, which would silently drop them (faust-streaming B1, #315).
+* **agent** ``detect-<logical>`` receives ``T``'s raw records one fetch at a time: the
+  consumer turns the records of ``T`` from each fetch into one stream event, a
+  :class:`~streams.faust_compat.FetchedBatch`, through an in-memory channel
+  (:meth:`~streams.faust_compat.DetectApp.deliver_batches`; per-record events cost more
+  than the rules). It hands the batch to :meth:`TopicDetector.process` (:mod:`streams.detect`,
+  pure), sends the detections as ``TripCommand`` s and waits for the broker's ack, writes the
+  changed states (once per key per batch), sends dead letters, and only then acks the batch.
+  Any exception is caught inside the loop: an exception escaping a Faust agent would stop
+  it (faust-streaming B1, #315).
 * **table** ``detect-<logical>``: per-(rule, key) state, changelogged (``<app id>-detect-
   <logical>-changelog``) with exactly ``T``'s partition count, and written with ``T``'s
   partition of the record: state for partition ``p`` is recovered on whichever worker owns
@@ -42,8 +45,8 @@ from ess.clock import Clock, SystemClock
 from ess.rules.base import Context, trip_command
 from ess.rules.catalog import RECORD_TYPE, build_rules
 from schemas import DeadLetter, TripCommand
-from streams.detect import BatchOutcome, RawRecord, TopicDetector
-from streams.faust_compat import DetectApp, DetectTable, LeanMonitor
+from streams.detect import BatchOutcome, TopicDetector
+from streams.faust_compat import DetectApp, DetectTable, LeanMonitor, ack_batch, current_batch
 from streams.settings import DetectorSettings
 
 __all__ = ["ContextSource", "Outputs", "build_detectors", "create_app"]
@@ -171,6 +174,7 @@ def create_app(
         broker_credentials=settings.security.faust_credentials(),
     )
     app.ess_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.ess_batch_max = settings.batch_max
 
     lanes: list[_Lane] = []
     for detector in detectors if detectors is not None else build_detectors(settings):
@@ -187,8 +191,8 @@ def create_app(
             # A source topic is ESS's contract, created by ensure_topics, never by Faust.
             internal=False,
         )
-        app.agent(topic, name=f"detect-{detector.logical}")(
-            _agent_body(lane, settings, outputs, epoch, clock)
+        app.agent(app.deliver_batches(topic), name=f"detect-{detector.logical}")(
+            _agent_body(app, lane, outputs=outputs, epoch=epoch, clock=clock)
         )
 
     ticking = [lane for lane in lanes if lane.detector.ticks]
@@ -201,62 +205,48 @@ def create_app(
 
 
 def _agent_body(
-    lane: _Lane, settings: DetectorSettings, outputs: Outputs, epoch: ContextSource, clock: Clock
+    app: Any,
+    lane: _Lane,
+    *,
+    outputs: Outputs,
+    epoch: ContextSource,
+    clock: Clock,
 ) -> Callable[[Any], Any]:
     detector = lane.detector
-    batch_max = settings.batch_max
 
     async def detect(stream: Any) -> None:
-        """Natural batching: events accumulate while the stream's queue still holds more,
-        and a batch is processed as soon as the queue runs dry or ``batch_max`` is reached.
-        An idle record is processed at once (no batching timer in the trip path).
+        """One stream event is a :class:`~streams.faust_compat.FetchedBatch`: this topic's
+        records from one consumer fetch, at most ``batch_max`` of them
+        (:meth:`~streams.faust_compat.DetectApp.deliver_batches`). At idle a fetch holds the
+        one new record, so it is processed at once (no batching timer in the trip path);
+        under load a fetch holds whatever arrived meanwhile.
 
-        ``stream.take_events(max, within)`` was measured first and dropped: its batches are
-        cut by the ``within`` timer, so it adds up to ``within`` to every trip at idle, and
-        with Faust delivering one event per ~60 us to eight agents a 2 ms window held 1-2
-        events per agent anyway (60k records in 40k batches). Faust's delivery is the
-        bottleneck either way, so batches here stay small too (measured: ~1 record); the
-        per-key amortization that matters is the changelog, coalesced per key until the
-        next offset commit (:class:`~streams.faust_compat.DetectTable`).
+        Per-record Faust events were measured first: ~57 us of delivery machinery per record
+        capped the worker below 8k records/s; ``stream.take_events`` batches close on a timer
+        that adds to every idle trip.
 
-        Acks are manual (``noack``) and in order, after the batch's outputs are done: a batch
-        is committed only once its trips are acknowledged and its states are in the table.
+        A batch is acknowledged (its offsets may be committed) only once its trips are
+        acknowledged by the broker and its states are in the table.
         """
-        queue = getattr(stream.channel, "queue", None)
-        more_waiting: Callable[[], bool] = (
-            (lambda: not queue.empty()) if queue is not None else (lambda: False)
-        )
-        pending: list[Any] = []
-        async for event in stream.noack().events():
-            pending.append(event)
-            if len(pending) < batch_max and more_waiting():
-                continue
-            events, pending = pending, []
+        async for batch in stream:
+            if not current_batch(app, batch):
+                continue  # fetched before a rebalance: refetched from the committed offset
             try:
-                batch = []
-                for item in events:
-                    message = item.message
-                    stamp = message.timestamp
-                    batch.append(
-                        RawRecord(
-                            message.partition,
-                            message.offset,
-                            message.value,
-                            None if stamp is None else int(stamp * 1000),
-                        )
-                    )
                 async with lane.lock:
-                    out = detector.process(batch, lane.table.data, epoch.context, clock.now())
+                    out = detector.process(
+                        batch.records, lane.table.data, epoch.context, clock.now()
+                    )
                     await _perform(out, lane, outputs)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # Never let an exception escape: Faust would ack (and so drop) the batch.
-                logger.bind(topic=detector.topic, events=len(events)).exception(
+                # Never let an exception escape: the agent would stop. What can land here is
+                # a bug (process() refuses bad input, trips are retried until delivered):
+                # logged, and the batch is acked so the worker goes on.
+                logger.bind(topic=detector.topic, events=len(batch.records)).exception(
                     "detection batch failed"
                 )
-            for item in events:
-                item.ack()
+            ack_batch(app, batch)
 
     return detect
 

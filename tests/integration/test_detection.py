@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -384,3 +384,43 @@ async def test_two_detector_groups_send_identical_command_ids(
         first, second = await eventually(both, timeout=15)
         assert first.command_id == second.command_id
         assert first.model_dump() == second.model_dump()
+
+
+async def test_a_burst_split_into_fetched_batches_counts_exactly_and_commits_every_offset(
+    kafka_bootstrap: str, registry: TopicRegistry
+) -> None:
+    """Records already waiting when the worker starts arrive in large fetches, delivered as
+    batches of at most ``batch_max`` (3 here): the windows must still count every record
+    once, and the group must commit every offset it processed."""
+    t0 = _base_time()
+    settings = replace(
+        _settings(kafka_bootstrap, registry, f"ess-detect-{uuid.uuid4().hex[:8]}"), batch_max=3
+    )
+    async with harness(kafka_bootstrap, registry) as h:
+        sent: list[Sent] = []
+        for k in range(8):  # at the limit (5 fills in the window): no trip
+            for i in range(5):
+                sent.append(
+                    await h.send("fills", f"acct-burst-{k}", fill(f"acct-burst-{k}", t0 + s(i)))
+                )
+        for i in range(6):  # one over the limit: exactly one trip, on the sixth fill
+            sent.append(await h.send("fills", "acct-burst-x", fill("acct-burst-x", t0 + s(i))))
+        crossing = sent[-1]
+        async with worker(settings):
+            await eventually(lambda: h.trips_for(ReasonCode.TRADE_RATE, crossing), timeout=15)
+            marker = await h.send("security", "gw", security("api_key_invalid", "gw", t0))
+            await eventually(lambda: h.trips_for(ReasonCode.API_KEY_INVALID, marker))
+        assert [t.reason for t in h.trips].count(ReasonCode.TRADE_RATE) == 1
+
+    ends: dict[int, int] = {}
+    for record in sent:
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    group_reader = consumer(kafka_bootstrap, group_id=settings.app_id, client_id="test-offsets")
+    await group_reader.start()
+    try:
+        committed = {
+            p: await group_reader.committed(TopicPartition(registry.fills.name, p)) for p in ends
+        }
+    finally:
+        await group_reader.stop()
+    assert committed == ends
