@@ -21,7 +21,8 @@ What is measured
   it: that phase is bounded to 30 s and reports how many trips were sent and arrived.
 
 Each phase runs on a fresh embedded broker (:func:`latency_phase`): the embedded broker's
-fetches get slower as it fills (``bench/bench_broker.py``).
+fetches get slower as it fills (``bench/bench_broker.py``). With ``KAFKA_BOOTSTRAP_SERVERS``
+set, every phase uses that cluster instead, under topics of its own.
 
 Everything (broker, worker, load generator, measuring consumer) shares this machine's cores,
 as in the notes of ``shared/notes/faust-on-embedded-broker.md``.
@@ -588,19 +589,17 @@ async def latency_phase(load_eps: int | None) -> dict[str, Any]:
     """Trip latency on a fresh broker: idle (``load_eps`` None) or under load.
 
     Each phase gets its own embedded broker because Tansu's memory storage gets slower to
-    fetch from as it fills (measured: at a constant 5k records/s consumed, its CPU rose from
-    0.37 to 0.86 cores within 18 s, for a plain aiokafka consumer as for the worker, while
-    producing alone stayed at 0.17): a phase run after the 200k-record backlog would measure
+    fetch from as it fills (``make bench-broker``: at 5k records/s consumed, its CPU climbs to
+    0.8-0.9 of a core within 18 s, for a plain aiokafka consumer as for the worker, while
+    producing alone costs it ~0.2): a phase run after the 200k-record backlog would measure
     the broker's history, not the worker.
     """
-    from ess.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
+    from ess.broker import kafka_target  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
-    async with EmbeddedBroker() as broker:
-        bootstrap = broker.bootstrap_servers
-        prefix = f"lat{uuid.uuid4().hex[:6]}"
-        registry = topic_registry(prefix)
-        await ensure_topics(bootstrap, registry)
+    prefix = f"lat{uuid.uuid4().hex[:6]}"
+    registry = topic_registry(prefix)
+    async with kafka_target(registry) as bootstrap:
         floor = await measure_hops(bootstrap, registry, IDLE_TRIPS) if load_eps is None else None
         worker = Child(faust_worker, bootstrap, prefix, f"ess-detect-bench-{prefix}", False)
         try:
@@ -618,14 +617,12 @@ async def latency_phase(load_eps: int | None) -> dict[str, Any]:
 
 async def throughput_phase() -> tuple[float, float]:
     """``(plain loop, faust worker)`` records/s over the same pre-produced backlog."""
-    from ess.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
+    from ess.broker import kafka_target  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
-    async with EmbeddedBroker() as broker:
-        bootstrap = broker.bootstrap_servers
-        prefix = f"bench{uuid.uuid4().hex[:6]}"
-        registry = topic_registry(prefix)
-        await ensure_topics(bootstrap, registry)
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    registry = topic_registry(prefix)
+    async with kafka_target(registry) as bootstrap:
         gen_start = datetime.now(UTC) + timedelta(seconds=LEAD_S)
         records = make_mix(BACKLOG, gen_start)
         produce_s = await produce_backlog(bootstrap, registry, records)
