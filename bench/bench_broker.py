@@ -14,7 +14,6 @@ this process (the producer), and the consumer's lag (records produced, not yet p
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -23,9 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
-from bench.bench_detect import LEAD_S, Child, faust_worker, make_mix, plain_worker
+from bench.bench_detect import LEAD_S, Child, faust_worker, make_mix, plain_worker, run_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "broker.json"
 RATE = int(os.environ.get("BENCH_BROKER_RATE", "5000"))
@@ -118,12 +115,7 @@ async def run() -> dict[str, Any]:
 
 
 def main() -> None:
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    result = asyncio.run(run())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    run_and_report(run, RESULTS)
 
 
 if __name__ == "__main__":

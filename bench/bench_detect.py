@@ -40,7 +40,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -692,13 +692,22 @@ async def run() -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def run_and_report(run: Callable[[], Awaitable[dict[str, Any]]], results: Path) -> None:
+    """Run a benchmark with WARNING-level logs, write its figures to ``results``, print them."""
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    result = asyncio.run(run())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    async def main() -> dict[str, Any]:
+        return await run()
+
+    result = asyncio.run(main())
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    run_and_report(run, RESULTS)
 
 
 if __name__ == "__main__":
