@@ -36,7 +36,7 @@ Faust has no typed API here, so ``Any`` stays in this module.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiokafka
 import faust
@@ -110,7 +110,7 @@ class DetectConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
-        consumer._fetch_max_wait_ms = int(getattr(self.app, "ess_fetch_max_wait_ms", 1500))
+        consumer._fetch_max_wait_ms = cast("DetectApp", self.app).ess_fetch_max_wait_ms
         return consumer
 
     async def _highwaters(self, partitions: Any) -> Any:
@@ -161,7 +161,7 @@ class DetectConsumer(faust_aiokafka.Consumer):
         A put is abandoned, like Faust's per-record delivery, when a rebalance suspends the
         flow; those records are never acked and are fetched again from the committed offset.
         """
-        routes: dict[str, Any] = getattr(self.app, "ess_batch_routes", {})
+        routes = cast("DetectApp", self.app).ess_batch_routes
         if not routes:
             await super()._drain_messages(fetcher)
             return
@@ -198,7 +198,7 @@ class DetectConsumer(faust_aiokafka.Consumer):
     ) -> list[FetchedBatch]:
         """One fetch's records: routed topics' into batches (returned), the others delivered
         one by one through Faust's callback (changelogs during recovery, for instance)."""
-        batch_max: int = getattr(self.app, "ess_batch_max", 2000)
+        batch_max = cast("DetectApp", self.app).ess_batch_max
         read_offsets = self._read_offset
         generation = self.app.consumer_generation_id
         done: list[FetchedBatch] = []
