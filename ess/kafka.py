@@ -9,7 +9,9 @@ the measurements behind them are in ``shared/notes/faust-on-embedded-broker.md``
   half that wait. Consumers therefore wait :data:`FETCH_MAX_WAIT_MS` (10 ms), not aiokafka's
   500 ms (measured: round trip p50 3 ms at 5 ms vs 128 ms at 500 ms).
 * Tansu lacks idempotent and transactional producers (``InitProducerId`` fails), so producers
-  run with ``enable_idempotence=False``; ESS deduplicates in the domain instead.
+  run with ``enable_idempotence=False`` by default and ESS deduplicates in the domain; the
+  state log's writer asks :func:`supports_idempotence` at start and uses an idempotent
+  producer where the cluster grants one.
 * Tansu answers ``ListOffsets`` (``end_offsets()``) with the base offset of the last batch
   + 1, ignoring every record after the first in a multi-record batch. See
   :func:`producer` (``read_to_end_safe``) and :func:`read_to_end`.
@@ -26,14 +28,18 @@ configured exactly as before security existed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from loguru import logger
 from pydantic import SecretStr
 
 __all__ = [
@@ -48,8 +54,10 @@ __all__ = [
     "UnknownTopicError",
     "admin_client",
     "consumer",
+    "follow_records",
     "producer",
     "read_to_end",
+    "supports_idempotence",
 ]
 
 #: Consumer fetch wait. 5-20 ms all give ~10 ms idle detection latency on Tansu; 10 ms costs
@@ -311,6 +319,46 @@ def producer(
     return AIOKafkaProducer(**config)
 
 
+async def supports_idempotence(
+    bootstrap: str,
+    *,
+    security: KafkaSecurity | None = None,
+    # Own timeout: a start-up probe must not hang a role's start.
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> bool:
+    """Whether this cluster gives this principal an idempotent producer.
+
+    An idempotent producer asks the broker for a producer id when it starts
+    (``InitProducerId``); the broker then drops the second copy of a retried batch, so a
+    lost produce answer cannot write an entry twice. The embedded broker fails that request,
+    and a real cluster refuses it without the ``IdempotentWrite`` permission: both answer
+    ``False`` (logged), and the writer falls back to recognising its own copies.
+    """
+    probe = producer(
+        bootstrap, security=security, enable_idempotence=True, client_id="ess-idempotence-probe"
+    )
+    # aiokafka logs a refused InitProducerId as an ERROR of its own; the answer is logged here.
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    level = sender_log.level
+    sender_log.setLevel(logging.CRITICAL)
+    try:
+        async with asyncio.timeout(timeout):
+            await probe.start()
+    except (KafkaError, TimeoutError, OSError) as exc:
+        logger.bind(bootstrap=bootstrap, error=f"{type(exc).__name__}: {exc}").info(
+            "broker grants no idempotent producer; duplicates are recognised in the domain"
+        )
+        return False
+    finally:
+        sender_log.setLevel(level)
+        try:
+            async with asyncio.timeout(timeout):
+                await probe.stop()
+        except Exception as exc:  # a probe that never started may not stop cleanly
+            logger.bind(error=f"{type(exc).__name__}: {exc}").debug("idempotence probe stop")
+    return True
+
+
 def consumer(
     bootstrap: str,
     *topics: str,
@@ -422,5 +470,55 @@ async def read_to_end(
             f"reading {topic}[{partition}] to its end took over {timeout:g}s "
             f"({len(records)} records read)"
         ) from exc
+    finally:
+        await reader.stop()
+
+
+async def follow_records(
+    bootstrap: str,
+    topic: str,
+    from_offset: int = 0,
+    *,
+    partition: int = 0,
+    security: KafkaSecurity | None = None,
+    on_fetch: Callable[[], None] | None = None,
+) -> AsyncIterator[list[bytes | None]]:
+    """Yield the values of one partition's records in batches, from ``from_offset`` on,
+    forever (the caller stops iterating). No group, no commits.
+
+    ``on_fetch`` is called whenever the broker answered a fetch, with or without records: an
+    empty batch alone cannot tell an idle topic from an unreachable broker."""
+    async for batch in follow_partition(
+        bootstrap, topic, from_offset, partition=partition, security=security, on_fetch=on_fetch
+    ):
+        yield [record.value for record in batch]
+
+
+async def follow_partition(
+    bootstrap: str,
+    topic: str,
+    from_offset: int = 0,
+    *,
+    partition: int = 0,
+    security: KafkaSecurity | None = None,
+    on_fetch: Callable[[], None] | None = None,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """As :func:`follow_records`, yielding whole records (offsets included)."""
+    tp = TopicPartition(topic, partition)
+    reader = consumer(bootstrap, group_id=None, client_id="ess-follower", security=security)
+    await reader.start()
+    try:
+        reader.assign([tp])
+        reader.seek(tp, from_offset)
+        last_poll: int | None = None
+        while True:
+            batch = await reader.getmany(tp, timeout_ms=200)
+            polled = reader.last_poll_timestamp(tp)
+            if on_fetch is not None and polled is not None and polled != last_poll:
+                last_poll = polled
+                on_fetch()
+            records = batch.get(tp, [])
+            if records:
+                yield list(records)
     finally:
         await reader.stop()

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the projector (the ``project`` role), in a registry of the caller's.
+"""Prometheus metrics of the projector (``project``) and the command processor (``command``),
+each in a registry of the caller's.
 
 Every metric lives in a :class:`~prometheus_client.CollectorRegistry` passed in (or a fresh
 one), never in prometheus-client's global default: two projectors in one process (tests, or
@@ -46,7 +47,7 @@ from schemas import (
     TripRecordedEntry,
 )
 
-__all__ = ["LogTally", "ProjectorMetrics", "tally_entries"]
+__all__ = ["LogTally", "ProcessorMetrics", "ProjectorMetrics", "tally_entries"]
 
 
 def _bump(counts: Mapping[str, int], key: str) -> Mapping[str, int]:
@@ -198,7 +199,8 @@ class ProjectorMetrics:
         )
         self.log_trusted = Gauge(
             "ess_state_log_trusted",
-            "0 after a gap or corrupt record in ess.state: the projector stopped following.",
+            "0 while ess.state holds a record that did not verify and is not yet acknowledged, "
+            "or cannot be folded (a gap): the projector does not vouch for INACTIVE.",
             registry=reg,
         )
         self.log_trusted.set(1)
@@ -226,6 +228,33 @@ class ProjectorMetrics:
         self.health_beat_errors = Counter(
             "ess_health_beat_errors",
             "ESS health beats that could not be published.",
+            registry=reg,
+        )
+        self.foreign_state = Counter(
+            "ess_state_log_foreign_records",
+            "Records in ess.state that did not verify (written by someone else): never applied.",
+            registry=reg,
+        )
+        self.foreign_beats = Counter(
+            "ess_liveness_foreign_records",
+            "Records on ess.liveness that did not verify as the command processor's beats.",
+            registry=reg,
+        )
+        self.foreign_policy_records = Counter(
+            "ess_policy_store_foreign_writes",
+            "Times the stored emergency_stop record was not the one this projector wrote "
+            "(another writer): overwritten from the log.",
+            registry=reg,
+        )
+        self.writer_up = Gauge(
+            "ess_command_processor_up",
+            "1 while the command processor's signed beats are fresh and its backlog bounded "
+            "(the projector vouches for an INACTIVE record only then).",
+            registry=reg,
+        )
+        self.backlog_age = Gauge(
+            "ess_command_backlog_seconds",
+            "How long the oldest command not yet processed has waited on ess.commands.",
             registry=reg,
         )
         reg.register(_TallyCollector(self))
@@ -264,3 +293,87 @@ class ProjectorMetrics:
 
     def health_beat_failed(self) -> None:
         self.health_beat_errors.inc()
+
+    def foreign_state_records(self, count: int) -> None:
+        self.foreign_state.inc(count)
+
+    def foreign_beat(self) -> None:
+        self.foreign_beats.inc()
+
+    def foreign_policy_record(self) -> None:
+        self.foreign_policy_records.inc()
+
+    def observe_writer(self, up: bool, backlog_age: float) -> None:
+        self.writer_up.set(1 if up else 0)
+        self.backlog_age.set(backlog_age)
+
+
+class ProcessorMetrics:
+    """The command processor's metrics, registered in ``registry`` (a fresh one when omitted).
+
+    Process counters (this processor's work since it started): commands by kind and outcome,
+    entries appended by kind, dead letters, foreign state-log records seen; and gauges of
+    where it stands."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.commands = Counter(
+            "ess_commands",
+            "Commands taken from ess.commands, by command kind and outcome "
+            "(applied, duplicate, rejected).",
+            labelnames=["kind", "outcome"],
+            registry=reg,
+        )
+        self.entries = Counter(
+            "ess_command_processor_entries_appended",
+            "Entries this processor appended to ess.state, by entry kind.",
+            labelnames=["kind"],
+            registry=reg,
+        )
+        self.dead_letters = Counter(
+            "ess_command_processor_dead_letters",
+            "Command records dead-lettered (undecodable or not applicable).",
+            registry=reg,
+        )
+        self.foreign = Counter(
+            "ess_state_log_foreign_records",
+            "Records in ess.state that did not verify (written by someone else): never applied.",
+            registry=reg,
+        )
+        self.owner = Gauge(
+            "ess_command_processor_owner",
+            "1 while this processor owns the command partition (0: standby or stopped).",
+            registry=reg,
+        )
+        self.next_command = Gauge(
+            "ess_command_processor_next_command_offset",
+            "Offset in ess.commands of the next command this processor will process.",
+            registry=reg,
+        )
+        self.last_seq = Gauge(
+            "ess_command_processor_last_seq",
+            "seq of the last entry in this processor's fold of ess.state; -1 for none.",
+            registry=reg,
+        )
+        self.last_seq.set(-1)
+
+    def command_outcome(self, kind: str, outcome: str) -> None:
+        self.commands.labels(kind=kind, outcome=outcome).inc()
+
+    def entry_appended(self, kind: str) -> None:
+        self.entries.labels(kind=kind).inc()
+
+    def dead_lettered(self) -> None:
+        self.dead_letters.inc()
+
+    def foreign_records(self, count: int) -> None:
+        if count > 0:
+            self.foreign.inc(count)
+
+    def observe_owner(self, owner: bool) -> None:
+        self.owner.set(1 if owner else 0)
+
+    def observe_position(self, next_command: int, last_seq: int | None) -> None:
+        self.next_command.set(next_command)
+        self.last_seq.set(-1 if last_seq is None else last_seq)

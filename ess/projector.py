@@ -9,52 +9,59 @@ Outputs, all projections of the one log:
 * ESS's own health beat on the health topic;
 * the status snapshot and Prometheus metrics (served by :mod:`ess.status`).
 
-How it reads the log. One consumer, assigned manually (no group: one partition, nothing to
-balance, and a group join costs seconds on Tansu) to ``ess.state`` partition 0 from offset 0,
-then fetching forever. Entries are folded with :func:`ess.statelog.fold_log` semantics: a
-duplicated ``seq`` is skipped (first writer wins), a gap or an undecodable record is a
-*fault*. "Caught up" means a fetch came back empty with the position at both the fetched high
-watermark and the listed end offset: the same rule as :func:`ess.kafka.read_to_end`, right on
-real Kafka and on Tansu (whose listed end offset can be short).
+How it reads. One consumer, assigned manually (no group: nothing to balance, and a group
+join costs seconds on Tansu) to three one-partition topics: ``ess.state`` from offset 0,
+folded with the verifying reader every reader uses (:class:`ess.statelog.StateLogReader`);
+``ess.liveness`` near its end, for the command processor's signed beats; and
+``ess.commands`` from its end, only to see how far commands have arrived. "Caught up" means a
+fetch came back empty with the position at both the fetched high watermark and the listed end
+offset: right on real Kafka and on Tansu (whose listed end offset can be short).
 
-Fail-closed choice on a log it cannot trust (gap or corrupt record). The projector does *not*
-overwrite the record with a synthetic ACTIVE one (``reason=policy_store_stale``): that would
-be a state change no log entry says happened, and the reason code belongs to detection. It
-keeps the last good record but **stops refreshing it**, logs CRITICAL, reports CRITICAL
-health and ``healthy: false``, and exports ``ess_state_log_trusted 0``. Gates judge staleness
-by ``refreshed_at`` and go stale-closed on their own; the executor follows the log itself.
-One refinement: if the trusted prefix of the log says ACTIVE and this run has not written
-that record yet (the fault came in the same fetch, or during catch-up), it is written once,
-because stopping is always safe, and then never refreshed. An INACTIVE prefix is never
-written after a fault. A fault is
-permanent for the life of the projector: an append-only log does not heal, so someone must
-repair it and restart the projector. The same "stop refreshing" rule applies while the
-broker has not answered a fetch for ``log_timeout`` seconds: a projector that cannot see the
-log cannot vouch for the record.
+When the projector vouches. It writes an INACTIVE record (the one that lets gates open) only
+while *all* of these hold, and otherwise stops refreshing it, so gates go stale-closed within
+their ``max_record_age``:
 
-A second guard: the projector never moves the record backwards. Before each write it reads
-the current record and refuses to write when the stored ``seq`` is ahead of its own (for
-example a projector pointed at a wrong or recreated, empty topic, which would otherwise
-re-enable trading). The refusal counts as a write error and is retried every interval.
+* it has caught up with ``ess.state`` and the broker answered a fetch within ``log_timeout``;
+* the log is trusted: no foreign record is waiting for the processor's acknowledgement (see
+  :mod:`ess.core.reader`), and the log could be folded (no ``seq`` gap, no unverifiable reset);
+* the single writer is alive (:class:`WriterWatch`): a signed beat from the processor that
+  owns the command partition arrived within ``processor_timeout`` (beats already on
+  ``ess.liveness`` when the projector started do not count: they say the processor was alive
+  then), and no command has waited on ``ess.commands`` longer than ``backlog_timeout`` for
+  it. A processor that is killed,
+  stopped, fenced or wedged therefore closes every gate within ``processor_timeout`` (or
+  ``backlog_timeout``) plus the gates' ``max_record_age``.
 
-Events are idempotent across restarts: on start the projector reads ``ess.events`` to its
-end, learns the highest ``seq`` already published and never publishes an event with a
-``seq`` at or below it, so replaying the log rewrites the same record and publishes nothing
-old as new. An entry older than the events topic's retention is not published either: its
-event would have expired by now, and an empty (expired) events topic must not make every
-historical trip look new. Across *failures* delivery is at-least-once (a send that timed out
-may still have reached the broker and is retried); events carry ``seq`` so consumers can
-deduplicate. The PolicyStore writer and the event publisher are independent tasks, so a dead
-PolicyStore never holds back ``emergency.stop`` and a dead broker never stops the record from
-being re-asserted (within ``log_timeout``).
+An ACTIVE record is written whenever the projector knows the trusted state is ACTIVE:
+stopping is always safe. A log that cannot be folded is a fault for the life of the
+projector (an append-only log does not heal; repair it and restart); the entries before the
+break are applied and announced (an activation fetched in the same batch as a gap behind it
+is still ACTIVE).
+
+Projections decide from the log only. The record written is always the projection of the
+folded log. Before each write the projector reads the stored record: one that differs from
+what it last wrote was written by someone else, and is counted, logged and overwritten,
+never obeyed. One exception keeps a log loss from re-opening gates: an ACTIVE stored record
+whose ``seq`` is beyond the log's end may be the last word of a log that was lost (an
+embedded broker restarted), so the projector does not replace it with INACTIVE; it stops
+vouching and says so (CRITICAL) until a human looks.
+
+Events are idempotent across restarts, and deduplicated from the log: on start the projector
+reads ``ess.events``; an entry's event counts as published when the topic holds exactly the
+event the entry announces (same ``seq``, type, reason, time). A record on ``ess.events`` that
+no log entry announces (a forgery with a huge ``seq``, say) is ignored: it suppresses
+nothing. An entry older than the events topic's retention gets no event: its event would
+have expired by now. Delivery is at-least-once (consumers dedupe on ``seq``). The PolicyStore
+writer and the event publisher are independent tasks, so a dead PolicyStore never holds back
+``emergency.stop`` and a dead broker never stops the record from being re-asserted (within
+``log_timeout``).
 
 Metrics counters are derived from the folded log, so the replay on every start does not
 double count (see :mod:`ess.metrics`). ESS's health beat is CRITICAL while ESS is ACTIVE:
 detection must ignore ESS's own beats for ``system_critical`` (see :func:`health_beat`).
 
 Run one projector per deployment. Two would both publish events (deduplicated by ``seq``
-downstream) and race on the record (the backwards guard narrows that race, it cannot close
-it: the PolicyStore protocol has no compare-and-set).
+downstream) and each would see the other's writes as foreign.
 """
 
 from __future__ import annotations
@@ -64,22 +71,26 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from loguru import logger
 
 from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.clock import Clock, SystemClock
 from ess.config import EssSettings
-from ess.core import EssState, SequenceError, derive_id
+from ess.core import EssState, derive_id
+from ess.core.attestation import seal_problem
 from ess.core.projection import NEVER, event_for, policy_record
+from ess.core.reader import BatchReport, LogBroken, Trust
 from ess.kafka import KafkaSecurity, UnknownTopicError, consumer, producer, read_to_end
 from ess.metrics import LogTally, ProjectorMetrics
-from ess.statelog import Folded, KafkaStateLog, fold_log
+from ess.policystore.base import PolicyStoreError, PolicyStoreUnavailable
+from ess.statelog import RawRecord, StateLogReader
 from ess.status import ProjectorStatus, serve_status
 from schemas import (
     ActivatedEntry,
@@ -89,6 +100,7 @@ from schemas import (
     HealthBeat,
     HealthStatus,
     PolicyRecord,
+    ProcessorBeat,
     RecordError,
     ResetEntry,
     StateEntry,
@@ -101,6 +113,7 @@ __all__ = [
     "NEVER",
     "LogCondition",
     "Projector",
+    "WriterWatch",
     "assess_health",
     "event_for",
     "health_beat",
@@ -115,29 +128,37 @@ EVENTS_KEY: Final = b"ess"
 
 #: How long one fetch of the follower waits before it re-checks ``stop`` and catch-up.
 _POLL_MS: Final = 100
+#: Beats read back on start: they never vouch (they are from before the projector started),
+#: but they tell the writer watch which beat numbers of the current run are old (replays).
+_BEATS_ON_START: Final = 20
+#: A beat stamped further than this from the projector's clock is not accepted (an old beat
+#: replayed under a run the projector has not seen); freshness itself is judged by arrival.
+_BEAT_CLOCK_SKEW: Final = timedelta(seconds=60)
 
 
 # =========================================================================== pure functions
 
 
 def should_publish(
-    entry: StateEntry,
+    event: EmergencyStopEvent | EmergencyResetEvent,
     *,
-    published_seq: int | None,
+    on_topic: Mapping[int, EmergencyStopEvent | EmergencyResetEvent],
+    entry_ts: datetime,
     now: datetime,
     horizon: timedelta | None,
 ) -> bool:
-    """Whether ``entry``'s event (if any) is new: its ``seq`` is above the highest already on
-    ``ess.events`` and it is younger than ``horizon`` (the events topic's retention;
-    ``None`` = infinite)."""
-    if published_seq is not None and entry.seq <= published_seq:
+    """Whether ``event`` (announced by a log entry at ``entry_ts``) still needs publishing:
+    the events topic does not already hold exactly it, and the entry is younger than
+    ``horizon`` (the events topic's retention; ``None`` = infinite). What else the topic holds
+    under the same ``seq`` does not count: only the log says what was announced."""
+    if on_topic.get(event.seq) == event:
         return False
-    return horizon is None or entry.ts >= now - horizon
+    return horizon is None or entry_ts >= now - horizon
 
 
 def store_is_ahead(current: Mapping[str, Any] | None, record: PolicyRecord) -> bool:
-    """True when the stored record has a ``seq`` beyond ``record``'s: writing would move the
-    record backwards. A missing or unreadable stored ``seq`` is never "ahead"."""
+    """True when the stored record has a ``seq`` beyond ``record``'s. A missing or
+    unreadable stored ``seq`` is never "ahead"."""
     if current is None:
         return False
     stored = current.get("seq")
@@ -152,18 +173,30 @@ class LogCondition(StrEnum):
     STARTING = "starting"  # clients not connected yet
     CATCHING_UP = "catching_up"  # replaying the log; the state is partial
     OK = "ok"
-    CORRUPT = "corrupt"  # a gap or undecodable record: fault, permanent
+    UNTRUSTED = "untrusted"  # a foreign record awaits the processor's acknowledgement
+    CORRUPT = "corrupt"  # the log cannot be folded: fault, permanent
     UNREACHABLE = "unreachable"  # no fetch answered for log_timeout seconds
 
 
+#: Conditions under which the folded state is known (the log was read to its end once).
+_KNOWN: Final = frozenset(
+    {LogCondition.OK, LogCondition.UNTRUSTED, LogCondition.CORRUPT, LogCondition.UNREACHABLE}
+)
+
+
 def assess_health(
-    state: EssState, log: LogCondition, *, policy_store_ok: bool
+    state: EssState,
+    log: LogCondition,
+    *,
+    policy_store_ok: bool,
+    writer: str | None = None,
 ) -> tuple[HealthStatus, dict[str, str]]:
     """ESS's health status and checks for its beat.
 
-    CRITICAL while ESS is ACTIVE (trading is stopped) and whenever the projector cannot vouch
-    for the log (corrupt or unreachable); DEGRADED while starting, catching up or when the
-    PolicyStore record is not being kept fresh; HEALTHY otherwise.
+    CRITICAL while ESS is ACTIVE (trading is stopped), whenever the projector cannot vouch
+    for the log (untrusted, corrupt or unreachable), and while the command processor is gone
+    (``writer`` says why; ``None`` means it is alive); DEGRADED while starting, catching up
+    or when the PolicyStore record is not being kept fresh; HEALTHY otherwise.
 
     While the log is not yet read (starting, catching up) ``state`` is ``UNKNOWN`` rather than
     the partial fold, and the ``policy_store`` check is left out rather than reported
@@ -171,11 +204,16 @@ def assess_health(
     that trips ``policy_store_stale`` on that check would otherwise stop trading on every
     projector restart.
     """
-    known = log in {LogCondition.OK, LogCondition.CORRUPT, LogCondition.UNREACHABLE}
+    known = log in _KNOWN
     checks = {"state": state.status.value if known else "UNKNOWN", "state_log": log.value}
+    checks["command_processor"] = "ok" if writer is None else "gone"
     if known:
         checks["policy_store"] = "ok" if policy_store_ok else "stale"
-    if (known and state.active) or log in {LogCondition.CORRUPT, LogCondition.UNREACHABLE}:
+    if (
+        (known and state.active)
+        or log in {LogCondition.UNTRUSTED, LogCondition.CORRUPT, LogCondition.UNREACHABLE}
+        or (known and writer is not None)
+    ):
         return HealthStatus.CRITICAL, checks
     if log is not LogCondition.OK or not policy_store_ok:
         return HealthStatus.DEGRADED, checks
@@ -211,6 +249,76 @@ def health_beat(
     )
 
 
+@dataclass(slots=True)
+class WriterWatch:
+    """Is the single writer alive and keeping up? Fed beats and the command topic's high
+    watermark, asked with a monotonic time; does no I/O.
+
+    Freshness is the *arrival* time of the last accepted beat from an owner (a standby's
+    beats say nothing about who processes commands). Backlog: every time the command
+    topic's high watermark grows, the time is noted; the oldest command the processor has
+    not processed (its beat's ``next_command_offset``) has waited since the first note that
+    covered it.
+    """
+
+    timeout: float
+    backlog_timeout: float
+    last: ProcessorBeat | None = None
+    last_arrival: float | None = None
+    highwater: int | None = None
+    _arrivals: deque[tuple[int, float]] = field(default_factory=deque)
+    _latest_beat: dict[str, int] = field(default_factory=dict)
+
+    def beat(self, beat: ProcessorBeat, arrived: float) -> bool:
+        """Take a verified beat; returns whether it was accepted (owner, newer)."""
+        if beat.beat_no <= self._latest_beat.get(beat.run_id, -1):
+            return False
+        self._latest_beat[beat.run_id] = beat.beat_no
+        if not beat.owner:
+            return False
+        self.last = beat
+        self.last_arrival = arrived
+        return True
+
+    def seen(self, beat: ProcessorBeat) -> None:
+        """Take a verified beat from before the watch started: it proves nothing about now,
+        but beats of its run up to its number are old from now on (replays)."""
+        latest = self._latest_beat.get(beat.run_id, -1)
+        self._latest_beat[beat.run_id] = max(latest, beat.beat_no)
+
+    def commands_seen(self, highwater: int, seen: float) -> None:
+        """The command topic's high watermark as of ``seen``."""
+        if self.highwater is None or highwater > self.highwater:
+            self.highwater = highwater
+            self._arrivals.append((highwater, seen))
+
+    def backlog_age(self, now: float) -> float:
+        """How long the oldest unprocessed command has waited (0 when none waits)."""
+        if self.last is None or self.last.next_command_offset is None:
+            return 0.0
+        processed = self.last.next_command_offset
+        while self._arrivals and self._arrivals[0][0] <= processed:
+            self._arrivals.popleft()
+        if self.highwater is None or self.highwater <= processed or not self._arrivals:
+            return 0.0
+        return max(0.0, now - self._arrivals[0][1])
+
+    def problem(self, now: float) -> str | None:
+        """Why the writer cannot be vouched for right now, or ``None`` when it can."""
+        if self.last is None or self.last_arrival is None:
+            return "no beat from a command processor that owns the command partition"
+        silent = now - self.last_arrival
+        if silent > self.timeout:
+            return f"no beat from the command processor for {silent:.1f}s"
+        waited = self.backlog_age(now)
+        if waited > self.backlog_timeout:
+            return (
+                f"command at offset {self.last.next_command_offset} has waited {waited:.1f}s "
+                "for the command processor"
+            )
+        return None
+
+
 # =========================================================================== the projector
 
 
@@ -219,6 +327,8 @@ class _Clients:
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer
     listed_end: int
+    #: End of ``ess.liveness`` when the projector connected: beats before it are history.
+    liveness_end: int = 0
 
 
 async def _wait_any(seconds: float | None, *events: asyncio.Event) -> None:
@@ -235,12 +345,13 @@ async def _wait_any(seconds: float | None, *events: asyncio.Event) -> None:
 
 class Projector:
     """Follow ``ess.state`` into the PolicyStore record, ``ess.events``, ESS's health beat,
-    a status snapshot and metrics. See the module docstring for the fail-closed rules.
+    a status snapshot and metrics. See the module docstring for when it vouches.
 
-    ``registry`` is the *topic* registry; Prometheus metrics go to ``metrics`` (a
-    :class:`ProjectorMetrics` with a fresh ``CollectorRegistry`` when omitted). ``io_timeout``
-    bounds every PolicyStore call and every send, so a hung dependency delays one output, not
-    the others. :meth:`run` never raises for I/O failures: it logs, counts and retries.
+    ``registry`` is the *topic* registry; ``trust`` what the state-log reader trusts;
+    Prometheus metrics go to ``metrics`` (a :class:`ProjectorMetrics` with a fresh
+    ``CollectorRegistry`` when omitted). ``io_timeout`` bounds every PolicyStore call and
+    every send, so a hung dependency delays one output, not the others. :meth:`run` never
+    raises for I/O failures: it logs, counts and retries.
     """
 
     def __init__(
@@ -249,6 +360,7 @@ class Projector:
         registry: TopicRegistry,
         policy_store: PolicyStore,
         *,
+        trust: Trust,
         clock: Clock | None = None,
         refresh_interval: float = 1.0,
         health_interval: float = 1.0,
@@ -256,13 +368,24 @@ class Projector:
         metrics: ProjectorMetrics | None = None,
         io_timeout: float = 5.0,
         log_timeout: float = 10.0,
+        processor_timeout: float = 3.0,
+        backlog_timeout: float = 3.0,
         security: KafkaSecurity | None = None,
     ) -> None:
-        if refresh_interval <= 0 or health_interval <= 0 or io_timeout <= 0 or log_timeout <= 0:
+        positive = (
+            refresh_interval,
+            health_interval,
+            io_timeout,
+            log_timeout,
+            processor_timeout,
+            backlog_timeout,
+        )
+        if min(positive) <= 0:
             raise ValueError("intervals and timeouts must be positive")
         self.bootstrap = bootstrap
         self.security = security
         self.topics = registry
+        self.trust = trust
         self.policy_store = policy_store
         self.clock: Clock = clock or SystemClock()
         self.refresh_interval = refresh_interval
@@ -271,6 +394,8 @@ class Projector:
         self.metrics = metrics if metrics is not None else ProjectorMetrics()
         self.io_timeout = io_timeout
         self.log_timeout = log_timeout
+        self.processor_timeout = processor_timeout
+        self.backlog_timeout = backlog_timeout
         retention = registry.events.retention_ms
         #: Entries older than this get no event (see the module docstring); None = infinite.
         self.event_horizon = timedelta(milliseconds=retention) if retention > 0 else None
@@ -283,17 +408,20 @@ class Projector:
 
     def _reset_run_state(self) -> None:
         """Forget everything learnt from the log: each run replays it from offset 0."""
-        self._folded = Folded(EssState(), 0)
+        self._reader = StateLogReader(self.trust, name="projector")
         self._tally = LogTally()
         self._caught_up = False
         self._fault: str | None = None
         self._highwater: int | None = None
         self._last_fetch: float | None = None  # time.monotonic() of the last answered fetch
+        self._on_topic: dict[int, EmergencyStopEvent | EmergencyResetEvent] = {}
         self._published_seq: int | None = None
         self._pending: deque[EmergencyStopEvent | EmergencyResetEvent] = deque()
         self._written: PolicyRecord | None = None
         self._store_ok = False
+        self._store_problem: str | None = None
         self._write_failures = 0
+        self._writer = WriterWatch(self.processor_timeout, self.backlog_timeout)
         self._changed.clear()
         self._events_ready.clear()
         self.metrics.observe_trusted(True)
@@ -303,7 +431,7 @@ class Projector:
     @property
     def state(self) -> EssState:
         """The state folded from the trusted part of the log so far."""
-        return self._folded.state
+        return self._reader.folded.state
 
     @property
     def written(self) -> PolicyRecord | None:
@@ -321,20 +449,49 @@ class Projector:
             return LogCondition.UNREACHABLE
         if not self._caught_up:
             return LogCondition.CATCHING_UP
+        if not self._reader.trusted:
+            return LogCondition.UNTRUSTED
         return LogCondition.OK
 
-    def _policy_store_ok(self, log: LogCondition) -> bool:
+    def writer_problem(self) -> str | None:
+        """Why the command processor cannot be vouched for now (``None``: it can)."""
+        return self._writer.problem(time.monotonic())
+
+    def _policy_store_ok(self, log: LogCondition, writer: str | None) -> bool:
         # "ok" means gates are seeing a fresh record: the last write worked and we keep
-        # refreshing (we stop on a fault or while the log is unreachable).
-        return self._store_ok and log is LogCondition.OK
+        # refreshing it (an ACTIVE record is refreshed whatever the writer's state).
+        if not self._store_ok or self._store_problem is not None:
+            return False
+        if self.state.active:
+            return log in {LogCondition.OK, LogCondition.UNTRUSTED}
+        return log is LogCondition.OK and writer is None
+
+    def _doing_its_job(self, log: LogCondition) -> bool:
+        """``/healthz``: following a foldable log and able to write the store. Not vouching
+        because the command processor is gone or the log holds a foreign record *is* this
+        projector doing its job (a restart would not help); both show in ``health``."""
+        return (
+            log in {LogCondition.OK, LogCondition.UNTRUSTED}
+            and self._write_failures == 0
+            and self._store_problem is None
+        )
 
     def status(self) -> ProjectorStatus:
         """A consistent snapshot for ``/status`` (never blocks, never does I/O)."""
-        state = self._folded.state
+        state = self.state
         log = self.log_condition()
-        store_ok = self._policy_store_ok(log)
-        health, checks = assess_health(state, log, policy_store_ok=store_ok)
+        writer = self.writer_problem()
+        store_ok = self._policy_store_ok(log, writer)
+        health, checks = assess_health(state, log, policy_store_ok=store_ok, writer=writer)
         activation = state.activation
+        folded = self._reader.folded
+        fault = self._fault or self._store_problem
+        if fault is None and not folded.trusted and folded.last_foreign is not None:
+            fault = (
+                f"foreign record at offset {folded.last_foreign.offset}: {folded.last_foreign.why}"
+            )
+        if fault is None and writer is not None and log in _KNOWN:
+            fault = writer
         return ProjectorStatus(
             status=state.status.value,
             reason=activation.reason.value if activation else None,
@@ -345,13 +502,13 @@ class Projector:
             trips_recorded=state.trips_recorded,
             pending_approvals=len(state.approvals),
             last_refresh=self._written.refreshed_at if self._written else None,
-            log_offset=self._folded.next_offset,
+            log_offset=folded.next_offset,
             lag=self._lag(),
             caught_up=self._caught_up,
-            healthy=log is LogCondition.OK and store_ok,
+            healthy=self._doing_its_job(log),
             health=health.value,
             checks=checks,
-            fault=self._fault,
+            fault=fault,
             events_published_seq=self._published_seq,
             events_pending=len(self._pending),
             beats_sent=self._beats_sent,
@@ -360,7 +517,7 @@ class Projector:
     def _lag(self) -> int:
         if self._highwater is None:
             return 0
-        return max(self._highwater - self._folded.next_offset, 0)
+        return max(self._highwater - self._reader.folded.next_offset, 0)
 
     # ------------------------------------------------------------------ run
 
@@ -377,7 +534,7 @@ class Projector:
         logger.bind(
             component=self.component,
             state_topic=self.topics.state.name,
-            published_seq=self._published_seq,
+            events_on_topic=len(self._on_topic),
         ).info("projector started; replaying ess.state from offset 0")
         try:
             async with asyncio.TaskGroup() as group:
@@ -411,12 +568,15 @@ class Projector:
         The topics are checked by listing (never by naming them in a request: Tansu would
         auto-create a missing ``ess.state`` with 4 partitions); a missing topic is waited
         for, never created here."""
-        state_tp = TopicPartition(self.topics.state.name, 0)
+        topics = self.topics
+        state_tp = TopicPartition(topics.state.name, 0)
+        liveness_tp = TopicPartition(topics.liveness.name, 0)
+        commands_tp = TopicPartition(topics.commands.name, 0)
         while not stop.is_set():
             follower: AIOKafkaConsumer | None = None
             sender: AIOKafkaProducer | None = None
             try:
-                self._published_seq = await self._highest_published_seq()
+                self._on_topic = await self._events_on_topic()
                 follower = consumer(
                     self.bootstrap,
                     group_id=None,
@@ -425,16 +585,20 @@ class Projector:
                 )
                 await follower.start()
                 existing = await follower.topics()
-                for name in (self.topics.state.name, self.topics.health.name):
-                    if name not in existing:
-                        raise UnknownTopicError(f"topic {name} does not exist")
-                follower.assign([state_tp])
+                for spec in (topics.state, topics.health, topics.liveness, topics.commands):
+                    if spec.name not in existing:
+                        raise UnknownTopicError(f"topic {spec.name} does not exist")
+                follower.assign([state_tp, liveness_tp, commands_tp])
                 await follower.seek_to_beginning(state_tp)
-                listed_end = int((await follower.end_offsets([state_tp]))[state_tp])
+                ends = await follower.end_offsets([state_tp, liveness_tp])
+                follower.seek(liveness_tp, max(0, int(ends[liveness_tp]) - _BEATS_ON_START))
+                await follower.seek_to_end(commands_tp)
                 # One record per batch: ess.events is read "to the end" on every start.
                 sender = producer(self.bootstrap, read_to_end_safe=True, security=self.security)
                 await sender.start()
-                return _Clients(follower, sender, listed_end)
+                return _Clients(
+                    follower, sender, int(ends[state_tp]), liveness_end=int(ends[liveness_tp])
+                )
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "projector cannot connect; retrying"
@@ -462,10 +626,10 @@ class Projector:
             except Exception as exc:  # stopping is best effort; the process is going away
                 logger.bind(error=str(exc)).warning("projector client did not stop cleanly")
 
-    async def _highest_published_seq(self) -> int | None:
-        """Highest ``seq`` on ``ess.events`` (``None`` if empty). Records that do not decode
-        are skipped: they cannot say which seq they announced, and ESS is the only writer."""
-        highest: int | None = None
+    async def _events_on_topic(self) -> dict[int, EmergencyStopEvent | EmergencyResetEvent]:
+        """What ``ess.events`` holds, by ``seq`` (the last record per ``seq``). Undecodable
+        records are skipped; whatever is there only counts where the log agrees."""
+        found: dict[int, EmergencyStopEvent | EmergencyResetEvent] = {}
         for record in await read_to_end(
             self.bootstrap, self.topics.events.name, security=self.security
         ):
@@ -478,33 +642,45 @@ class Projector:
                     "undecodable record on ess.events ignored"
                 )
                 continue
-            highest = event.seq if highest is None else max(highest, event.seq)
-        return highest
+            found[event.seq] = event
+        return found
 
     # ------------------------------------------------------------------ follower
 
     async def _follow(self, clients: _Clients, stop: asyncio.Event) -> None:
-        tp = TopicPartition(self.topics.state.name, 0)
+        state_tp = TopicPartition(self.topics.state.name, 0)
+        liveness_tp = TopicPartition(self.topics.liveness.name, 0)
+        commands_tp = TopicPartition(self.topics.commands.name, 0)
         follower = clients.consumer
         last_poll: int | None = None
         while not stop.is_set():
             try:
-                batch = (await follower.getmany(tp, timeout_ms=_POLL_MS)).get(tp, [])
-                polled = follower.last_poll_timestamp(tp)
+                batches = await follower.getmany(timeout_ms=_POLL_MS)
+                now = time.monotonic()
+                polled = follower.last_poll_timestamp(state_tp)
                 if polled is not None and polled != last_poll:
                     # A fetch was answered (with or without records): the broker is there.
                     last_poll = polled
-                    self._last_fetch = time.monotonic()
-                self._highwater = follower.highwater(tp)
+                    self._last_fetch = now
+                for record in batches.get(liveness_tp, []):
+                    self._take_beat(record.value, now, live=record.offset >= clients.liveness_end)
+                commands_highwater = follower.highwater(commands_tp)
+                if commands_highwater is not None:
+                    self._writer.commands_seen(int(commands_highwater), now)
+                self._highwater = follower.highwater(state_tp)
+                batch = batches.get(state_tp, [])
                 if batch and self._fault is None:
-                    self._apply(batch)
+                    self._apply([RawRecord(r.offset, r.value) for r in batch])
                 if not self._caught_up and not batch and self._fault is None:
-                    position = await follower.position(tp)
+                    position = await follower.position(state_tp)
                     if self._highwater is not None and position >= max(
                         self._highwater, clients.listed_end
                     ):
                         self._on_caught_up()
                 self.metrics.observe_lag(self._lag())
+                self.metrics.observe_writer(
+                    self.writer_problem() is None, self._writer.backlog_age(now)
+                )
             except Exception as exc:
                 # aiokafka retries connections itself; this catches the rest without dying.
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
@@ -512,28 +688,74 @@ class Projector:
                 )
                 await _wait_any(self.refresh_interval, stop)
 
-    def _apply(self, records: list[Any]) -> None:
-        """Fold fetched records, queue new events, export metrics; fault on a gap/corruption."""
+    def _take_beat(self, value: bytes | None, arrived: float, *, live: bool = True) -> None:
+        """Verify a liveness record and hand it to the writer watch.
+
+        A beat published before this projector connected (``live=False``, read back on
+        start) says the processor was alive *then*, not now: it only tells the watch which
+        beat numbers are old (so a replay of them is refused), it never vouches."""
+        try:
+            document = orjson.loads(value or b"")
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            problem = seal_problem(
+                document, self.trust.processor_keys, scope=self.topics.liveness.name
+            )
+            if problem is not None:
+                raise ValueError(problem)
+            beat: ProcessorBeat = decode(ProcessorBeat, value or b"")
+        except (ValueError, RecordError) as exc:
+            self.metrics.foreign_beat()
+            logger.bind(error=str(exc)[:300]).warning("liveness record refused")
+            return
         now = self.clock.now()
-        folded = self._folded
+        if abs(beat.ts - now) > _BEAT_CLOCK_SKEW:
+            logger.bind(beat_ts=beat.ts.isoformat()).warning("liveness beat too far from now")
+            return
+        if not live:
+            self._writer.seen(beat)
+            return
+        was_down = self.writer_problem() is not None
+        if self._writer.beat(beat, arrived) and was_down:
+            self._changed.set()  # vouch at once rather than at the next refresh
+
+    def _fold(self, records: list[RawRecord]) -> tuple[BatchReport, LogBroken | None, int]:
+        """Feed ``records`` to the reader: what it did, and the :class:`LogBroken` (with the
+        offset it stopped at) if the log cannot be folded.
+
+        The reader folds a batch all or nothing, so when a batch breaks, its records are fed
+        again one at a time: the entries *before* the break are authentic and applied (an
+        activation fetched together with a gap behind it is still ACTIVE, and announced)."""
+        try:
+            return self._reader.feed(records), None, records[0].offset
+        except LogBroken as exc:
+            if len(records) == 1:
+                return BatchReport(), exc, records[0].offset
+        reports: list[BatchReport] = []
         for record in records:
             try:
-                logged = KafkaStateLog.decode_record(record.offset, record.value)
-                after = fold_log([logged], start=folded)
-            except SequenceError as exc:
-                self._folded = folded
-                self._enter_fault(str(exc), record.offset)
-                break
-            if len(after.skipped) > len(folded.skipped):
-                folded = after  # duplicate seq: offset advances, nothing else happens
-                continue
-            folded = after
+                reports.append(self._reader.feed([record]))
+            except LogBroken as exc:
+                return _merged(reports), exc, record.offset
+        return _merged(reports), None, records[0].offset  # pragma: no cover - it broke above
+
+    def _apply(self, records: list[RawRecord]) -> None:
+        """Fold fetched records, queue new events, export metrics; fault when the log cannot
+        be folded (after applying the authentic entries before the break)."""
+        now = self.clock.now()
+        trusted_before = self._reader.trusted
+        report, broken, broken_at = self._fold(records)
+        for logged in report.applied:
             entry = logged.entry
             self._tally = self._tally.add(entry)
             event = event_for(entry)
             if event is not None:
                 if should_publish(
-                    entry, published_seq=self._published_seq, now=now, horizon=self.event_horizon
+                    event,
+                    on_topic=self._on_topic,
+                    entry_ts=entry.ts,
+                    now=now,
+                    horizon=self.event_horizon,
                 ):
                     self._pending.append(event)
                     self._events_ready.set()
@@ -543,10 +765,13 @@ class Projector:
                     )
             if self._caught_up:
                 self._log_entry(entry)
-        else:
-            self._folded = folded
-        self.metrics.observe_log(self._folded.state, self._tally)
-        if self._caught_up or self._fault is not None:
+        if report.foreign:
+            self.metrics.foreign_state_records(len(report.foreign))
+        if broken is not None:
+            self._enter_fault(str(broken), broken_at)
+        self.metrics.observe_trusted(self._reader.trusted and self._fault is None)
+        self.metrics.observe_log(self.state, self._tally)
+        if self._caught_up or self._reader.trusted != trusted_before or broken is not None:
             self._changed.set()
 
     def _log_entry(self, entry: StateEntry) -> None:
@@ -562,12 +787,13 @@ class Projector:
 
     def _on_caught_up(self) -> None:
         self._caught_up = True
-        state = self._folded.state
+        state = self.state
         logger.bind(
-            next_offset=self._folded.next_offset,
+            next_offset=self._reader.folded.next_offset,
             status=state.status.value,
             seq=state.last_seq,
             epoch=state.epoch,
+            trusted=self._reader.trusted,
             events_pending=len(self._pending),
         ).info("projector caught up with ess.state")
         self.metrics.observe_log(state, self._tally)
@@ -579,10 +805,10 @@ class Projector:
         logger.bind(
             offset=offset,
             error=why,
-            trusted_seq=self._folded.state.last_seq,
-            status=self._folded.state.status.value,
+            trusted_seq=self.state.last_seq,
+            status=self.state.status.value,
         ).critical(
-            "ess.state cannot be trusted: projector stops refreshing the PolicyStore record "
+            "ess.state cannot be folded: projector stops vouching for the PolicyStore record "
             "(gates go stale-closed) until the log is repaired and the projector restarted"
         )
 
@@ -596,26 +822,40 @@ class Projector:
             self._changed.clear()
             await self._write_once()
 
+    def _may_write(self) -> bool:
+        """Whether the record of the current state may be (re-)asserted now."""
+        log = self.log_condition()
+        if log in {LogCondition.STARTING, LogCondition.CATCHING_UP}:
+            return False  # partial state: do not vouch for anything yet
+        if self.state.active:
+            return log is not LogCondition.UNREACHABLE  # stopping is always safe
+        return log is LogCondition.OK and self.writer_problem() is None
+
     async def _write_once(self) -> None:
         """Write (or re-assert) the record if the projector may; count and log failures."""
-        state = self._folded.state
-        log = self.log_condition()
-        if log is LogCondition.CORRUPT:
-            written_seq = self._written.seq if self._written else None
-            if not (state.active and written_seq != state.last_seq):
-                return  # keep the last good record, unrefreshed
-        elif log is not LogCondition.OK:
-            return  # catching up (partial state) or the log is unreachable: do not vouch
-        record = policy_record(state, refreshed_at=self.clock.now())
+        if not self._may_write():
+            return
+        record = policy_record(self.state, refreshed_at=self.clock.now())
         try:
             async with asyncio.timeout(self.io_timeout):
-                current = await self.policy_store.get(EMERGENCY_STOP_KEY)
-                if store_is_ahead(current, record):
-                    raise RuntimeError(
-                        f"stored emergency_stop has seq {current and current.get('seq')}, "
-                        f"ahead of the log's {record.seq}; refusing to move it backwards"
-                    )
+                current = await self._read_stored()
+                self._check_stored(current)
+                if not record.active and store_is_ahead(current, record):
+                    assert current is not None
+                    if current.get("active") is True:
+                        raise _StoreAhead(
+                            f"stored emergency_stop is ACTIVE at seq {current.get('seq')}, "
+                            f"beyond the log's {record.seq}: the log may have been lost; not "
+                            "replacing it with INACTIVE"
+                        )
                 await self.policy_store.set(EMERGENCY_STOP_KEY, record.model_dump(mode="json"))
+        except _StoreAhead as exc:
+            self._store_ok = False
+            if self._store_problem != str(exc):
+                logger.bind(seq=record.seq).critical(str(exc))
+            self._store_problem = str(exc)
+            self.metrics.policy_store_write_failed()
+            return
         except Exception as exc:
             self._store_ok = False
             self._write_failures += 1
@@ -636,6 +876,7 @@ class Projector:
         if self._write_failures:
             logger.bind(failures=self._write_failures).info("emergency_stop writes recovered")
             self._write_failures = 0
+        self._store_problem = None
         changed = self._written is None or self._written.seq != record.seq
         self._written = record
         self._store_ok = True
@@ -646,6 +887,34 @@ class Projector:
             bound.info("emergency_stop record written")
         else:
             bound.debug("emergency_stop record refreshed")
+
+    async def _read_stored(self) -> Mapping[str, Any] | None:
+        """The stored record, read only to tell whether someone else wrote it.
+
+        A value the store holds but cannot hand back as a record (not JSON, a Redis key of
+        another type) was written by someone else too: it stands for itself here, so it is
+        counted and overwritten like any foreign record. Refusing to write over it would
+        close every gate for good: gates fail closed on it, and no reset could replace it.
+        An unreachable store raises: the write would fail as well."""
+        try:
+            return await self.policy_store.get(EMERGENCY_STOP_KEY)
+        except PolicyStoreUnavailable:
+            raise
+        except PolicyStoreError as exc:
+            return {"unreadable": str(exc)[:300]}
+
+    def _check_stored(self, current: Mapping[str, Any] | None) -> None:
+        """Count and log a stored record this projector did not write (it is overwritten)."""
+        if self._written is None:
+            return
+        if current == self._written.model_dump(mode="json"):
+            return
+        self.metrics.foreign_policy_record()
+        logger.bind(
+            stored_seq=None if current is None else current.get("seq"),
+            stored_active=None if current is None else current.get("active"),
+            written_seq=self._written.seq,
+        ).error("emergency_stop was changed by another writer; overwriting it from the log")
 
     # ------------------------------------------------------------------ events
 
@@ -669,6 +938,7 @@ class Projector:
                     continue
                 self._pending.popleft()
                 self._published_seq = event.seq
+                self._on_topic[event.seq] = event
                 self.metrics.event_published(event.type)
                 logger.bind(seq=event.seq, type=event.type).info("event published")
 
@@ -678,8 +948,12 @@ class Projector:
         beat_no = 0
         while not stop.is_set():
             log = self.log_condition()
+            writer = self.writer_problem()
             status, checks = assess_health(
-                self._folded.state, log, policy_store_ok=self._policy_store_ok(log)
+                self.state,
+                log,
+                policy_store_ok=self._policy_store_ok(log, writer),
+                writer=writer,
             )
             beat = health_beat(
                 component=self.component,
@@ -705,11 +979,26 @@ class Projector:
             await _wait_any(self.health_interval, stop)
 
 
+def _merged(reports: list[BatchReport]) -> BatchReport:
+    """One report for several consecutive :meth:`StateLogReader.feed` calls."""
+    return BatchReport(
+        applied=tuple(item for report in reports for item in report.applied),
+        skipped=tuple(item for report in reports for item in report.skipped),
+        foreign=tuple(item for report in reports for item in report.foreign),
+        acknowledged=tuple(item for report in reports for item in report.acknowledged),
+    )
+
+
+class _StoreAhead(Exception):
+    """The stored record is ACTIVE beyond the log's end: do not replace it with INACTIVE."""
+
+
 async def run_projector(
     settings: EssSettings,
     policy_store: PolicyStore,
     stop: asyncio.Event,
     *,
+    trust: Trust | None = None,
     bootstrap: str | None = None,
     metrics: ProjectorMetrics | None = None,
     clock: Clock | None = None,
@@ -723,9 +1012,10 @@ async def run_projector(
     configured topics until ``stop``, with the status server when ``status_port`` is given.
 
     ``bootstrap`` overrides ``settings.kafka_bootstrap_servers`` (a worker that started the
-    embedded broker passes its address). There is no embedded-broker fallback here: a
-    projector following a private, empty broker would assert "inactive" for a log nobody
-    writes to. Topics are expected to exist (``ensure_topics``); the projector waits for them.
+    embedded broker passes its address); ``trust`` overrides the keys from ``settings``. There
+    is no embedded-broker fallback here: a projector following a private, empty broker would
+    assert "inactive" for a log nobody writes to. Topics are expected to exist
+    (``ensure_topics``); the projector waits for them.
     """
     target = bootstrap or settings.kafka_bootstrap_servers
     if not target:
@@ -737,12 +1027,15 @@ async def run_projector(
         target,
         settings.registry(),
         policy_store,
+        trust=trust or settings.state_trust(),
         clock=clock,
         refresh_interval=refresh_interval,
         health_interval=health_interval,
         component=component,
         metrics=metrics,
         log_timeout=settings.log_timeout_sec,
+        processor_timeout=settings.processor_timeout_sec,
+        backlog_timeout=settings.command_backlog_timeout_sec,
         security=settings.kafka_security(),
     )
     server = None

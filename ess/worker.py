@@ -22,8 +22,11 @@ from typing import Any
 
 from loguru import logger
 
-from ess.broker import kafka_target
+from ess.broker import external_bootstrap, kafka_target
 from ess.config import EssSettings
+from ess.core.attestation import SigningKey
+from ess.core.reader import Trust
+from ess.core.signing import generate_private_key
 from ess.executor.config import (
     ExecutorSettings,
     VenueConfig,
@@ -62,10 +65,12 @@ async def run_worker(
             loop.add_signal_handler(sig, stop.set)
     # Configuration errors surface before anything starts (no broker started for nothing).
     venues = _executor_venues() if "execute" in roles else ()
+    signing_key = _signing_key(settings) if "command" in roles else None
+    trust = settings.state_trust(also_trust=signing_key)
     registry = settings.registry()
     async with kafka_target(registry, security=settings.kafka_security()) as bootstrap:
         bound = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        jobs = _jobs(bound, roles, stop, venues)
+        jobs = _jobs(bound, roles, stop, venues=venues, signing_key=signing_key, trust=trust)
         logger.bind(roles=list(roles), bootstrap=bootstrap, prefix=registry.prefix).info(
             "ESS worker started"
         )
@@ -74,11 +79,27 @@ async def run_worker(
         await _supervise(jobs, stop)
 
 
+def _signing_key(settings: EssSettings) -> SigningKey:
+    """The command processor's key: from ``ESS_PROCESSOR_KEY_FILE``; with the embedded broker
+    and no key file, a key made for this run (the embedded log lives no longer than this
+    process, and every reader of it is in this process too)."""
+    if settings.processor_key_file.is_file() or external_bootstrap() is not None:
+        return settings.processor_signing_key()  # raises with what to do when missing
+    logger.bind(key_file=str(settings.processor_key_file)).warning(
+        "embedded broker and no processor key file: signing ess.state with a key made for "
+        "this run (use `ess keygen --processor` for anything that outlives it)"
+    )
+    return SigningKey(generate_private_key())
+
+
 def _jobs(
     settings: EssSettings,
     roles: Sequence[str],
     stop: asyncio.Event,
+    *,
     venues: Sequence[tuple[VenueConfig, VenueCredentials]],
+    signing_key: SigningKey | None,
+    trust: Trust,
 ) -> dict[str, Coroutine[Any, Any, None]]:
     jobs: dict[str, Coroutine[Any, Any, None]] = {}
     if "execute" in roles:
@@ -88,11 +109,12 @@ def _jobs(
             venues,
             ExecutorSettings(),
             stop,
+            trust=trust,
             status_host=settings.status_host,
             security=settings.kafka_security(),
         )
     if "command" in roles:
-        jobs["command"] = run_processor(settings, stop)
+        jobs["command"] = run_processor(settings, stop, signing_key=signing_key)
     if "project" in roles:
         url = settings.resolved_policy_store_url()
         logger.bind(policy_store=redact_url(url)).info("projector PolicyStore")
@@ -100,6 +122,7 @@ def _jobs(
             settings,
             policy_store_from_url(url),
             stop,
+            trust=trust,
             bootstrap=settings.kafka_bootstrap_servers,
             refresh_interval=settings.refresh_interval_sec,
             health_interval=settings.refresh_interval_sec,
@@ -117,7 +140,7 @@ def _jobs(
             settings.registry(),
             security=settings.kafka_security(),
         )
-        jobs["detect"] = run_detector(detector, stop)
+        jobs["detect"] = run_detector(detector, stop, trust=trust)
     return jobs
 
 

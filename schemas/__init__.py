@@ -5,10 +5,14 @@ Imports only pydantic (and orjson for speed); every other layer depends on this 
 
 from schemas.codec import RecordError, decode, encode, validate
 from schemas.records import (
+    IDENT_MAX,
     RECORD_TYPES,
+    TEXT_MAX,
     ActionReport,
     ActivatedEntry,
     Command,
+    CommandOutcome,
+    CommandOutcomeKind,
     DeadLetter,
     EmergencyEvent,
     EmergencyResetEvent,
@@ -24,6 +28,7 @@ from schemas.records import (
     OrderSubmitted,
     PnlTick,
     PolicyRecord,
+    ProcessorBeat,
     ReasonCode,
     RejectReason,
     ResetApprovalEntry,
@@ -37,14 +42,19 @@ from schemas.records import (
     TriggerRef,
     TripCommand,
     TripRecordedEntry,
+    clip,
 )
 from schemas.topics import TopicRegistry, TopicSpec, topic_registry
 
 __all__ = [
+    "IDENT_MAX",
     "RECORD_TYPES",
+    "TEXT_MAX",
     "ActionReport",
     "ActivatedEntry",
     "Command",
+    "CommandOutcome",
+    "CommandOutcomeKind",
     "DeadLetter",
     "EmergencyEvent",
     "EmergencyResetEvent",
@@ -60,6 +70,7 @@ __all__ = [
     "OrderSubmitted",
     "PnlTick",
     "PolicyRecord",
+    "ProcessorBeat",
     "ReasonCode",
     "RecordError",
     "RejectReason",
@@ -76,6 +87,7 @@ __all__ = [
     "TriggerRef",
     "TripCommand",
     "TripRecordedEntry",
+    "clip",
     "decode",
     "encode",
     "topic_registry",

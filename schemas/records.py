@@ -29,10 +29,15 @@ from pydantic import (
     field_validator,
 )
 
+#: Longest identifier and longest free text a record may hold.
+IDENT_MAX: Final = 256
+TEXT_MAX: Final = 4096
 #: Identifiers (event ids, command ids, names) are short; a megabyte "id" is an attack.
-Ident = Annotated[str, Field(min_length=1, max_length=256)]
+Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX)]
 #: Free human text: bounded so that one record cannot balloon a log or a table.
-Text = Annotated[str, Field(max_length=4096)]
+Text = Annotated[str, Field(max_length=TEXT_MAX)]
+#: An Ed25519 signature, base64 (88 characters); bounded generously for other encodings.
+Signature = Annotated[str, Field(min_length=1, max_length=512)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -95,6 +100,15 @@ class RejectReason(StrEnum):
     FROM_THE_FUTURE = "from_the_future"
     NONCE_REUSED = "nonce_reused"
     DUPLICATE_APPROVAL = "duplicate_approval"
+    #: The reset names another activation than the current one (or none): it was signed for a
+    #: different situation and must not clear this one.
+    ACTIVATION_MISMATCH = "activation_mismatch"
+
+
+def clip(text: str, limit: int = TEXT_MAX) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut: the one place
+    where text built from input (errors quoting it, details) is fitted to a record's field."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Record(BaseModel):
@@ -225,14 +239,21 @@ class TripCommand(TimedRecord):
 
 class ResetCommand(TimedRecord):
     """Re-enable trading. ``signature`` is Ed25519 over the canonical JSON of the other
-    fields (see :func:`ess.core.signing.canonical_reset_bytes`), base64-encoded."""
+    fields (see :func:`ess.core.signing.canonical_reset_bytes`), base64-encoded.
+
+    ``kind`` is required (unlike a trip's): a record that does not say it is a reset is never
+    read as one. ``activation_seq`` and ``activation_command_id`` name the activation this
+    reset clears (extension); both are signed, and a reset for another activation, or for
+    none, is refused (``activation_mismatch``)."""
 
     command_id: Ident
-    kind: Literal["reset"] = "reset"
+    kind: Literal["reset"]
     operator: Ident
     detail: Text = ""
     nonce: Ident
-    signature: Annotated[str, Field(min_length=1, max_length=512)]
+    signature: Signature
+    activation_seq: NonNegativeInt | None = None
+    activation_command_id: Ident | None = None
 
 
 Command = Annotated[TripCommand | ResetCommand, Field(discriminator="kind")]
@@ -249,6 +270,14 @@ class LogEntry(TimedRecord):
     #: Offset in ``ess.commands`` of the command that produced this entry (extension; a
     #: tracking record: the processor resumes after the highest one). ``None`` in-process.
     command_offset: NonNegativeInt | None = None
+    #: SHA-256 (hex) of the exact bytes of the previous entry the processor wrote, ``None``
+    #: for the first (extension): entries form a chain, so one verified signature vouches
+    #: for every entry behind it (see :mod:`ess.core.reader`).
+    prev: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    #: Key id of the command processor key that signed this entry, and the signature
+    #: (extension; see :mod:`ess.core.attestation`). Readers apply only verified entries.
+    signer: Ident | None = None
+    signature: Signature | None = None
 
 
 class ActivatedEntry(LogEntry):
@@ -283,6 +312,9 @@ class ResetApprovalEntry(LogEntry):
     quorum: Annotated[int, Field(ge=1)]
     #: When this approval stops counting (the command's ``ts`` plus the configured max age).
     expires_at: AwareDatetime
+    #: The operator's signed command (extension): the reset that completes the quorum carries
+    #: every approval's command, so any reader can check the authorization itself.
+    command: ResetCommand | None = None
 
 
 class ResetEntry(LogEntry):
@@ -291,6 +323,10 @@ class ResetEntry(LogEntry):
     detail: Text = ""
     #: Nonce of the command that completed the quorum (earlier approvals carry their own).
     nonce: Ident
+    #: The operators' signed reset commands that authorized this reset, one per operator of
+    #: ``operators`` (extension). Every reader re-verifies them against the operators' public
+    #: keys and the activation they name; a reset without them is never applied.
+    authorizations: Annotated[tuple[ResetCommand, ...], Field(max_length=16)] = ()
 
 
 class ResetRejectedEntry(LogEntry):
@@ -386,6 +422,56 @@ class ActionReport(TimedRecord):
     activation_seq: NonNegativeInt | None = None
 
 
+class ProcessorBeat(TimedRecord):
+    """The command processor's liveness, on ``ess.liveness`` about twice a second (extension).
+
+    Signed like state entries, so that nobody else can keep a dead processor looking alive.
+    The projector vouches for an INACTIVE PolicyStore record only while these arrive from the
+    processor that owns the command partition and its backlog stays bounded."""
+
+    kind: Literal["processor_beat"] = "processor_beat"
+    #: Random per process start: beat numbers restart with each run.
+    run_id: Ident
+    beat_no: NonNegativeInt
+    #: Whether this processor owns the command partition (a standby does not).
+    owner: bool
+    #: The next ``ess.commands`` offset it will process (``None`` while it owns nothing).
+    next_command_offset: NonNegativeInt | None = None
+    #: Where its fold of ``ess.state`` stands.
+    state_next_offset: NonNegativeInt
+    state_next_seq: NonNegativeInt
+    signer: Ident | None = None
+    signature: Signature | None = None
+
+
+class CommandOutcomeKind(StrEnum):
+    """What happened to one record of ``ess.commands``."""
+
+    APPLIED = "applied"  # an entry that changes or records state was appended
+    DUPLICATE = "duplicate"  # already applied: nothing appended
+    REJECTED = "rejected"  # a reset refused (``reset_rejected`` entry) or a command not obeyed
+
+
+class CommandOutcome(TimedRecord):
+    """The visible outcome of one command, on ``ess.outcomes`` (extension; key: command id).
+
+    Every record the processor takes from ``ess.commands`` gets exactly one (at least once
+    across crashes). ``command_kind`` is ``undecodable`` for a record that is not a valid
+    command: it is recorded as a ``manual`` trip (``entry_kind`` says how), never as a
+    reset."""
+
+    command_id: Ident
+    command_offset: NonNegativeInt
+    command_kind: Literal["trip", "reset", "undecodable"]
+    outcome: CommandOutcomeKind
+    #: Kind and ``seq`` of the state entry appended for it, if any.
+    entry_kind: Ident | None = None
+    seq: NonNegativeInt | None = None
+    detail: Text = ""
+    signer: Ident | None = None
+    signature: Signature | None = None
+
+
 #: Every record type of the contract by name: the single list used for JSON Schema export.
 RECORD_TYPES: dict[str, type[BaseModel]] = {
     model.__name__: model
@@ -410,6 +496,8 @@ RECORD_TYPES: dict[str, type[BaseModel]] = {
         PolicyRecord,
         DeadLetter,
         ActionReport,
+        ProcessorBeat,
+        CommandOutcome,
     )
 }
 

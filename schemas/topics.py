@@ -68,6 +68,8 @@ class TopicRegistry:
     events: TopicSpec
     actions: TopicSpec
     deadletter: TopicSpec
+    liveness: TopicSpec
+    outcomes: TopicSpec
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -217,5 +219,25 @@ def topic_registry(
                 "ESS executor",
             ),
             spec("deadletter", "deadletter", out, "source topic", 1, month, ("DeadLetter",), "ESS"),
+            spec(
+                "liveness",
+                "liveness",
+                out,
+                "component",
+                1,
+                DAY_MS,
+                ("ProcessorBeat",),
+                "ESS command processor",
+            ),
+            spec(
+                "outcomes",
+                "outcomes",
+                out,
+                "command_id",
+                1,
+                month,
+                ("CommandOutcome",),
+                "ESS command processor",
+            ),
         ),
     )

@@ -3,14 +3,15 @@
 Rules re-anchor their baselines and re-arm their latches when the epoch changes, so *every*
 worker needs it, not just the owner of some partition: a per-worker aiokafka consumer without a
 group (no rebalances, no commits) reads the one-partition state log from its beginning and
-folds it with :func:`ess.statelog.fold_log`.
+folds it with the verifying reader every reader uses (:class:`ess.statelog.StateLogReader`):
+a record that does not verify never moves the epoch.
 
 Correct on the embedded broker: "caught up" is judged by the high watermark of fetch responses
 and an empty poll, never by ``end_offsets()`` alone (Tansu 0.6.0 under-reports it after a
 multi-record batch, see ``shared/DESIGN.md``).
 
-Fail-safe rather than fail-closed: an undecodable entry or a ``seq`` gap is logged as an error
-and the last good epoch is kept. A detector that stops detecting because the log it only
+Fail-safe rather than fail-closed: a log that cannot be folded is logged as an error and the
+last good epoch is kept. A detector that stops detecting because the log it only
 *reads* is damaged would be the worse failure; the command processor, which *writes* the log,
 is the component that fails closed on it.
 """
@@ -25,10 +26,10 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from loguru import logger
 
-from ess.core import SequenceError
+from ess.core.reader import LogBroken, Trust
 from ess.kafka import KafkaSecurity, consumer
 from ess.rules.base import Context
-from ess.statelog import Folded, KafkaStateLog, fold_log
+from ess.statelog import RawRecord, StateLogReader
 
 __all__ = ["EpochFollower", "StaticEpoch"]
 
@@ -51,17 +52,17 @@ class EpochFollower:
     def __init__(
         self,
         bootstrap: str,
-        topic: str,
+        trust: Trust,
         *,
         fetch_max_wait_ms: int = 50,
         security: KafkaSecurity | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._security = security
-        self._topic = topic
-        self._tp = TopicPartition(topic, 0)
+        self._topic = trust.scope
+        self._tp = TopicPartition(trust.scope, 0)
         self._fetch_max_wait_ms = fetch_max_wait_ms
-        self._folded = Folded(state=fold_log(()).state, next_offset=0)
+        self._reader = StateLogReader(trust, name="detect-epoch")
         self._epoch_started: datetime | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,9 +97,9 @@ class EpochFollower:
             await reader.stop()
             self._consumer = None
             raise
-        logger.bind(topic=self._topic, epoch=self.epoch, next_offset=self._folded.next_offset).info(
-            "detector caught up with the state log"
-        )
+        logger.bind(
+            topic=self._topic, epoch=self.epoch, next_offset=self._reader.folded.next_offset
+        ).info("detector caught up with the state log")
         self._task = asyncio.create_task(self._follow(reader), name="ess-detect-epoch")
 
     async def stop(self) -> None:
@@ -140,21 +141,21 @@ class EpochFollower:
     def _apply(self, batch: list[object]) -> None:
         if self._broken:
             return
-        for record in batch:
-            offset: int = record.offset  # type: ignore[attr-defined]
-            value: bytes | None = record.value  # type: ignore[attr-defined]
-            try:
-                logged = KafkaStateLog.decode_record(offset, value)
-                before = self._folded.state.epoch
-                self._folded = fold_log([logged], self._folded)
-            except SequenceError as exc:
-                self._broken = True
-                logger.bind(offset=offset, epoch=self.epoch).error(
-                    f"state log unreadable; detection keeps epoch {self.epoch}: {exc}"
-                )
-                return
-            state = self._folded.state
-            if state.epoch != before:
-                self._epoch_started = logged.entry.ts
-                self.context = Context(state.epoch, self._epoch_started)
-                logger.bind(epoch=state.epoch, offset=offset).info("ESS epoch changed")
+        records = [
+            RawRecord(record.offset, record.value)  # type: ignore[attr-defined]
+            for record in batch
+        ]
+        before = self._reader.folded.state.epoch
+        try:
+            self._reader.feed(records)
+        except LogBroken as exc:
+            self._broken = True
+            logger.bind(epoch=self.epoch).error(
+                f"state log cannot be folded; detection keeps epoch {self.epoch}: {exc}"
+            )
+            return
+        state = self._reader.folded.state
+        if state.epoch != before:
+            self._epoch_started = state.last_reset
+            self.context = Context(state.epoch, self._epoch_started)
+            logger.bind(epoch=state.epoch).info("ESS epoch changed")

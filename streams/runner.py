@@ -31,6 +31,7 @@ from loguru import logger
 from ess.broker import kafka_target
 from ess.clock import Clock
 from ess.config import EssSettings
+from ess.core.reader import Trust
 from ess.logging import configure_logging
 from streams.app import create_app
 from streams.detect import TopicDetector
@@ -45,20 +46,22 @@ async def run_detector(
     settings: DetectorSettings,
     stop: asyncio.Event,
     *,
+    trust: Trust,
     ready: asyncio.Event | None = None,
     clock: Clock | None = None,
     detectors: Sequence[TopicDetector] | None = None,
 ) -> None:
     """Run one detection worker until ``stop`` is set (or the Faust app crashes, which is
     re-raised as ``RuntimeError``). ``ready`` is set once the worker has joined its group,
-    recovered its tables and started its agents. ``detectors`` replaces the catalog's (the
-    benchmark passes instrumented ones)."""
+    recovered its tables and started its agents. ``trust`` is what the epoch follower trusts
+    in ``ess.state``. ``detectors`` replaces the catalog's (the benchmark passes instrumented
+    ones)."""
     from ess.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
 
     await ensure_topics(settings.bootstrap, settings.registry, security=settings.security)
     epoch = EpochFollower(
         settings.bootstrap,
-        settings.registry.state.name,
+        trust,
         fetch_max_wait_ms=50,
         security=settings.security,
     )
@@ -125,7 +128,7 @@ async def _amain() -> None:
         logger.bind(bootstrap=bootstrap, app_id=settings.app_id, prefix=registry.prefix).info(
             "starting detection worker"
         )
-        await run_detector(settings, stop)
+        await run_detector(settings, stop, trust=ess.state_trust())
 
 
 def main() -> None:

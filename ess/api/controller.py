@@ -198,6 +198,7 @@ class EmergencyStopController:
             )
         now = self._clock.now()
         nonce = secrets.token_urlsafe(16)
+        activation = self._state.activation
         command = sign_reset(
             self._operator_key,
             command_id=derive_id("api-reset", operator or self._operator, nonce),
@@ -205,6 +206,8 @@ class EmergencyStopController:
             ts=now,
             nonce=nonce,
             detail=detail,
+            activation_seq=activation.seq if activation else None,
+            activation_command_id=activation.command_id if activation else None,
         )
         return await self.apply_reset(command)
 

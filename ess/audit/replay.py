@@ -63,11 +63,12 @@ from ess.audit.recording import (
     load_manifest,
     read_topic,
 )
-from ess.core import INITIAL_STATE, EssState, ResetPolicy, SequenceError, decide, evolve
+from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, evolve
+from ess.core.reader import ForeignRecord, LogBroken, Trust, fold_records
+from ess.core.reader import RawRecord as StateRecord
 from ess.rules.base import Context, Detection, trip_command
 from ess.rules.catalog import TOPICS
 from ess.rules.config import DetectionConfig
-from ess.statelog import Folded, KafkaStateLog, fold_log
 from schemas import (
     ActivatedEntry,
     ReasonCode,
@@ -173,6 +174,8 @@ class ReplayResult:
     seconds: float
     workers: int
     by_topic: dict[str, int] = field(default_factory=dict)
+    #: Records of the recorded ``ess.state`` that did not verify (never applied).
+    foreign: tuple[ForeignRecord, ...] = ()
 
     @property
     def records_per_s(self) -> float:
@@ -427,29 +430,29 @@ class _Recorded:
     resets: list[Reset] = field(default_factory=list)
     external: list[tuple[_Key, TripCommand]] = field(default_factory=list)
     last_ms: int = 0
+    foreign: tuple[ForeignRecord, ...] = ()
 
 
-def _read_state(directory: Path, entry: TopicEntry | None) -> _Recorded:
-    """Detector trips, resets and other trips of the recorded state log, folded the way
-    every reader folds it (a duplicate ``seq`` skipped, a gap or a corrupt entry refused)."""
+def _read_state(directory: Path, entry: TopicEntry | None, trust: Trust) -> _Recorded:
+    """Detector trips, resets and other trips of the recorded state log, verified and folded
+    the way every reader does it (:mod:`ess.core.reader`: foreign records are reported and
+    never applied, copies skipped; a log that cannot be folded is refused)."""
     out = _Recorded()
     if entry is None:
         return out
     data = read_topic(directory, entry)[0]
-    folded: Folded | None = None
+    log_times = dict(zip(data.offsets, _log_times(data.timestamps), strict=True))
+    records = [
+        StateRecord(offset, value) for offset, value in zip(data.offsets, data.values, strict=True)
+    ]
+    try:
+        _, report = fold_records(records, replace(trust, scope=entry.name))
+    except LogBroken as exc:
+        raise RecordingError(f"recorded {entry.name} cannot be trusted: {exc}") from exc
+    out.foreign = report.foreign
     epoch = 0
-    for offset, value, log_ms in zip(
-        data.offsets, data.values, _log_times(data.timestamps), strict=True
-    ):
-        try:
-            logged = KafkaStateLog.decode_record(offset, value)
-            before = folded.state.next_seq if folded else 0
-            folded = fold_log([logged], folded)
-        except SequenceError as exc:
-            raise RecordingError(f"recorded {entry.name} cannot be trusted: {exc}") from exc
-        item = logged.entry
-        if item.seq < before:
-            continue  # a duplicate seq, skipped by every reader (first writer wins)
+    for logged in report.applied:
+        offset, item, log_ms = logged.offset, logged.entry, log_times[logged.offset]
         out.last_ms = max(out.last_ms, log_ms)
         if isinstance(item, ResetEntry):
             epoch += 1
@@ -576,22 +579,24 @@ def replay(
     directory: Path,
     config: DetectionConfig | None = None,
     *,
+    trust: Trust,
     tick_interval: float = DEFAULT_TICK_INTERVAL,
     workers: int | None = None,
 ) -> ReplayResult:
     """Replay the recording in ``directory`` with ``config`` (the defaults if ``None``).
 
-    Pure: reads files, touches no broker, exchange or PolicyStore. ``workers`` processes
-    replay topics in parallel (default: one per CPU, up to 4, for recordings of 50,000
-    records or more); the result does not depend on it. Raises :class:`RecordingError` for
-    a bad recording.
+    Pure: reads files, touches no broker, exchange or PolicyStore. The recorded state log is
+    verified with ``trust`` (its scope is the recording's state topic, whatever ``trust``
+    says). ``workers`` processes replay topics in parallel (default: one per CPU, up to 4,
+    for recordings of 50,000 records or more); the result does not depend on it. Raises
+    :class:`RecordingError` for a bad recording.
     """
     if tick_interval <= 0:
         raise ValueError("tick_interval must be positive")
     config = config or DetectionConfig()
     started = time.perf_counter()
     manifest = load_manifest(directory)
-    recorded = _read_state(directory, manifest.topic("state"))
+    recorded = _read_state(directory, manifest.topic("state"), trust)
     inputs = [entry for entry in manifest.topics if entry.logical in TOPICS]
     unknown = [e.name for e in manifest.topics if e.logical not in TOPICS and e.role == "input"]
     if unknown:
@@ -647,6 +652,7 @@ def replay(
         seconds=time.perf_counter() - started,
         workers=used,
         by_topic={outcome.topic: outcome.records for outcome in outcomes},
+        foreign=recorded.foreign,
     )
 
 

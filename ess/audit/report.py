@@ -105,6 +105,12 @@ def print_summary(
             else ""
         )
     )
+    if result.foreign:
+        console.print(
+            f"[bold red]{len(result.foreign)} record(s) of the recorded state log did not "
+            f"verify[/] (never applied), first at offset {result.foreign[0].offset}: "
+            f"{result.foreign[0].why}"
+        )
     counts = ", ".join(f"{outcome.value}: {n}" for outcome, n in comparison.counts().items())
     if counts:
         console.print(counts)

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from ess.logging import configure_logging
 
-CAMPAIGNS: tuple[str, ...] = ("crash", "venue", "broker_loss", "fuzz", "forgery")
+CAMPAIGNS: tuple[str, ...] = ("crash", "venue", "broker_loss", "writer_loss", "fuzz", "forgery")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
 #: The crash figures the issue names, repeated at the top level of the results.
 HEADLINE: tuple[str, ...] = (

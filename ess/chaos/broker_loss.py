@@ -3,6 +3,8 @@
 One *run* sets up, in this process:
 
 * an embedded Tansu broker (:class:`~ess.broker.EmbeddedBroker`) with a fresh topic prefix;
+* the command processor (:func:`~ess.processor.run_processor`): the projector vouches for an
+  INACTIVE record only while its signed beats arrive;
 * the projector exactly as ``ess worker --role project`` runs it
   (:func:`~ess.projector.run_projector`), writing the ``emergency_stop`` record to an
   :class:`~ess.policystore.InMemoryPolicyStore` every :data:`REFRESH_S`;
@@ -52,11 +54,14 @@ from pydantic import SecretStr
 
 from ess.broker import EmbeddedBroker, ensure_topics
 from ess.config import EssSettings
+from ess.core.attestation import SigningKey
+from ess.core.signing import generate_private_key
 from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.service import Countdown, Executor
 from ess.gate import PolicyStoreGateFeed, TradingGate
 from ess.policystore import InMemoryPolicyStore
+from ess.processor import run_processor
 from ess.projector import run_projector
 from ess.sim import ExchangeSimulator, Venue
 
@@ -247,12 +252,21 @@ async def run_once(index: int) -> RunResult:
             )
             registry = settings.registry()
             await ensure_topics(broker.bootstrap_servers, registry)
+        key = SigningKey(generate_private_key())
+        trust = settings.state_trust(also_trust=key)
+        tasks.append(
+            asyncio.create_task(
+                run_processor(settings, project_stop, signing_key=key, status_port=-1),
+                name="chaos-processor",
+            )
+        )
         tasks.append(
             asyncio.create_task(
                 run_projector(
                     settings,
                     store,
                     project_stop,
+                    trust=trust,
                     refresh_interval=REFRESH_S,
                     health_interval=REFRESH_S,
                     component="chaos",
@@ -266,6 +280,7 @@ async def run_once(index: int) -> RunResult:
             registry,
             [venue],
             _EXECUTOR_SETTINGS,
+            trust=trust,
             countdowns={_VENUE: Countdown(SYMBOLS, COUNTDOWN_MS)},
         )
         tasks.append(asyncio.create_task(executor.run(execute_stop), name="chaos-executor"))

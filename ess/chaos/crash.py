@@ -67,10 +67,12 @@ Figures
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,22 +92,32 @@ from loguru import logger
 from ess.audit.compare import compare
 from ess.audit.recording import record
 from ess.audit.replay import replay
-from ess.broker import EmbeddedBroker, ensure_topics
+from ess.broker import ensure_topics
+from ess.chaos.proxy import KafkaFaultProxy, proxied_embedded_broker
 from ess.clock import SystemClock
+from ess.core import ResetPolicy, decide
+from ess.core.attestation import SigningKey
+from ess.core.reader import Trust, fold_records, seal_entry
 from ess.core.signing import generate_private_key, write_key_pair
-from ess.kafka import producer
+from ess.gate import PolicyStoreGateFeed, TradingGate
+from ess.kafka import producer, read_to_end
 from ess.operator import manual_trip, send_command, signed_reset
 from ess.policystore import SQLitePolicyStore
+from ess.processor import decode_command
 from ess.rules.config import AccountLimits, DetectionConfig
 from ess.sim import ExchangeSimulator
 from ess.sim.demo import DEMO_API_KEY, DEMO_POSITIONS, DEMO_SECRET, seed_demo, seed_demo_book
-from ess.statelog import Folded, LoggedEntry, fold_log, follow_state
+from ess.statelog import Folded, KafkaStateLog, LoggedEntry, StateLogReader, follow_state
 from schemas import (
     ActivatedEntry,
     ReasonCode,
+    RecordError,
+    ResetCommand,
     ResetEntry,
+    ResetRejectedEntry,
     SecurityEventKind,
     TopicRegistry,
+    TripCommand,
     TripRecordedEntry,
     topic_registry,
 )
@@ -119,6 +131,8 @@ FAILURES: Final[tuple[str, ...]] = (
     "auto_reactivations",
     "not_flat_at_end",
     "driver_errors",
+    "gate_open_while_active_s",
+    "trips_never_applied",
 )
 
 ROLES: Final = ("detect", "command", "execute", "project")
@@ -132,6 +146,34 @@ READY_TIMEOUT_S: Final = 60.0
 #: Pause between kills (uniform), and the longest delay before a killed process restarts.
 KILL_PAUSE_S: Final = (0.5, 3.0)
 RESTART_DELAY_S: Final = 2.0
+#: Besides SIGKILL, what happens to the command processor when the kill loop picks it: a
+#: SIGSTOP for a while (``STOP_S``, uniform) then SIGCONT, or *fencing*: an authentic entry it
+#: did not write appears at the head of ``ess.state`` (see :meth:`Campaign.fence`), so it must
+#: exit (code 3) and the supervisor starts it again. Shares of the processor's turns.
+PROCESSOR_FAULTS: Final = {"sigkill": 0.55, "sigstop": 0.3, "fenced": 0.15}
+STOP_S: Final = (0.5, 4.0)
+#: Every kill-loop turn, this share also loses the answer to the next Produce request on
+#: ``ess.state`` or ``ess.commands`` (the fault proxy: the broker applies it, the client
+#: retries, the record lands twice).
+LOST_ANSWER_SHARE: Final = 0.3
+#: The liveness settings of the roles (``ESS_PROCESSOR_TIMEOUT_SEC`` and
+#: ``ESS_COMMAND_BACKLOG_TIMEOUT_SEC`` of the projector, ``ESS_PROCESSOR_BEAT_INTERVAL_SEC`` of
+#: the processor) and of the campaign's gate (over the projector's SQLite PolicyStore).
+PROCESSOR_TIMEOUT_S: Final = 1.5
+BEAT_INTERVAL_S: Final = 0.25
+MAX_RECORD_AGE_S: Final = 2.0
+MAX_CLOCK_SKEW_S: Final = 0.5
+GATE_POLL_S: Final = 0.05
+#: Slack on the bounds below: beat interval, projector refresh, gate and follower polling.
+GATE_TOLERANCE_S: Final = 1.0
+#: Once the log says ACTIVE (as the driver's follower sees it), every gate is closed within
+#: ``max_record_age``: the projector either writes the ACTIVE record or stops refreshing.
+ACTIVE_BOUND_S: Final = MAX_RECORD_AGE_S + GATE_TOLERANCE_S
+#: Once the writer is gone (killed, stopped, fenced), every gate is closed within
+#: ``processor_timeout + max_record_age`` (the documented liveness bound).
+WRITER_BOUND_S: Final = PROCESSOR_TIMEOUT_S + MAX_RECORD_AGE_S + GATE_TOLERANCE_S
+#: How long the end of the run waits for the processor to reach every trip on the topic.
+DRAIN_TIMEOUT_S: Final = 60.0
 #: Full run: play scenarios until both targets are reached (or the time budget is spent).
 FULL_MIN_KILLS: Final = 60
 FULL_MIN_SCENARIOS: Final = 12
@@ -233,6 +275,12 @@ class Figures:
 
     kills: Counter[str] = field(default_factory=Counter)
     self_exits: Counter[str] = field(default_factory=Counter)
+    exit_codes: Counter[str] = field(default_factory=Counter)
+    processor_faults: Counter[str] = field(default_factory=Counter)
+    lost_answers_armed: int = 0
+    gate_open_beyond_bound_s: float = 0.0
+    gate_open_s: float = 0.0
+    gate_closed_s: float = 0.0
     missed_trips: int = 0
     not_flat: int = 0
     reset_failures: int = 0
@@ -252,21 +300,40 @@ class Campaign:
     procs: dict[str, RoleProcess]
     rng: random.Random
     out: AIOKafkaProducer
+    trust: Trust
     figures: Figures = field(default_factory=Figures)
     entries: list[LoggedEntry] = field(default_factory=list)
+    reader: StateLogReader | None = None
     sent_resets: set[str] = field(default_factory=set)
     expected_reasons: set[ReasonCode] = field(default_factory=set)
     serial: int = 0
+    proxy: KafkaFaultProxy | None = None
+    processor_key: SigningKey | None = None
+    #: Since when (monotonic) the follower has seen the log ACTIVE; ``None`` while INACTIVE.
+    active_since: float | None = None
+    #: The writer is gone: since when, and which start of the processor brings it back.
+    outage: WriterOutage | None = None
+    #: The processor is SIGSTOPped (a stopped process is alive, and "ready", to the driver).
+    processor_stopped: bool = False
+    #: The processor's first turns play these faults, so that even a short run has each.
+    first_faults: list[str] = field(default_factory=lambda: ["sigstop", "fenced"])
 
     # ---------------------------------------------------------------- state log
 
     async def follow(self) -> None:
-        """Mirror ``ess.state`` into ``entries`` (restarts its reader on errors)."""
+        """Mirror the verified entries of ``ess.state`` into ``entries`` (restarts its
+        consumer on errors)."""
+        self.reader = StateLogReader(self.trust, name="chaos")
         while True:
-            start = self.entries[-1].offset + 1 if self.entries else 0
             try:
-                async for logged in follow_state(self.bootstrap, self.registry, start):
-                    self.entries.append(logged)
+                async for records in follow_state(
+                    self.bootstrap, self.registry, self.reader.folded.next_offset
+                ):
+                    self.entries.extend(self.reader.feed(records).applied)
+                    if not self.reader.folded.state.active:
+                        self.active_since = None
+                    elif self.active_since is None:
+                        self.active_since = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the follower must outlive broker hiccups
@@ -274,7 +341,7 @@ class Campaign:
                 await asyncio.sleep(0.5)
 
     def folded(self) -> Folded:
-        return fold_log(list(self.entries))
+        return self.reader.folded if self.reader is not None else Folded()
 
     async def wait_entry(
         self,
@@ -309,11 +376,18 @@ class Campaign:
             ]
             if not eligible:
                 continue
+            self.maybe_lose_an_answer()
             victim = self.rng.choice(eligible)
+            if self.first_faults and self.procs["command"] in eligible:
+                victim = self.procs["command"]
+            if victim.role == "command" and not await self.processor_fault(victim):
+                continue
             victim.restarting = True
             try:
                 victim.kill()
                 self.figures.kills[victim.role] += 1
+                if victim.role == "command":
+                    self.writer_gone(back_at_start=victim.starts + 1)
                 delay = 0.0 if self.rng.random() < 0.5 else self.rng.uniform(0.1, RESTART_DELAY_S)
                 logger.bind(role=victim.role, restart_in=round(delay, 2)).info("chaos: SIGKILL")
                 if delay:
@@ -322,6 +396,151 @@ class Campaign:
             finally:
                 victim.restarting = False
 
+    def maybe_lose_an_answer(self) -> None:
+        """Now and then, arm the proxy to lose the next produce answer on ``ess.state`` (a
+        processor append) or ``ess.commands`` (a detector's or the driver's command)."""
+        if self.proxy is None or self.proxy.pending_drops():
+            return
+        if self.figures.lost_answers_armed == 0 or self.rng.random() < LOST_ANSWER_SHARE:
+            topics = (self.registry.state.name, self.registry.commands.name)
+            topic = topics[0] if self.figures.lost_answers_armed == 0 else self.rng.choice(topics)
+            self.proxy.drop_produce_responses(topic)
+            self.figures.lost_answers_armed += 1
+
+    async def processor_fault(self, victim: RoleProcess) -> bool:
+        """Pick the processor's fault; ``True`` when it is SIGKILL (the caller's job)."""
+        faults = list(PROCESSOR_FAULTS)
+        if self.first_faults:
+            fault = self.first_faults.pop(0)
+        else:
+            fault = self.rng.choices(faults, weights=[PROCESSOR_FAULTS[f] for f in faults])[0]
+        if fault == "sigkill":
+            return True
+        self.figures.processor_faults[fault] += 1
+        victim.restarting = fault == "sigstop"  # a fenced processor exits: the supervisor's job
+        try:
+            if fault == "sigstop":
+                await self.stop_for_a_while(victim)
+            else:
+                await self.fence(victim)
+        finally:
+            victim.restarting = False
+        return False
+
+    async def stop_for_a_while(self, victim: RoleProcess) -> None:
+        """SIGSTOP the processor, wait, SIGCONT: alive to the kernel and the broker, silent."""
+        assert victim.proc is not None
+        pause = self.rng.uniform(*STOP_S)
+        logger.bind(role=victim.role, pause=round(pause, 2)).info("chaos: SIGSTOP")
+        victim.proc.send_signal(signal.SIGSTOP)
+        self.processor_stopped = True
+        self.writer_gone(back_at_start=victim.starts)
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                victim.proc.send_signal(signal.SIGCONT)
+            self.processor_stopped = False
+
+    async def fence(self, victim: RoleProcess) -> None:
+        """Another writer appears: an entry sealed with the processor's own key, chained to
+        the head, that the processor did not write (a ``reset_rejected`` for an operator
+        nobody registered: it changes nothing). The processor is SIGSTOPped while it is
+        appended, so that the entry cannot race one of its own appends (two authentic entries
+        for one ``seq`` are a fork, which every reader refuses for good: see
+        ``docs/contract.md``); on SIGCONT it must notice and exit 3."""
+        assert victim.proc is not None
+        assert self.processor_key is not None
+        victim.proc.send_signal(signal.SIGSTOP)
+        self.processor_stopped = True
+        self.writer_gone(back_at_start=victim.starts + 1)
+        log = KafkaStateLog(self.bootstrap, self.registry.state.name)
+        try:
+            await asyncio.sleep(0.5)  # whatever it had in flight lands first
+            folded, _ = fold_records(await log.read(), self.trust)
+            now = datetime.now(UTC)
+            command = ResetCommand(
+                command_id=f"chaos-intruder-{uuid.uuid4().hex}",
+                kind="reset",
+                operator="chaos-intruder",
+                detail="crash campaign: an authentic entry the processor did not write",
+                nonce=uuid.uuid4().hex,
+                signature=base64.b64encode(bytes(64)).decode(),
+                ts=now,
+            )
+            entries = decide(folded.state, command, now=now, policy=self.policy)
+            if len(entries) != 1 or not isinstance(entries[0], ResetRejectedEntry):
+                raise RuntimeError(f"crash campaign: unexpected intruder entries {entries}")
+            _, value = seal_entry(entries[0], self.processor_key, scope=log.topic, prev=folded.head)
+            await log.start()
+            offset = await log.append(value)
+            logger.bind(offset=offset).warning(
+                "chaos: appended an entry the processor did not write"
+            )
+        finally:
+            await log.stop()
+            with contextlib.suppress(ProcessLookupError):
+                victim.proc.send_signal(signal.SIGCONT)
+            self.processor_stopped = False
+
+    @property
+    def policy(self) -> ResetPolicy:
+        return ResetPolicy(operators=dict(self.trust.operator_keys))
+
+    def writer_gone(self, *, back_at_start: int) -> None:
+        if self.outage is None:
+            self.outage = WriterOutage(since=time.monotonic(), back_at_start=back_at_start)
+        else:
+            self.outage.back_at_start = max(self.outage.back_at_start, back_at_start)
+
+    def writer_back(self) -> bool:
+        """Ends the outage once the processor start it waits for owns the partition."""
+        outage, processor = self.outage, self.procs["command"]
+        if (
+            outage is not None
+            and not self.processor_stopped
+            and processor.starts >= outage.back_at_start
+            and processor.ready()
+        ):
+            self.outage = None
+        return self.outage is None
+
+    async def watch_gate(self) -> None:
+        """A trading gate over the projector's PolicyStore, polled every ``GATE_POLL_S``:
+        time it allowed trading more than ``ACTIVE_BOUND_S`` after the log said ACTIVE, or
+        more than ``WRITER_BOUND_S`` after the writer went, is ``gate_open_while_active_s``."""
+        store = SQLitePolicyStore(self.store_path)
+        gate = TradingGate(
+            max_record_age=MAX_RECORD_AGE_S, max_clock_skew=MAX_CLOCK_SKEW_S, name="chaos-gate"
+        )
+        feed = PolicyStoreGateFeed(store, gate, poll_interval=GATE_POLL_S, read_timeout=1.0)
+        await feed.start()
+        try:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(GATE_POLL_S)
+                now = time.monotonic()
+                step, last = now - last, now
+                if not gate.allowed():
+                    self.figures.gate_closed_s += step
+                    continue
+                self.figures.gate_open_s += step
+                active = self.active_since is not None and now - self.active_since > ACTIVE_BOUND_S
+                outage = self.outage
+                gone = (
+                    not self.writer_back()
+                    and outage is not None
+                    and now - outage.since > WRITER_BOUND_S
+                )
+                if active or gone:
+                    self.figures.gate_open_beyond_bound_s += step
+                    logger.bind(active=active, writer_gone=gone).error(
+                        "chaos: a gate allows trading beyond the bound"
+                    )
+        finally:
+            await feed.stop()
+            await store.close()
+
     async def supervise(self) -> None:
         """Restart processes that exited by themselves (a supervisor's job)."""
         while True:
@@ -329,6 +548,9 @@ class Campaign:
                 if not proc.restarting and proc.proc is not None and not proc.alive:
                     code = proc.proc.returncode
                     self.figures.self_exits[proc.role] += 1
+                    self.figures.exit_codes[f"{proc.role}:{code}"] += 1
+                    if proc.role == "command":
+                        self.writer_gone(back_at_start=proc.starts + 1)
                     logger.bind(role=proc.role, code=code, log=str(proc.log)).warning(
                         "chaos: process exited by itself; restarting"
                     )
@@ -430,7 +652,16 @@ class Campaign:
         """A signed reset; waits for its ``reset`` entry (a rejected one is retried)."""
         began = time.monotonic()
         for _ in range(3):
-            command = signed_reset(SystemClock(), OPERATOR, self.keys_private, "chaos: all clear")
+            activation = self.folded().state.activation
+            if activation is None:
+                return True
+            command = signed_reset(
+                SystemClock(),
+                OPERATOR,
+                self.keys_private,
+                "chaos: all clear",
+                activation=activation,
+            )
             self.sent_resets.add(command.command_id)
             start = len(self.entries)
             await send_command(self.bootstrap, self.registry, command)
@@ -443,6 +674,15 @@ class Campaign:
             )
         self.figures.reset_failures += 1
         return False
+
+
+@dataclass
+class WriterOutage:
+    """The processor is gone since ``since`` (monotonic) until its start number
+    ``back_at_start`` owns the command partition."""
+
+    since: float
+    back_at_start: int
 
 
 def _for_command(command_id: str) -> Callable[[LoggedEntry], bool]:
@@ -642,6 +882,12 @@ def _env(
         "ESS_TOPIC_PREFIX": registry.prefix,
         "ESS_POLICY_STORE_URL": f"sqlite:///{work / 'policy.sqlite3'}",
         "ESS_OPERATOR_KEYS_DIR": str(work / "operators"),
+        "ESS_PROCESSOR_KEY_FILE": str(work / "processor.key"),
+        "ESS_PROCESSOR_KEYS_DIR": str(work / "processors"),
+        "ESS_COMMAND_STATUS_PORT": "-1",
+        "ESS_PROCESSOR_TIMEOUT_SEC": str(PROCESSOR_TIMEOUT_S),
+        "ESS_COMMAND_BACKLOG_TIMEOUT_SEC": str(PROCESSOR_TIMEOUT_S),
+        "ESS_PROCESSOR_BEAT_INTERVAL_SEC": str(BEAT_INTERVAL_S),
         "ESS_REFRESH_INTERVAL_SEC": "0.2",
         "ESS_STATUS_PORT": "-1",
         "ESS_EXECUTOR_STATUS_PORT": "-1",
@@ -670,16 +916,13 @@ async def _projected(store: SQLitePolicyStore) -> dict[str, Any] | None:
 
 def _log_figures(c: Campaign) -> dict[str, Any]:
     """Duplicate activations, auto-reactivations and unexpected trips, from the log itself."""
-    folded = fold_log(list(c.entries))
-    skipped = {(s.offset) for s in folded.skipped}
+    folded = c.folded()
     activated: set[str] = set()
     active = False
     duplicates = 0
     auto = 0
     unexpected: Counter[str] = Counter()
     for logged in c.entries:
-        if logged.offset in skipped:
-            continue
         entry = logged.entry
         if isinstance(entry, ActivatedEntry):
             if entry.command_id in activated or active:
@@ -699,8 +942,40 @@ def _log_figures(c: Campaign) -> dict[str, Any]:
         "duplicate_activations": duplicates,
         "auto_reactivations": auto,
         "unexpected_trips": dict(unexpected),
-        "log_duplicates_skipped": len(folded.skipped),
+        "log_duplicates_skipped": folded.skipped,
+        "foreign_state_records": folded.foreign,
         "log_entries": len(c.entries),
+    }
+
+
+async def _unapplied_trips(c: Campaign) -> dict[str, Any]:
+    """Every trip on ``ess.commands`` must reach the log (an entry with its command id: an
+    activation, a trip_recorded, or the entry of an earlier copy of it). Waits up to
+    ``DRAIN_TIMEOUT_S`` for the processor to get there; what is still missing then is
+    ``trips_never_applied``."""
+    records = await read_to_end(c.bootstrap, c.registry.commands.name)
+    trips: set[str] = set()
+    undecodable = 0
+    for rec in records:
+        try:
+            command = decode_command(rec.value)
+        except RecordError:
+            undecodable += 1
+            continue
+        if isinstance(command, TripCommand):
+            trips.add(command.command_id)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        missing = trips - {logged.entry.command_id for logged in c.entries}
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    if missing:
+        logger.bind(missing=sorted(missing)[:20]).error("chaos: trips never applied")
+    return {
+        "trips_on_command_topic": len(trips),
+        "trips_never_applied": len(missing),
+        "undecodable_commands": undecodable,
     }
 
 
@@ -740,7 +1015,7 @@ async def _final_check(c: Campaign, work: Path) -> dict[str, Any]:
         recording = work / "recording"
         await record(c.bootstrap, c.registry, recording)
         result = await asyncio.to_thread(
-            replay, recording, DETECTION, tick_interval=TICK_INTERVAL_S
+            replay, recording, DETECTION, trust=c.trust, tick_interval=TICK_INTERVAL_S
         )
         comparison = compare(result.recorded, result.replayed, unreplayable=result.unreplayable)
         figures["replay_differences"] = len(comparison.differences)
@@ -828,6 +1103,7 @@ async def _drive(
         proc.start()
     await _wait_ready(c)
     tasks.append(asyncio.create_task(c.supervise()))
+    tasks.append(asyncio.create_task(c.watch_gate()))
     tasks.append(asyncio.create_task(c.kill_loop(stop)))
     logger.bind(quick=quick, work=str(work)).info("chaos: crash campaign running")
     try:
@@ -838,6 +1114,7 @@ async def _drive(
         figures["driver_error"] = repr(exc)
     stop.set()
     logger.info("chaos: scenarios done; final checks")
+    figures.update(await _unapplied_trips(c))
     figures.update(_log_figures(c))
     figures.update(await _final_check(c, work))
     return figures
@@ -855,6 +1132,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     registry = topic_registry(f"chaos{uuid.uuid4().hex[:8]}")
     work = Path(tempfile.mkdtemp(prefix="ess-chaos-crash-"))
     keys = write_key_pair(generate_private_key(), work / "operators", OPERATOR)
+    processor_key, trust = processor_keys(work, registry)
     tasks: list[asyncio.Task[None]] = []
     procs: dict[str, RoleProcess] = {}
     stop_kills = asyncio.Event()
@@ -866,8 +1144,8 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     }
     campaign: Campaign | None = None
     try:
-        async with EmbeddedBroker() as broker, ExchangeSimulator() as sim:
-            bootstrap = broker.bootstrap_servers
+        async with proxied_embedded_broker() as (_, proxy), ExchangeSimulator() as sim:
+            bootstrap = proxy.bootstrap
             await ensure_topics(bootstrap, registry)
             account = seed_demo(sim)
             env = _env(bootstrap, registry, work, sim.url, f"chaos-detect-{uuid.uuid4().hex[:8]}")
@@ -885,6 +1163,9 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
                     procs,
                     rng,
                     out,
+                    trust,
+                    proxy=proxy,
+                    processor_key=processor_key,
                 )
                 figures.update(
                     await _drive(campaign, work, tasks, quick=quick, began=began, stop=stop_kills)
@@ -897,6 +1178,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
                 for proc in procs.values():
                     proc.kill()
                 await out.stop()
+                figures["lost_answers"] = proxy.dropped_answers
     finally:
         for proc in procs.values():
             proc.kill()
@@ -910,12 +1192,39 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     return figures
 
 
+def processor_keys(work: Path, registry: TopicRegistry) -> tuple[SigningKey, Trust]:
+    """A command processor key in ``work`` (``processor.key``, ``processors/<id>.pub``) as
+    ``ess keygen --processor`` writes it, and what readers of the campaign's log trust."""
+    from ess.core.attestation import trusted_keys  # noqa: PLC0415
+    from ess.core.signing import parse_public_key  # noqa: PLC0415
+
+    key = SigningKey(generate_private_key())
+    paths = write_key_pair(key.private, work, "processor")
+    (work / "processors").mkdir(exist_ok=True)
+    paths.public.replace(work / "processors" / f"{key.key_id}.pub")
+    operators = {
+        path.stem: parse_public_key(path.read_text()) for path in (work / "operators").glob("*.pub")
+    }
+    return key, Trust(
+        scope=registry.state.name,
+        processor_keys=trusted_keys([key.public]),
+        operator_keys=operators,
+    )
+
+
 def _driver_figures(f: Figures) -> dict[str, Any]:
     return {
         "scenarios": len(f.scenario_results),
         "kills": sum(f.kills.values()),
         "kills_by_role": dict(f.kills),
         "self_exits": dict(f.self_exits),
+        "processor_faults": dict(f.processor_faults),
+        "exit_codes": dict(f.exit_codes),
+        "lost_answers_armed": f.lost_answers_armed,
+        "gate_open_while_active_s": round(f.gate_open_beyond_bound_s, 3),
+        "gate_open_s": round(f.gate_open_s, 1),
+        "gate_closed_s": round(f.gate_closed_s, 1),
+        "gate_bounds_s": {"active": ACTIVE_BOUND_S, "writer_gone": WRITER_BOUND_S},
         "missed_trips": f.missed_trips,
         "not_flat_at_end": f.not_flat,
         "reset_failures": f.reset_failures,

@@ -32,16 +32,21 @@ during the stale-quorum attack. Expected outcomes:
   an attempt: one operator of a quorum of two never resets.
 * ``malformed`` (undecodable bytes, a reset without signature, an oversized signature, a naive
   ``ts``, an unknown ``kind``...): a dead letter on ``ess.deadletter`` with the command's
-  offset.
+  offset, and, since a command that cannot be read is a stop, a ``manual`` trip recorded by
+  the processor for that offset (``trip_recorded``: ESS is ACTIVE), never a reset. Such a trip
+  voids pending approvals, so the malformed records of every round are sent after all the
+  rounds of the other attacks (which need bob's approval pending).
 
 Figures
 -------
 * ``attempts``, ``by_kind``; ``rejected``: attempts with the expected refusal (entry with the
-  right ``why``, approval as described, no entry for a replay, or a dead letter).
+  right ``why``, approval as described, no entry for a replay, or a dead letter and the stop
+  recorded for it).
 * ``accepted_forgeries`` (failure): hostile attempts that produced a ``reset`` entry, or an
   approval where none is expected, plus any moment ESS was INACTIVE between the second trip
   and the final proper reset (``inactive_during_attack``).
-* ``wrong_reason`` (failure): refused, but with another ``why`` than expected.
+* ``wrong_reason`` (failure): refused, but with another ``why`` than expected, or a malformed
+  record dead-lettered without the stop it must also be recorded as.
 * ``unlogged`` (failure): an attempt whose refusal left no trace: no state entry / dead letter
   where one is expected, or no process log line naming the command (``command_id`` or
   ``command_offset``).
@@ -86,18 +91,23 @@ from pydantic import SecretStr
 from ess.broker import kafka_target
 from ess.clock import SystemClock
 from ess.config import EssSettings
+from ess.core import Activation
+from ess.core.attestation import SigningKey
+from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, sign_reset, write_key_pair
 from ess.kafka import producer, read_to_end
 from ess.logging import redact_text, redact_value
-from ess.operator import COMMAND_KEY, manual_trip, signed_reset, wait_for_outcome
-from ess.statelog import KafkaStateLog, LoggedEntry, fold_log
+from ess.operator import COMMAND_KEY, manual_trip, read_state, signed_reset, wait_for_entry
+from ess.statelog import LoggedEntry, fold_log
 from schemas import (
     DeadLetter,
+    ReasonCode,
     ResetApprovalEntry,
     ResetCommand,
     ResetEntry,
     ResetRejectedEntry,
     TopicRegistry,
+    TripRecordedEntry,
     decode,
     encode,
     topic_registry,
@@ -298,6 +308,7 @@ def _reset(
     key: Ed25519PrivateKey,
     operator: str,
     now: datetime,
+    activation: Activation,
     *,
     nonce: str | None = None,
     command_id: str | None = None,
@@ -309,6 +320,8 @@ def _reset(
         ts=now,
         nonce=nonce or pysecrets.token_urlsafe(16),
         detail="chaos forgery campaign",
+        activation_seq=activation.seq,
+        activation_command_id=activation.command_id,
     )
 
 
@@ -319,7 +332,9 @@ def _bytes(command: ResetCommand, **changes: Any) -> bytes:
     return orjson.dumps(data)
 
 
-def _hostile(keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str) -> list[Attempt]:
+def _hostile(
+    keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str, activation: Activation
+) -> list[Attempt]:
     """One round of signature/identity/time attacks (every kind but replay, quorum and
     malformed, which need the processor's state and are scripted in the campaign)."""
     out: list[Attempt] = []
@@ -328,16 +343,16 @@ def _hostile(keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str) -
         out.append(Attempt(kind, expect, value, command_id))
 
     for claimed in ("alice", "bob"):
-        forged = _reset(keys.mallory, claimed, now)
+        forged = _reset(keys.mallory, claimed, now, activation)
         add("forged", "bad_signature", encode(forged), forged.command_id)
-    garbage_sig = _reset(keys.alice, "alice", now)
+    garbage_sig = _reset(keys.alice, "alice", now, activation)
     add(
         "forged",
         "bad_signature",
         _bytes(garbage_sig, signature="!!not-base64!!"),
         garbage_sig.command_id,
     )
-    empty_sig = _reset(keys.alice, "alice", now)
+    empty_sig = _reset(keys.alice, "alice", now, activation)
     zero = base64.b64encode(bytes(64)).decode()
     add("forged", "bad_signature", _bytes(empty_sig, signature=zero), empty_sig.command_id)
 
@@ -347,12 +362,12 @@ def _hostile(keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str) -
         {"ts": (now + timedelta(seconds=1)).isoformat()},
         {"nonce": f"tampered-{rng_tag}"},
     ):
-        signed = _reset(keys.alice, "alice", now)
+        signed = _reset(keys.alice, "alice", now, activation)
         add("tampered", "bad_signature", _bytes(signed, **changes), signed.command_id)
-    signed = _reset(keys.alice, "alice", now)
+    signed = _reset(keys.alice, "alice", now, activation)
     new_id = str(uuid.uuid4())
     add("tampered", "bad_signature", _bytes(signed, command_id=new_id), new_id)
-    signed = _reset(keys.alice, "alice", now)
+    signed = _reset(keys.alice, "alice", now, activation)
     flipped = bytearray(base64.b64decode(signed.signature))
     flipped[0] ^= 1
     add(
@@ -361,8 +376,8 @@ def _hostile(keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str) -
         _bytes(signed, signature=base64.b64encode(bytes(flipped)).decode()),
         signed.command_id,
     )
-    other = _reset(keys.alice, "alice", now)
-    victim = _reset(keys.alice, "alice", now)
+    other = _reset(keys.alice, "alice", now, activation)
+    victim = _reset(keys.alice, "alice", now, activation)
     add(
         "transplanted",
         "bad_signature",
@@ -378,27 +393,27 @@ def _hostile(keys: _Keys, now: datetime, accepted: ResetCommand, rng_tag: str) -
     out[-1].command_id = orjson.loads(out[-1].value)["command_id"]
 
     for name, key in (("eve", keys.eve), ("alice\u200b", keys.alice), ("Alice", keys.alice)):
-        signed = _reset(key, name, now)
+        signed = _reset(key, name, now, activation)
         add("unknown_operator", "unknown_operator", encode(signed), signed.command_id)
 
-    old = _reset(keys.alice, "alice", now - timedelta(seconds=MAX_AGE_S + 60))
+    old = _reset(keys.alice, "alice", now - timedelta(seconds=MAX_AGE_S + 60), activation)
     add("expired", "expired", encode(old), old.command_id)
-    ancient = _reset(keys.bob, "bob", datetime(2001, 1, 1, tzinfo=UTC))
+    ancient = _reset(keys.bob, "bob", datetime(2001, 1, 1, tzinfo=UTC), activation)
     add("expired", "expired", encode(ancient), ancient.command_id)
-    ahead = _reset(keys.alice, "alice", now + timedelta(seconds=MAX_SKEW_S + 60))
+    ahead = _reset(keys.alice, "alice", now + timedelta(seconds=MAX_SKEW_S + 60), activation)
     add("future", "from_the_future", encode(ahead), ahead.command_id)
     # Far ahead, yet inside the contract's 2000-2099 range (beyond it, no command can even
     # be built, and the codec refuses the bytes).
-    far = _reset(keys.bob, "bob", datetime(2099, 1, 1, tzinfo=UTC))
+    far = _reset(keys.bob, "bob", datetime(2099, 1, 1, tzinfo=UTC), activation)
     add("future", "from_the_future", encode(far), far.command_id)
 
-    reused = _reset(keys.alice, "alice", now, nonce=accepted.nonce)
+    reused = _reset(keys.alice, "alice", now, activation, nonce=accepted.nonce)
     add("nonce_reused", "nonce_reused", encode(reused), reused.command_id)
     return out
 
 
-def _malformed(now: datetime, keys: _Keys) -> list[Attempt]:
-    signed = _reset(keys.alice, "alice", now)
+def _malformed(now: datetime, keys: _Keys, activation: Activation) -> list[Attempt]:
+    signed = _reset(keys.alice, "alice", now, activation)
     data = signed.model_dump(mode="json")
     values = [
         b"\xff\xfe\x00garbage",
@@ -448,10 +463,13 @@ class _Outcome:
 
 
 class _Campaign:
-    def __init__(self, bootstrap: str, registry: TopicRegistry, capture: LogCapture) -> None:
+    def __init__(
+        self, bootstrap: str, registry: TopicRegistry, capture: LogCapture, trust: Trust
+    ) -> None:
         self.bootstrap = bootstrap
         self.registry = registry
         self.capture = capture
+        self.trust = trust
         self.attempts: list[Attempt] = []
         self.sender = producer(bootstrap, read_to_end_safe=True)
 
@@ -460,7 +478,17 @@ class _Campaign:
         return int(meta.offset)
 
     async def outcome(self, command_id: str) -> Any:
-        return await wait_for_outcome(self.bootstrap, self.registry, command_id, timeout=WAIT_S)
+        return await wait_for_entry(
+            self.bootstrap, self.registry, command_id, trust=self.trust, timeout=WAIT_S
+        )
+
+    async def activation(self) -> Activation:
+        """The current activation, as the state log says."""
+        view = await read_state(self.bootstrap, self.registry, self.trust)
+        activation = view.folded.state.activation
+        if activation is None:
+            raise RuntimeError("forgery campaign: ESS is not ACTIVE when it should be")
+        return activation
 
     async def attempt(self, attempt: Attempt) -> None:
         attempt.offset = await self.send(attempt.value)
@@ -479,8 +507,9 @@ async def _script(c: _Campaign, keys: _Keys, rounds: int) -> dict[str, Any]:
     first = manual_trip(clock, "chaos forgery: first trip", operator="chaos")
     await c.send(encode(first))
     await c.outcome(first.command_id)
-    approve = _reset(keys.alice, "alice", clock.now())
-    complete = _reset(keys.bob, "bob", clock.now())
+    activation = await c.activation()
+    approve = _reset(keys.alice, "alice", clock.now(), activation)
+    complete = _reset(keys.bob, "bob", clock.now(), activation)
     await c.send(encode(approve))
     assert isinstance(await c.outcome(approve.command_id), ResetApprovalEntry)
     await c.send(encode(complete))
@@ -490,13 +519,14 @@ async def _script(c: _Campaign, keys: _Keys, rounds: int) -> dict[str, Any]:
     second = manual_trip(clock, "chaos forgery: second trip", operator="chaos")
     await c.send(encode(second))
     await c.outcome(second.command_id)
+    activation = await c.activation()
 
     # Stale quorum first, while no approval is pending: alice's approval lapses before bob's.
-    stale = _reset(keys.alice, "alice", clock.now() - timedelta(seconds=MAX_AGE_S - 3))
+    stale = _reset(keys.alice, "alice", clock.now() - timedelta(seconds=MAX_AGE_S - 3), activation)
     await c.send(encode(stale))
     await c.outcome(stale.command_id)
     await asyncio.sleep(4.0)
-    lone = _reset(keys.bob, "bob", clock.now())
+    lone = _reset(keys.bob, "bob", clock.now(), activation)
     await c.attempt(Attempt("stale_quorum", "approval", encode(lone), lone.command_id, ("bob",)))
     await c.outcome(lone.command_id)
     c.attempts.append(
@@ -504,13 +534,16 @@ async def _script(c: _Campaign, keys: _Keys, rounds: int) -> dict[str, Any]:
     )
     # From here bob's approval is pending: any forgery that counted would complete a quorum.
     for _ in range(rounds):
-        again = _reset(keys.bob, "bob", clock.now())
+        again = _reset(keys.bob, "bob", clock.now(), activation)
         await c.attempt(
             Attempt("same_operator_twice", "duplicate_approval", encode(again), again.command_id)
         )
-        for attempt in _hostile(keys, clock.now(), approve, uuid.uuid4().hex[:6]):
+        for attempt in _hostile(keys, clock.now(), approve, uuid.uuid4().hex[:6], activation):
             await c.attempt(attempt)
-        for attempt in _malformed(clock.now(), keys):
+    # Malformed records last: each is also recorded as a manual trip (a command that cannot be
+    # read is a stop), and a trip voids bob's pending approval, which the attacks above need.
+    for _ in range(rounds):
+        for attempt in _malformed(clock.now(), keys, activation):
             await c.attempt(attempt)
     # Replays: exact bytes of the accepted approval and reset, of a rejected authentic command
     # and of a forgery.
@@ -524,10 +557,15 @@ async def _script(c: _Campaign, keys: _Keys, rounds: int) -> dict[str, Any]:
 
     # The proper reset at the end (the barrier's trip voided bob's approval, by design):
     # carol then alice, signed from their PEM key files as the operator CLI does.
-    carol = signed_reset(clock, "carol", keys.paths["carol"], "chaos forgery: proper reset")
+    activation = await c.activation()
+    carol = signed_reset(
+        clock, "carol", keys.paths["carol"], "chaos forgery: proper reset", activation=activation
+    )
     await c.send(encode(carol))
     await c.outcome(carol.command_id)
-    final = signed_reset(clock, "alice", keys.paths["alice"], "chaos forgery: proper reset")
+    final = signed_reset(
+        clock, "alice", keys.paths["alice"], "chaos forgery: proper reset", activation=activation
+    )
     await c.send(encode(final))
     return {
         "second": second.command_id,
@@ -551,13 +589,11 @@ REFUSED, ACCEPTED, WRONG = "refused", "accepted", "wrong_reason"
 def _verdict(
     attempt: Attempt, entries: list[Any], letter: DeadLetter | None, capture: LogCapture
 ) -> tuple[str, bool, str]:
-    """``(verdict, logged, problem)`` of one attempt given its state entries (by command id)
-    or its dead letter (by offset)."""
+    """``(verdict, logged, problem)`` of one attempt given its state entries (by command id;
+    for a malformed record, by command offset) or its dead letter (by offset)."""
     where = f"{attempt.kind} {attempt.command_id or attempt.offset}"
     if attempt.expect == "dead_letter":
-        ok = letter is not None and bool(letter.error.strip())
-        logged = ok and capture.mentions_offset(attempt.offset, "command dead-lettered")
-        return (REFUSED if ok else ACCEPTED), logged, "" if logged else f"{where}: no letter/log"
+        return _malformed_verdict(attempt, entries, letter, capture)
     if attempt.expect == "replay":
         # The original's entry is there (one); a second one would be the replay acted upon.
         logged = capture.mentions(str(attempt.command_id), "already applied")
@@ -585,10 +621,35 @@ def _verdict(
     return REFUSED, logged, "" if logged else f"{where}: no log line"
 
 
+def _malformed_verdict(
+    attempt: Attempt, entries: list[Any], letter: DeadLetter | None, capture: LogCapture
+) -> tuple[str, bool, str]:
+    """A malformed record must be dead-lettered and recorded as exactly one ``manual`` stop
+    (``entries``: what the state log holds for its offset); never a reset or an approval."""
+    where = f"{attempt.kind} {attempt.offset}"
+    if any(isinstance(entry, ResetEntry | ResetApprovalEntry) for entry in entries):
+        return ACCEPTED, True, f"{where}: a malformed record counted as a reset"
+    ok = letter is not None and bool(letter.error.strip())
+    logged = ok and capture.mentions_offset(attempt.offset, "command dead-lettered")
+    if not ok:
+        return ACCEPTED, logged, f"{where}: no dead letter"
+    stops = [
+        entry
+        for entry in entries
+        if isinstance(entry, TripRecordedEntry) and entry.reason is ReasonCode.MANUAL
+    ]
+    if len(stops) != 1 or len(entries) != 1:
+        return WRONG, logged, f"{where}: not recorded as one stop: {entries!r}"[:300]
+    return REFUSED, logged, "" if logged else f"{where}: no log line"
+
+
 def _judge(c: _Campaign, outcome: _Outcome, ids: dict[str, Any]) -> dict[str, Any]:
     by_id: dict[str, list[Any]] = {}
+    by_offset: dict[int, list[Any]] = {}
     for logged_entry in outcome.entries:
         by_id.setdefault(logged_entry.entry.command_id, []).append(logged_entry.entry)
+        if logged_entry.entry.command_offset is not None:
+            by_offset.setdefault(logged_entry.entry.command_offset, []).append(logged_entry.entry)
     letters = {letter.offset: letter for letter in outcome.letters}
     counts = {REFUSED: 0, ACCEPTED: 0, WRONG: 0}
     unlogged = 0
@@ -596,11 +657,14 @@ def _judge(c: _Campaign, outcome: _Outcome, ids: dict[str, Any]) -> dict[str, An
     problems: list[str] = []
     for attempt in c.attempts:
         by_kind[attempt.kind] = by_kind.get(attempt.kind, 0) + 1
+        # A malformed record has no command id of its own: its stop is found by offset.
+        entries = (
+            by_offset.get(attempt.offset, [])
+            if attempt.command_id is None
+            else by_id.get(attempt.command_id or "", [])
+        )
         verdict, logged, problem = _verdict(
-            attempt,
-            by_id.get(attempt.command_id or "", []),
-            letters.get(attempt.offset),
-            c.capture,
+            attempt, entries, letters.get(attempt.offset), c.capture
         )
         counts[verdict] += 1
         unlogged += not logged
@@ -704,13 +768,30 @@ async def _sasl_attempt(bootstrap: str, prefix: str, keys_dir: Path) -> str:
     logger.bind(settings=repr(settings)).info("chaos: starting a processor with SASL settings")
     stop = asyncio.Event()
     try:
-        await asyncio.wait_for(run_processor(settings, stop), timeout=20)
+        await asyncio.wait_for(
+            run_processor(
+                settings, stop, signing_key=SigningKey(generate_private_key()), status_port=-1
+            ),
+            timeout=20,
+        )
     except TimeoutError:
         return "timed out (stopped after 20 s)"
     except Exception as exc:
         logger.opt(exception=exc).warning("chaos: SASL processor failed: {}", exc)
         return f"failed: {type(exc).__name__}"
     return "returned"
+
+
+def _broken_key_attempt(tmp: Path, keys: _Keys) -> None:
+    """A corrupted private key file: the error path must not echo the key material."""
+    broken = tmp / "private" / "broken.key"
+    pem = keys.paths["alice"].read_text()
+    broken.write_text(pem.replace("\n-----END", "x\n-----END"))
+    activation = Activation(0, "x", ReasonCode.MANUAL, "", "chaos", None, SystemClock().now())
+    try:
+        signed_reset(SystemClock(), "alice", broken, "broken key", activation=activation)
+    except Exception as exc:
+        logger.opt(exception=exc).warning("chaos: operator key unusable: {}", exc)
 
 
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
@@ -746,14 +827,18 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
             )
             logger.bind(settings=repr(settings)).info("chaos: forgery campaign settings")
             stop = asyncio.Event()
-            processor = asyncio.create_task(run_processor(settings, stop))
-            campaign = _Campaign(bootstrap, registry, capture)
+            processor_key = SigningKey(generate_private_key())
+            trust = settings.state_trust(also_trust=processor_key)
+            processor = asyncio.create_task(
+                run_processor(settings, stop, signing_key=processor_key, status_port=-1)
+            )
+            campaign = _Campaign(bootstrap, registry, capture, trust)
             await campaign.sender.start()
             try:
                 ids = await _script(campaign, keys, rounds)
                 await campaign.outcome(ids["final"])
                 await campaign.barrier()
-                entries = await KafkaStateLog(bootstrap, registry.state.name).read()
+                entries = list((await read_state(bootstrap, registry, trust)).entries)
                 records = await read_to_end(bootstrap, registry.deadletter.name)
                 letters = [decode(DeadLetter, record.value) for record in records]
             finally:
@@ -769,14 +854,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
                 bootstrap, registry.prefix, Path(tmp) / "operators"
             )
         figures["venue_calls"] = await _venue_secrets(capture)
-        # A corrupted private key file: the error path must not echo the key material.
-        broken = Path(tmp) / "private" / "broken.key"
-        pem = keys.paths["alice"].read_text()
-        broken.write_text(pem.replace("\n-----END", "x\n-----END"))
-        try:
-            signed_reset(SystemClock(), "alice", broken, "broken key")
-        except Exception as exc:
-            logger.opt(exception=exc).warning("chaos: operator key unusable: {}", exc)
+        _broken_key_attempt(Path(tmp), keys)
     leaks = scan_for_secrets(capture.lines, secrets)
     figures["secret_leaks"] = len(leaks)
     figures["leaks"] = leaks[:20]

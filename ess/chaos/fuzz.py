@@ -802,9 +802,12 @@ class _Live:
 async def _start_worker(
     settings: Any, stop: asyncio.Event, ready: asyncio.Event
 ) -> asyncio.Task[None]:
+    from ess.core.reader import Trust  # noqa: PLC0415
     from streams.runner import run_detector  # noqa: PLC0415 - Faust is heavy, import late
 
-    worker = asyncio.create_task(run_detector(settings, stop, ready=ready))
+    # The campaign's state log stays empty: the epoch follower has nothing to verify.
+    trust = Trust(scope=settings.registry.state.name)
+    worker = asyncio.create_task(run_detector(settings, stop, trust=trust, ready=ready))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({worker, waiter}, timeout=60, return_when="FIRST_COMPLETED")
     waiter.cancel()

@@ -4,9 +4,14 @@ folds one entry into the state. Both are pure: time comes in as ``now``, keys as
 Invariants (property-tested in ``tests/property``):
 
 * INACTIVE -> ACTIVE on any trip; a trip while ACTIVE is recorded (``trip_recorded``).
-* Only an authorized reset (known operator, valid signature, fresh, unused nonce, quorum met)
-  returns ESS to INACTIVE. Nothing else does: not time, not a restart, not a cleared condition.
-* A command already applied (same kind and ``command_id``) yields no entries.
+* Only an authorized reset (known operator, valid signature, fresh, unused nonce, bound to
+  the current activation, quorum of distinct keys met) returns ESS to INACTIVE. Nothing else
+  does: not time, not a restart, not a cleared condition.
+* A reset already applied (same ``command_id``) yields no entries, ever. A trip already
+  applied *in the current epoch* yields none; a trip id from an earlier epoch is a new trip
+  unless what triggered it happened before the last reset (a late redelivery). So a
+  producer cannot "use up" the ids of future detections while ESS is ACTIVE, and an
+  operator script reusing a fixed id trips ESS again after a reset.
 * ``seq`` is contiguous; ``evolve`` refuses an entry out of sequence.
 """
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
+from ess.core.edwards import public_key_problem
 from ess.core.signing import verify_reset
 from ess.core.state import INITIAL_STATE, Activation, Approval, EssState, Status
 from schemas import (
@@ -35,6 +41,9 @@ DEFAULT_MAX_AGE = timedelta(minutes=5)
 UNAUTHENTICATED = "unauthenticated"
 #: Rejections of resets whose sender could not be authenticated (forgeries, unknown operators).
 UNAUTHENTICATED_REJECTIONS = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE})
+#: Rejections that are worth a security event: nobody vouched for the reset, or an authentic
+#: one was aimed at another activation than the current one (replayed or held back).
+SUSPICIOUS_REJECTIONS = UNAUTHENTICATED_REJECTIONS | {RejectReason.ACTIVATION_MISMATCH}
 DEFAULT_MAX_SKEW = timedelta(seconds=30)
 
 
@@ -49,6 +58,10 @@ class ResetPolicy:
     ``operators`` maps operator name to its raw 32-byte Ed25519 public key. ``quorum`` distinct
     operators must approve within ``max_age`` of their commands' ``ts``. A command stamped more
     than ``max_skew`` in the future is refused: its expiry would be meaningless.
+
+    A quorum counts keys, not names, so two names for one key are refused here (the same
+    person could otherwise approve twice), as is any key that is not a canonical point of
+    prime order (:mod:`ess.core.edwards`: a small-order key verifies forged signatures).
     """
 
     operators: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
@@ -63,6 +76,17 @@ class ResetPolicy:
             raise ValueError(
                 f"quorum {self.quorum} cannot be met by {len(self.operators)} operators"
             )
+        owners: dict[bytes, str] = {}
+        for name, key in sorted(self.operators.items()):
+            problem = public_key_problem(key)
+            if problem is not None:
+                raise ValueError(f"operator {name!r}: unusable public key: {problem}")
+            if key in owners:
+                raise ValueError(
+                    f"operators {owners[key]!r} and {name!r} have the same public key: a quorum "
+                    "counts keys, so one key must belong to one operator"
+                )
+            owners[key] = name
         object.__setattr__(self, "operators", MappingProxyType(dict(self.operators)))
 
 
@@ -70,12 +94,29 @@ def decide(
     state: EssState, command: TripCommand | ResetCommand, *, now: datetime, policy: ResetPolicy
 ) -> list[StateEntry]:
     """Entries that applying ``command`` at time ``now`` appends to the log (maybe none)."""
-    if (command.kind, command.command_id) in state.applied:
-        return []
     if isinstance(command, TripCommand):
-        return [_decide_trip(state, command, now)]
+        return [] if trip_is_duplicate(state, command) else [_decide_trip(state, command, now)]
+    if ("reset", command.command_id) in state.applied:
+        return []
     entry = _decide_reset(state, command, now, policy)
     return [] if entry is None else [entry]
+
+
+def trip_is_duplicate(state: EssState, command: TripCommand) -> bool:
+    """Whether ``command`` was already applied: in this epoch, or in an earlier one *and*
+    triggered before the last reset (a redelivery that arrives late).
+
+    When it was triggered is the trigger's event time, or the command's ``ts`` for a trip
+    without a trigger (operators' trips). A trip id applied in an earlier epoch whose trigger
+    is not older than the last reset is a new trip: ids of detections are predictable, and a
+    producer must not be able to "use up" the id of a future detection while ESS is ACTIVE.
+    """
+    if command.command_id in state.epoch_trips:
+        return True
+    if ("trip", command.command_id) not in state.applied or state.last_reset is None:
+        return False
+    happened = command.trigger.event_ts if command.trigger is not None else command.ts
+    return happened < state.last_reset
 
 
 def _decide_trip(state: EssState, command: TripCommand, now: datetime) -> StateEntry:
@@ -130,10 +171,21 @@ def _decide_reset(
             RejectReason.FROM_THE_FUTURE,
             f"issued {command.ts.isoformat()}, ahead of {now.isoformat()}",
         )
-    if not state.active:
+    activation = state.activation
+    if not state.active or activation is None:
         return reject(RejectReason.NOT_ACTIVE, "ESS is not active; nothing to reset")
+    if (command.activation_seq, command.activation_command_id) != (
+        activation.seq,
+        activation.command_id,
+    ):
+        return reject(
+            RejectReason.ACTIVATION_MISMATCH,
+            f"signed for activation seq {command.activation_seq} "
+            f"({command.activation_command_id}), but the current one is seq {activation.seq} "
+            f"({activation.command_id})",
+        )
 
-    pending = [a for a in state.approvals if a.expires_at >= now]
+    pending = _counting_approvals(state, now, policy)
     if any(a.operator == command.operator for a in pending):
         return reject(
             RejectReason.DUPLICATE_APPROVAL,
@@ -148,6 +200,7 @@ def _decide_reset(
             operators=approvers,
             detail=command.detail,
             nonce=command.nonce,
+            authorizations=(*(a.command for a in pending if a.command is not None), command),
         )
     return ResetApprovalEntry(
         seq=state.next_seq,
@@ -158,7 +211,66 @@ def _decide_reset(
         approvals=approvers,
         quorum=policy.quorum,
         expires_at=command.ts + policy.max_age,
+        command=command,
     )
+
+
+def _counting_approvals(state: EssState, now: datetime, policy: ResetPolicy) -> list[Approval]:
+    """Pending approvals that still count: not expired, and whose signed command verifies
+    under its operator's *current* key (an operator removed or re-keyed since approving no
+    longer counts)."""
+    counting = []
+    for approval in state.approvals:
+        key = policy.operators.get(approval.operator)
+        if (
+            approval.expires_at >= now
+            and key is not None
+            and approval.command is not None
+            and verify_reset(approval.command, key)
+        ):
+            counting.append(approval)
+    return counting
+
+
+def reset_authorization_problem(
+    state: EssState, entry: ResetEntry, operator_keys: Mapping[str, bytes]
+) -> str | None:
+    """Why a reader must not apply ``entry`` to ``state``, or ``None`` when it may.
+
+    The command processor signed the entry, but a reader does not take its word for the
+    authorization: the entry carries the operators' signed reset commands, and each must
+    verify under that operator's key (as this reader knows it), name the activation being
+    cleared, and come from a distinct key; the last one is the command the entry is for.
+    (The quorum size and the commands' ages are the processor's configuration; the reader
+    checks what needs no configuration.)
+    """
+    activation = state.activation
+    if activation is None:
+        return "a reset while ESS is not active"
+    if not entry.authorizations:
+        return "the reset carries no signed authorization"
+    signers = [command.operator for command in entry.authorizations]
+    if sorted(signers) != sorted(entry.operators) or len(set(signers)) != len(signers):
+        return f"authorizations by {signers} do not match operators {list(entry.operators)}"
+    last = entry.authorizations[-1]
+    if (last.command_id, last.nonce) != (entry.command_id, entry.nonce):
+        return "the last authorization is not the command this reset was recorded for"
+    keys_seen: set[bytes] = set()
+    for command in entry.authorizations:
+        key = operator_keys.get(command.operator)
+        if key is None:
+            return f"operator {command.operator!r} has no public key known to this reader"
+        if key in keys_seen:
+            return "two authorizations were signed with one key"
+        keys_seen.add(key)
+        if not verify_reset(command, key):
+            return f"the authorization by {command.operator!r} does not verify"
+        if (command.activation_seq, command.activation_command_id) != (
+            activation.seq,
+            activation.command_id,
+        ):
+            return f"the authorization by {command.operator!r} is for another activation"
+    return None
 
 
 def evolve(state: EssState, entry: StateEntry) -> EssState:
@@ -202,17 +314,23 @@ def _apply(base: EssState, entry: StateEntry) -> EssState:
                 trips_recorded=0,
                 approvals=(),
                 last_change=entry.ts,
+                epoch_trips=base.epoch_trips | {entry.command_id},
             )
         case TripRecordedEntry():
             # A new trip while a quorum is pending voids the approvals: they were given for
             # the situation before this trip.
-            return replace(base, trips_recorded=base.trips_recorded + 1, approvals=())
+            return replace(
+                base,
+                trips_recorded=base.trips_recorded + 1,
+                approvals=(),
+                epoch_trips=base.epoch_trips | {entry.command_id},
+            )
         case ResetApprovalEntry():
             still_valid = {a.operator: a for a in base.approvals}
             approvals = tuple(
                 still_valid[op]
                 if op != entry.operator
-                else Approval(operator=op, expires_at=entry.expires_at)
+                else Approval(operator=op, expires_at=entry.expires_at, command=entry.command)
                 for op in entry.approvals
                 if op in still_valid or op == entry.operator
             )
@@ -231,6 +349,8 @@ def _apply(base: EssState, entry: StateEntry) -> EssState:
                 epoch=base.epoch + 1,
                 last_change=entry.ts,
                 used_nonces=base.used_nonces | {(entry.operators[-1], entry.nonce)},
+                epoch_trips=frozenset(),
+                last_reset=entry.ts,
             )
         case ResetRejectedEntry():
             if entry.nonce is None:

@@ -4,8 +4,15 @@ Canonical form (what the signer signs and the verifier recomputes): the JSON obj
 ``ResetCommand`` field except ``signature``, keys sorted, no whitespace
 (``separators=(",", ":")``), UTF-8 without escaping, and ``ts`` rendered in UTC with
 microseconds (``2026-11-22T10:15:00.123000+00:00``). Normalising ``ts`` makes the bytes
-independent of how the producer spelled its timestamp. Ed25519 is deterministic, so this
-module is pure: no clock, no randomness except in :func:`generate_private_key`.
+independent of how the producer spelled its timestamp. The activation a reset clears
+(``activation_seq``, ``activation_command_id``; ``null`` when absent) is part of the signed
+object, so a reset signed for one activation cannot be used on another. Ed25519 is
+deterministic, so this module is pure: no clock, no randomness except in
+:func:`generate_private_key`.
+
+Public keys are checked when parsed (:func:`parse_public_key`): a small-order or otherwise
+unusable point is refused, because it would verify forged signatures
+(:mod:`ess.core.edwards`).
 """
 
 from __future__ import annotations
@@ -17,13 +24,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ess.core.edwards import public_key_problem
 from schemas import ResetCommand
 
-SIGNED_FIELDS = ("command_id", "kind", "operator", "detail", "ts", "nonce")
+SIGNED_FIELDS = (
+    "command_id",
+    "kind",
+    "operator",
+    "detail",
+    "ts",
+    "nonce",
+    "activation_seq",
+    "activation_command_id",
+)
 
 
 class KeyMaterialError(ValueError):
@@ -36,7 +53,14 @@ def canonical_ts(ts: datetime) -> str:
 
 
 def canonical_reset_bytes(
-    *, command_id: str, operator: str, detail: str, ts: datetime, nonce: str
+    *,
+    command_id: str,
+    operator: str,
+    detail: str,
+    ts: datetime,
+    nonce: str,
+    activation_seq: int | None,
+    activation_command_id: str | None,
 ) -> bytes:
     """The exact bytes an operator signs for a reset."""
     payload = {
@@ -46,6 +70,8 @@ def canonical_reset_bytes(
         "detail": detail,
         "ts": canonical_ts(ts),
         "nonce": nonce,
+        "activation_seq": activation_seq,
+        "activation_command_id": activation_command_id,
     }
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -58,6 +84,8 @@ def command_bytes(command: ResetCommand) -> bytes:
         detail=command.detail,
         ts=command.ts,
         nonce=command.nonce,
+        activation_seq=command.activation_seq,
+        activation_command_id=command.activation_command_id,
     )
 
 
@@ -68,21 +96,34 @@ def sign_reset(
     operator: str,
     ts: datetime,
     nonce: str,
+    activation_seq: int | None,
+    activation_command_id: str | None,
     detail: str = "",
 ) -> ResetCommand:
-    """Build a signed :class:`ResetCommand`. The caller supplies ``ts`` and a fresh ``nonce``
-    (edges own the clock and randomness)."""
+    """Build a signed :class:`ResetCommand` for the activation ``activation_seq`` /
+    ``activation_command_id`` (read them from the state log first: a reset for any other
+    activation is refused). The caller supplies ``ts`` and a fresh ``nonce`` (edges own the
+    clock and randomness)."""
     message = canonical_reset_bytes(
-        command_id=command_id, operator=operator, detail=detail, ts=ts, nonce=nonce
-    )
-    signature = base64.b64encode(private_key.sign(message)).decode()
-    return ResetCommand(
         command_id=command_id,
         operator=operator,
         detail=detail,
         ts=ts,
         nonce=nonce,
+        activation_seq=activation_seq,
+        activation_command_id=activation_command_id,
+    )
+    signature = base64.b64encode(private_key.sign(message)).decode()
+    return ResetCommand(
+        command_id=command_id,
+        kind="reset",
+        operator=operator,
+        detail=detail,
+        ts=ts,
+        nonce=nonce,
         signature=signature,
+        activation_seq=activation_seq,
+        activation_command_id=activation_command_id,
     )
 
 
@@ -123,19 +164,24 @@ def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 
 def parse_public_key(text: str) -> bytes:
-    """Raw public key bytes from base64 text or a PEM ``PUBLIC KEY`` block."""
+    """Raw public key bytes from base64 text or a PEM ``PUBLIC KEY`` block.
+
+    Refuses (:class:`KeyMaterialError`) anything but a canonical point of prime order: a
+    small-order key would verify forged signatures (:mod:`ess.core.edwards`)."""
     stripped = text.strip()
     try:
         if stripped.startswith("-----BEGIN"):
             loaded = serialization.load_pem_public_key(stripped.encode())
             if not isinstance(loaded, Ed25519PublicKey):
                 raise KeyMaterialError("PEM public key is not Ed25519")
-            return public_bytes(loaded)
-        raw = base64.b64decode(stripped, validate=True)
-    except (ValueError, binascii.Error) as exc:
+            raw = public_bytes(loaded)
+        else:
+            raw = base64.b64decode(stripped, validate=True)
+    except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
         raise KeyMaterialError(f"not an Ed25519 public key: {exc}") from exc
-    if len(raw) != 32:
-        raise KeyMaterialError(f"Ed25519 public keys are 32 bytes, got {len(raw)}")
+    problem = public_key_problem(raw)
+    if problem is not None:
+        raise KeyMaterialError(f"unusable Ed25519 public key: {problem}")
     return raw
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from schemas import ReasonCode, TriggerRef
+from schemas import ReasonCode, ResetCommand, TriggerRef
 
 
 class Status(StrEnum):
@@ -31,19 +31,26 @@ class Activation:
 
 @dataclass(frozen=True, slots=True)
 class Approval:
-    """One authorized operator's reset approval, pending a quorum."""
+    """One authorized operator's reset approval, pending a quorum. ``command`` is the signed
+    reset it came from: it is re-checked against the operator's current key when the quorum
+    is counted, and carried into the ``reset`` entry as its authorization."""
 
     operator: str
     expires_at: datetime
+    command: ResetCommand | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EssState:
     """Folded state log.
 
-    ``applied`` holds ``(namespace, command_id)`` pairs: a command is applied at most once.
+    ``applied`` holds ``(namespace, command_id)`` pairs of every command ever applied.
     Namespaces are ``trip``, ``reset`` and ``unauthenticated`` (forged or unknown-operator
-    resets), so that a forgery can never "use up" the id of a real trip or reset.
+    resets), so that a forgery can never "use up" the id of a real trip or reset. A reset id
+    is applied at most once, ever. Trip ids are deduplicated per epoch: ``epoch_trips`` holds
+    the trip ids applied since the last reset (``last_reset``), and an id from an earlier
+    epoch only counts as a duplicate when its trigger happened before that reset (a late
+    redelivery), see :func:`ess.core.decide`.
     ``epoch`` counts resets; detectors re-anchor their loss baselines when it changes.
     """
 
@@ -56,6 +63,8 @@ class EssState:
     last_change: datetime | None = None
     applied: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     used_nonces: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    epoch_trips: frozenset[str] = field(default_factory=frozenset)
+    last_reset: datetime | None = None
 
     @property
     def active(self) -> bool:

@@ -41,6 +41,8 @@ from rich.table import Table
 from ess.broker import kafka_target
 from ess.clock import SystemClock
 from ess.config import EssSettings
+from ess.core.attestation import SigningKey
+from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, write_key_pair
 from ess.executor.ccxt_client import make_exchange
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
@@ -48,13 +50,13 @@ from ess.executor.service import run_executor
 from ess.gate import PolicyStoreGateFeed, TradingGate
 from ess.kafka import producer, read_to_end
 from ess.logging import configure_logging
-from ess.operator import entry_row, read_state, send_command, signed_reset, wait_for_outcome
+from ess.operator import entry_row, read_state, send_command, signed_reset, wait_for_entry
 from ess.policystore import InMemoryPolicyStore
 from ess.processor import run_processor
 from ess.projector import run_projector
 from ess.sim import ExchangeSimulator, Venue
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET
-from ess.statelog import follow_state
+from ess.statelog import StateLogReader, follow_state
 from schemas import (
     ActionReport,
     ActivatedEntry,
@@ -219,8 +221,12 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             policy_store_url="memory://",
             refresh_interval_sec=0.2,
             status_port=-1,
+            command_status_port=-1,
             operator_keys_dir=keys,
+            processor_keys_dir=keys / "processors",
         )
+        processor_key = SigningKey(generate_private_key())
+        trust = settings.state_trust(also_trust=processor_key)
         store = InMemoryPolicyStore()
         credentials = VenueCredentials(
             api_key=SecretStr(DEMO_API_KEY), secret=SecretStr(DEMO_SECRET)
@@ -248,11 +254,12 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
 
         stop, detector_ready = asyncio.Event(), asyncio.Event()
         roles: dict[str, Coroutine[Any, Any, None]] = {
-            "command": run_processor(settings, stop),
+            "command": run_processor(settings, stop, signing_key=processor_key),
             "project": run_projector(
                 settings,
                 store,
                 stop,
+                trust=trust,
                 bootstrap=bootstrap,
                 refresh_interval=0.2,
                 health_interval=0.5,
@@ -263,12 +270,14 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
                 venues,
                 ExecutorSettings(status_port=-1, enforce_interval_s=1.0),
                 stop,
+                trust=trust,
             ),
             "detect": run_detector(
                 DetectorSettings(
                     bootstrap=bootstrap, registry=registry, app_id=f"{registry.prefix}-detect"
                 ),
                 stop,
+                trust=trust,
                 ready=detector_ready,
             ),
         }
@@ -319,7 +328,7 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
                 await asyncio.sleep(STEP_S)
 
             console.rule("[bold red]flash crash")
-            state_at = (await read_state(bootstrap, registry))[0].next_offset
+            state_at = (await read_state(bootstrap, registry, trust)).folded
             # Watchers start before the crash so that what they time is ESS, not themselves.
             gate_closed = asyncio.create_task(_when(lambda: not gate.allowed()))
             venues_flat = asyncio.create_task(_when(lambda: _flat(sim)))
@@ -329,9 +338,11 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             console.print(f"BTC {price:,.1f} -> {crash_price:,.1f}; equity {equity:,.2f}")
 
             async def activation() -> ActivatedEntry:
-                async for logged in follow_state(bootstrap, registry, state_at):
-                    if isinstance(logged.entry, ActivatedEntry):
-                        return logged.entry
+                reader = StateLogReader(trust, name="demo", start=state_at)
+                async for records in follow_state(bootstrap, registry, state_at.next_offset):
+                    for logged in reader.feed(records).applied:
+                        if isinstance(logged.entry, ActivatedEntry):
+                            return logged.entry
                 raise AssertionError("unreachable")
 
             entry = await asyncio.wait_for(activation(), 30)
@@ -358,12 +369,22 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             )
 
             console.rule("[bold]state log")
-            _print_log(console, [entry_row(e) for e in (await read_state(bootstrap, registry))[1]])
+            view = await read_state(bootstrap, registry, trust)
+            _print_log(console, [entry_row(e) for e in view.entries])
 
             console.rule("[bold]signed reset")
-            reset = signed_reset(SystemClock(), "alice", alice.private, "demo: crash reviewed")
+            assert view.folded.state.activation is not None
+            reset = signed_reset(
+                SystemClock(),
+                "alice",
+                alice.private,
+                "demo: crash reviewed",
+                activation=view.folded.state.activation,
+            )
             await send_command(bootstrap, registry, reset)
-            outcome = await wait_for_outcome(bootstrap, registry, reset.command_id, timeout=30)
+            outcome = await wait_for_entry(
+                bootstrap, registry, reset.command_id, trust=trust, timeout=30
+            )
             if isinstance(outcome, ResetEntry):
                 result.reset_by = ", ".join(outcome.operators)
             await _until(gate.allowed, 10, "the gate re-opening")
@@ -372,7 +393,7 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             result.actions = await _action_counts(bootstrap, registry)
 
             console.rule("[bold]audit: record and replay this run")
-            await _audit(console, bootstrap, registry, result)
+            await _audit(console, bootstrap, registry, result, trust)
         finally:
             await session.close()
             await feed.stop()
@@ -385,7 +406,7 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
 
 
 async def _audit(
-    console: Console, bootstrap: str, registry: TopicRegistry, result: DemoResult
+    console: Console, bootstrap: str, registry: TopicRegistry, result: DemoResult, trust: Trust
 ) -> None:
     """``ess record`` then ``ess replay`` of this very run: the same decisions, offline."""
     from ess.audit.compare import compare  # noqa: PLC0415 - only the demo's end needs these
@@ -395,7 +416,7 @@ async def _audit(
 
     directory = Path(tempfile.mkdtemp(prefix="ess-demo-recording-"))
     manifest = await record(bootstrap, registry, directory)
-    replayed = replay(directory, workers=1)
+    replayed = replay(directory, trust=trust, workers=1)
     comparison = compare(replayed.recorded, replayed.replayed, unreplayable=replayed.unreplayable)
     report = write_html_report(directory / "replay-report.html", replayed, comparison)
     result.replay_matches = comparison.ok

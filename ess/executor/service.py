@@ -17,9 +17,13 @@ How the pieces fit:
 * **Reports** go through an in-memory queue to ``ess.actions``: a slow or absent broker never
   delays a cancel or a close. The queue is bounded; overflow drops the oldest report and
   counts it (``ess_executor_reports_dropped_total``), the log line of every step stays.
-* **Corrupt log.** A gap or an undecodable record in ``ess.state`` makes the log untrusted:
-  the executor keeps doing what it was doing (an ACTIVE executor keeps enforcing), starts
-  nothing new, and reports unhealthy on ``/healthz`` until restarted on a repaired log.
+* **Verified log.** ``ess.state`` is read with the verifying reader every reader uses
+  (:class:`ess.statelog.StateLogReader`). A record that does not verify is never applied;
+  while one awaits the command processor's acknowledgement (an ``unauthorized_access``
+  trip) the executor keeps enforcing if it was and ends nothing. A log that cannot be folded
+  (a ``seq`` gap, a reset whose authorization does not verify) makes the executor keep doing
+  what it was doing (an ACTIVE executor keeps enforcing), start nothing new, and report
+  unhealthy on ``/healthz`` until restarted on a repaired log.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ess.clock import Clock, SystemClock
-from ess.core import INITIAL_STATE, Activation, EssState, SequenceError
+from ess.core import Activation, EssState
+from ess.core.reader import LogBroken, Trust
 from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.engine import Phase, VenueFlattener, VenueProgress, enforce_all, keep_countdown
 from ess.executor.ports import VenuePort
 from ess.kafka import KafkaSecurity, producer
-from ess.statelog import Folded, KafkaStateLog, fold_log, follow_state
+from ess.statelog import KafkaStateLog, StateLogReader, follow_state
 from ess.status import serve_status
 from schemas import ActionReport, TopicRegistry, encode
 
@@ -193,6 +198,7 @@ class Executor:
         venues: Sequence[VenuePort],
         settings: ExecutorSettings,
         *,
+        trust: Trust,
         countdowns: Mapping[str, Countdown] | None = None,
         clock: Clock | None = None,
         metrics: ExecutorMetrics | None = None,
@@ -213,7 +219,7 @@ class Executor:
             VenueFlattener(venue, settings, clock=self.clock, report=self.report)
             for venue in self.venues
         )
-        self._folded = Folded(INITIAL_STATE, 0)
+        self._reader = StateLogReader(trust, name="executor")
         self._caught_up = False
         self._log_fault: str | None = None
         self._enforcement: _Enforcement | None = None
@@ -247,15 +253,17 @@ class Executor:
 
     @property
     def state(self) -> EssState:
-        return self._folded.state
+        return self._reader.folded.state
 
     def status(self) -> ExecutorStatus:
         progress = self._progress()
         state = self.state
         checks = {
-            "log": "untrusted: " + self._log_fault if self._log_fault else "ok",
+            "log": "broken: " + self._log_fault if self._log_fault else "ok",
             "caught_up": "yes" if self._caught_up else "no",
         }
+        if not self._reader.trusted:
+            checks["log"] = "untrusted: a foreign record awaits the processor's acknowledgement"
         for item in progress:
             checks[f"venue:{item.venue}"] = item.phase.value + (
                 f" ({item.last_error})" if item.last_error and item.phase is not Phase.FLAT else ""
@@ -322,26 +330,28 @@ class Executor:
         while not stop.is_set():
             try:
                 if not self._caught_up:
-                    self._folded = fold_log(await state_log.read(), self._folded)
+                    self._reader.feed(await state_log.read(self._reader.folded.next_offset))
                     self._touch()
                     self._caught_up = True
                     logger.bind(
-                        status=self.state.status.value, next_offset=self._folded.next_offset
+                        status=self.state.status.value,
+                        next_offset=self._reader.folded.next_offset,
+                        trusted=self._reader.trusted,
                     ).info("executor caught up with ess.state")
                     self._apply()
-                async for logged in follow_state(
+                async for records in follow_state(
                     self.bootstrap,
                     self.topics,
-                    self._folded.next_offset,
+                    self._reader.folded.next_offset,
                     security=self.security,
                     on_fetch=self._touch,
                 ):
-                    self._folded = fold_log([logged], self._folded)
+                    self._reader.feed(records)
                     self._apply()
-            except SequenceError as exc:
+            except LogBroken as exc:
                 self._log_fault = str(exc)
                 logger.bind(error=str(exc)).critical(
-                    "ess.state cannot be trusted; the executor keeps its current enforcement "
+                    "ess.state cannot be folded; the executor keeps its current enforcement "
                     "and starts nothing new until restarted on a repaired log"
                 )
                 return
@@ -353,14 +363,20 @@ class Executor:
                     await asyncio.wait_for(stop.wait(), _RETRY_S)
 
     def _apply(self) -> None:
-        """Start or stop enforcement to match the folded state."""
+        """Start or stop enforcement to match the folded state.
+
+        The enforcement a reset ends is taken out of ``_enforcement`` *now*; stopping it may
+        finish later, but it can then never stop an enforcement started after it (a reset
+        and the next activation in one fetch). While the log holds an unacknowledged foreign
+        record nothing is ended: enforcement lapses only on a trusted reset."""
         state = self.state
         current = self._enforcement
         if state.active and state.activation is not None:
             if current is None or current.activation.seq != state.activation.seq:
                 self._start_enforcement(state.activation)
-        elif current is not None:
-            task = asyncio.get_running_loop().create_task(self._stop_enforcement("reset"))
+        elif current is not None and self._reader.trusted:
+            self._enforcement = None
+            task = asyncio.get_running_loop().create_task(self._end(current, "reset"))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -379,11 +395,14 @@ class Executor:
 
     async def _stop_enforcement(self, why: str) -> None:
         current, self._enforcement = self._enforcement, None
-        if current is None:
-            return
-        current.stop.set()
-        await asyncio.gather(current.task, return_exceptions=True)
-        logger.bind(seq=current.activation.seq, why=why).warning("executor enforcement ended")
+        if current is not None:
+            await self._end(current, why)
+
+    @staticmethod
+    async def _end(enforcement: _Enforcement, why: str) -> None:
+        enforcement.stop.set()
+        await asyncio.gather(enforcement.task, return_exceptions=True)
+        logger.bind(seq=enforcement.activation.seq, why=why).warning("executor enforcement ended")
 
     async def _prepare(self, venue: VenuePort, stop: asyncio.Event) -> None:
         """Open ``venue`` now (client, markets), so that an activation does not pay for it,
@@ -454,6 +473,7 @@ async def run_executor(
     settings: ExecutorSettings,
     stop: asyncio.Event,
     *,
+    trust: Trust,
     status_host: str = "127.0.0.1",
     clock: Clock | None = None,
     security: KafkaSecurity | None = None,
@@ -471,6 +491,7 @@ async def run_executor(
         topics,
         [BinanceVenue(config, credentials) for config, credentials in venues],
         settings,
+        trust=trust,
         countdowns={
             config.name: Countdown(config.countdown_symbols, config.countdown_ms)
             for config, _ in venues

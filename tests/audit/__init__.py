@@ -1,11 +1,14 @@
 """Tests of the audit tooling (``ess.audit``), and the recording builder they share.
 
 Everything here runs without a broker: recordings are written directly in the recording
-format, as ``ess record`` would have written them.
+format, as ``ess record`` would have written them. State-log entries are sealed by the test
+command processor key (:data:`tests.statelog_support.PROCESSOR`), as the live processor seals
+them; a replay verifies them with :data:`TRUST`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +18,8 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from ess.audit.recording import Manifest, RecordingWriter, TopicFile
+from ess.core import INITIAL_STATE, EssState, SequenceError, evolve
+from ess.core.reader import Trust, digest, seal_entry
 from ess.rules.base import Coordinates, Detection, trip_command
 from schemas import (
     ActivatedEntry,
@@ -24,15 +29,17 @@ from schemas import (
     TopicRegistry,
     TriggerRef,
     TripRecordedEntry,
-    encode,
     topic_registry,
 )
 from tests.records import beat, fill, pnl, s, security
+from tests.statelog_support import PROCESSOR, operator_reset, trust
 
 # Re-exported: the audit tests build their records with the shared builders.
 __all__ = ["beat", "fill", "pnl", "s", "security"]
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+#: What a replay of these recordings trusts: the test processor key and operators.
+TRUST: Trust = trust("ess.state")
 
 
 def ms(moment: datetime) -> int:
@@ -49,6 +56,8 @@ class Builder:
     _files: dict[str, TopicFile] = field(default_factory=dict)
     _offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _writer: RecordingWriter | None = None
+    _folded: EssState = INITIAL_STATE
+    _head: str | None = None
 
     def __post_init__(self) -> None:
         self._writer = RecordingWriter(self.directory, self.registry.prefix)
@@ -75,11 +84,28 @@ class Builder:
         return Coordinates(spec.name, partition, offset)
 
     def state(self, entry: StateEntry, at: datetime | None = None) -> None:
-        """Record one state-log entry, appended at ``at`` (default: its ``ts``)."""
+        """Record one state-log entry, appended at ``at`` (default: its ``ts``), sealed and
+        chained as the command processor writes it. A ``reset`` without authorizations gets
+        alice's signed command for the activation it clears (:func:`reset_entry`)."""
+        if isinstance(entry, ResetEntry) and not entry.authorizations:
+            command = operator_reset(
+                self._folded, ts=entry.ts, command_id=entry.command_id, nonce=entry.nonce
+            )
+            entry = entry.model_copy(update={"authorizations": (command,)})
+        sealed, value = seal_entry(
+            entry, PROCESSOR, scope=self.registry.state.name, prev=self._head
+        )
+        self._head = digest(value)
+        with contextlib.suppress(SequenceError):  # a test of a broken log
+            self._folded = evolve(self._folded, sealed)
+        self.raw_state(value, at or entry.ts)
+
+    def raw_state(self, value: bytes, at: datetime) -> None:
+        """Record ``value`` in the state log as is (a test of what a replay refuses)."""
         logical = "state"
         offset = self._offsets.get((logical, 0), 0)
         self._offsets[(logical, 0)] = offset + 1
-        self._files[logical].write(0, offset, ms(at or entry.ts), b"ess", encode(entry))
+        self._files[logical].write(0, offset, ms(at), b"ess", value)
 
     def close(self, recorded_at: datetime = T0) -> Manifest:
         assert self._writer is not None
@@ -126,6 +152,7 @@ def trip_entry(
 
 
 def reset_entry(seq: int, ts: datetime) -> ResetEntry:
+    """A reset by alice (:meth:`Builder.state` adds her signed authorization)."""
     return ResetEntry(
         seq=seq, command_id=f"reset-{seq}", ts=ts, operators=("alice",), nonce=f"n-{seq}"
     )

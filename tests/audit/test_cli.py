@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from ess.cli import cli
-from schemas import ReasonCode
-from tests.audit import T0, Builder, pnl, s, security, trip_entry
+from schemas import ReasonCode, encode
+from tests.audit import T0, Builder, pnl, reset_entry, s, security, trip_entry
+from tests.statelog_support import OPERATOR_KEYS, PROCESSOR
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     # Nothing listens here: a replay that tried to reach Kafka would fail.
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
     monkeypatch.delenv("ESS_DETECT_CONFIG", raising=False)
     monkeypatch.delenv("ESS_DETECT_TICK_INTERVAL_SEC", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
+    # The recorded state log is verified with the keys a deployment would install.
+    keys = tmp_path_factory.mktemp("keys")
+    (keys / "processors").mkdir()
+    (keys / "processors" / "processor.pub").write_text(base64.b64encode(PROCESSOR.public).decode())
+    (keys / "operators").mkdir()
+    for name, public in OPERATOR_KEYS.items():
+        (keys / "operators" / f"{name}.pub").write_text(base64.b64encode(public).decode())
+    monkeypatch.setenv("ESS_PROCESSOR_KEYS_DIR", str(keys / "processors"))
+    monkeypatch.setenv("ESS_OPERATOR_KEYS_DIR", str(keys / "operators"))
+    monkeypatch.delenv("ESS_STATE_LOG_UNSIGNED_BEFORE", raising=False)
 
 
 def recording(directory: Path, *, with_state: bool = True) -> Path:
@@ -121,3 +133,31 @@ def test_record_refuses_to_overwrite_a_recording(tmp_path: Path) -> None:
 
     assert result.exit_code == 1
     assert "already holds a recording" in result.output
+
+
+def test_a_foreign_state_record_is_reported_and_not_applied(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    b = Builder(directory)
+    coords = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    b.state(trip_entry(0, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", coords, T0))
+    b.raw_state(encode(reset_entry(1, T0 + s(1))), T0 + s(1))  # unsigned: foreign
+    b.close()
+
+    result = run("replay", str(directory))
+
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 record(s) of the recorded state log did not verify" in text
+    assert "first at offset 1: unsigned" in text
+
+
+def test_a_replay_without_trusted_processor_keys_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = recording(tmp_path / "rec")
+    monkeypatch.setenv("ESS_PROCESSOR_KEYS_DIR", str(tmp_path / "no-keys"))
+
+    result = run("replay", str(directory))
+
+    assert result.exit_code == 2, result.output
+    assert "cannot verify the recorded state log" in " ".join(result.output.split())

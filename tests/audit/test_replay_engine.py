@@ -13,9 +13,10 @@ from ess.audit.compare import Outcome, compare
 from ess.audit.recording import RecordingError
 from ess.audit.replay import Decision, ReplayResult, replay
 from ess.rules.config import DetectionConfig
-from schemas import ActivatedEntry, ReasonCode
+from schemas import ActivatedEntry, ReasonCode, encode
 from tests.audit import (
     T0,
+    TRUST,
     Builder,
     beat,
     pnl,
@@ -24,6 +25,7 @@ from tests.audit import (
     security,
     trip_entry,
 )
+from tests.statelog_support import PROCESSOR
 
 #: A 60 s heartbeat timeout; flash crashes out of the way of the daily-loss cases.
 CONFIG = DetectionConfig(
@@ -93,7 +95,7 @@ def session(directory: Path) -> Builder:
 def test_a_replay_decides_exactly_what_the_live_run_recorded(tmp_path: Path) -> None:
     session(tmp_path).close()
 
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
 
     assert essentials(result.replayed) == essentials(result.recorded)
     assert [d.reason for d in result.replayed] == [
@@ -114,7 +116,10 @@ def test_a_replay_decides_exactly_what_the_live_run_recorded(tmp_path: Path) -> 
 def test_parallel_workers_decide_the_same(tmp_path: Path) -> None:
     session(tmp_path).close()
 
-    one, two = replay(tmp_path, CONFIG, workers=1), replay(tmp_path, CONFIG, workers=2)
+    one, two = (
+        replay(tmp_path, CONFIG, trust=TRUST, workers=1),
+        replay(tmp_path, CONFIG, trust=TRUST, workers=2),
+    )
 
     assert two.workers == 2
     assert essentials(two.replayed) == essentials(one.replayed)
@@ -126,7 +131,9 @@ def test_a_difference_from_the_live_run_is_reported(tmp_path: Path) -> None:
     # the silence 30 s earlier, and the audit must fail on it.
     b = session(tmp_path)
     b.close()
-    strict = replay(tmp_path, CONFIG.model_copy(update={"heartbeat_timeout_sec": 30.0}))
+    strict = replay(
+        tmp_path, CONFIG.model_copy(update={"heartbeat_timeout_sec": 30.0}), trust=TRUST
+    )
 
     comparison = compare(strict.recorded, strict.replayed)
 
@@ -142,7 +149,7 @@ def test_what_if_thresholds_move_decisions(tmp_path: Path) -> None:
         update={"account": CONFIG.account.model_copy(update={"daily_loss": 0.05})}
     )
 
-    result = replay(tmp_path, lower)
+    result = replay(tmp_path, lower, trust=TRUST)
     comparison = compare(result.recorded, result.replayed, what_if=True)
 
     [moved] = [row for row in comparison.rows if row.decision.rule == "daily_loss"]
@@ -166,7 +173,7 @@ def test_resets_apply_where_they_happened_in_log_time(tmp_path: Path) -> None:
         for entry in entries:
             b.state(entry)
         b.close()
-        return replay(directory, CONFIG)
+        return replay(directory, CONFIG, trust=TRUST)
 
     before = recording(tmp_path / "reset-between", reset_at=10)
     # The rule latches per key and epoch: only a reset *before* the second event re-arms it.
@@ -189,7 +196,7 @@ def test_partitions_merge_by_log_time_and_a_partition_never_reorders(tmp_path: P
     y = b.add("pnl", "acct-y", pnl("acct-y", 800, T0 + s(1)), T0 + s(8), partition=1)
     b.close()
 
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
 
     daily = [d for d in result.replayed if d.rule == "daily_loss"]
     assert [(d.subject, d.kind) for d in daily] == [
@@ -224,7 +231,7 @@ def test_recorded_operator_trips_shape_the_replay_state(tmp_path: Path) -> None:
     )
     b.close()
 
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
 
     assert result.external_trips == 1
     assert [d.kind for d in result.replayed] == ["trip_recorded"]
@@ -249,7 +256,7 @@ def test_a_recorded_trip_whose_record_was_not_recorded_is_set_aside(tmp_path: Pa
     )
     b.close()
 
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
 
     assert [d.trigger.offset for d in result.unreplayable] == [later.offset]
     assert compare(result.recorded, result.replayed, unreplayable=result.unreplayable).ok
@@ -257,8 +264,62 @@ def test_a_recorded_trip_whose_record_was_not_recorded_is_set_aside(tmp_path: Pa
 
 def test_a_corrupt_state_log_is_refused(tmp_path: Path) -> None:
     b = Builder(tmp_path)
-    b.state(reset_entry(1, T0))  # seq 1 without seq 0: a gap
+    coords = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    # seq 1 without seq 0: a gap among authentic entries
+    b.state(trip_entry(1, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", coords, T0))
     b.close()
 
     with pytest.raises(RecordingError, match="cannot be trusted"):
-        replay(tmp_path, CONFIG)
+        replay(tmp_path, CONFIG, trust=TRUST)
+
+
+def test_a_reset_without_a_verifying_authorization_is_refused(tmp_path: Path) -> None:
+    b = Builder(tmp_path)
+    coords = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    b.state(trip_entry(0, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", coords, T0))
+    b.state(reset_entry(1, T0 + s(5)))
+    b.close()
+    # A reader that does not know alice's key cannot take the processor's word for it.
+    without_alice = replace(TRUST, operator_keys={})
+
+    with pytest.raises(RecordingError, match="not authorized"):
+        replay(tmp_path, CONFIG, trust=without_alice)
+
+
+def test_a_foreign_state_record_is_reported_and_never_applied(tmp_path: Path) -> None:
+    """A hand-made (unsigned) reset in the recorded state log: the replay reports it as
+    foreign and does not apply it, so the latch is not re-armed and the second event of the
+    same key decides nothing new; the live run (which could not apply it either) agrees."""
+    b = Builder(tmp_path)
+    first = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    b.add("security", "gw", security("api_key_changed", "gw", T0 + s(20)), T0 + s(20))
+    b.state(trip_entry(0, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", first, T0))
+    forged = reset_entry(1, T0 + s(10))
+    b.raw_state(encode(forged), T0 + s(10))
+    b.close()
+
+    result = replay(tmp_path, CONFIG, trust=TRUST)
+
+    [foreign] = result.foreign
+    assert foreign.offset == 1
+    assert foreign.why == "unsigned"
+    assert result.resets == []
+    assert [d.epoch for d in result.replayed] == [0]
+    assert compare(result.recorded, result.replayed).ok
+
+
+def test_a_forged_signature_in_the_state_log_is_foreign(tmp_path: Path) -> None:
+    """A record sealed by a key the reader does not trust is foreign too, even when it
+    chains onto the real log."""
+    b = Builder(tmp_path)
+    first = b.add("security", "gw", security("api_key_changed", "gw", T0), T0)
+    b.state(trip_entry(0, "api_key_changed", ReasonCode.API_KEY_CHANGED, "gw", first, T0))
+    b.close()
+    untrusting = replace(TRUST, processor_keys={})
+
+    result = replay(tmp_path, CONFIG, trust=untrusting)
+
+    assert [(record.offset, record.why) for record in result.foreign] == [
+        (0, f"signed by unknown key {PROCESSOR.key_id!r}")
+    ]
+    assert result.recorded == []

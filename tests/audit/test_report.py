@@ -13,7 +13,7 @@ from ess.audit.replay import replay
 from ess.audit.report import _drawdown, decisions_table, print_summary, write_html_report
 from ess.rules.config import DetectionConfig
 from schemas import ReasonCode
-from tests.audit import T0, Builder, pnl, reset_entry, s, trip_entry
+from tests.audit import T0, TRUST, Builder, pnl, reset_entry, s, trip_entry
 
 CONFIG = DetectionConfig(account=DetectionConfig().account.model_copy(update={"flash_crash": 0.5}))
 ODD = "acct-<b>&'x"
@@ -31,7 +31,7 @@ def recording(directory: Path) -> None:
 
 def test_html_report_has_an_svg_chart_per_account_with_trip_markers(tmp_path: Path) -> None:
     recording(tmp_path)
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
     comparison = compare(result.recorded, result.replayed)
 
     path = write_html_report(
@@ -73,7 +73,7 @@ def test_drawdown_is_from_the_running_peak_and_restarts_after_a_reset() -> None:
 
 def test_terminal_output_shows_both_sides_and_the_verdict(tmp_path: Path) -> None:
     recording(tmp_path)
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
     comparison = compare(result.recorded, result.replayed)
     console = Console(record=True, width=200)
 
@@ -89,7 +89,7 @@ def test_terminal_output_shows_both_sides_and_the_verdict(tmp_path: Path) -> Non
 
 def test_table_puts_differences_first_when_cut(tmp_path: Path) -> None:
     recording(tmp_path)
-    result = replay(tmp_path, CONFIG)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
     # Pretend the live run decided nothing: the replay's trip is "extra".
     comparison = compare([], result.replayed)
     console = Console(record=True, width=200)

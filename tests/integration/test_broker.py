@@ -160,22 +160,37 @@ async def test_partition_mismatch_raises_and_creates_nothing(kafka_bootstrap: st
     assert set(reg.names) & await list_topics(kafka_bootstrap) == {reg.commands.name}
 
 
-async def test_rejected_topic_configs_fall_back_to_broker_defaults(
-    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+def _refusing_configs(
+    monkeypatch: pytest.MonkeyPatch, refused: set[str], seen_configs: list[dict[str, str]]
 ) -> None:
-    # Tansu accepts the configs (even unknown keys), so simulate a broker that refuses them.
+    """Tansu accepts the configs (even unknown keys), so simulate a broker that refuses the
+    configs of the topics named ``refused``; the others are created as asked."""
     real_create = AIOKafkaAdminClient.create_topics
-    seen_configs: list[dict[str, str]] = []
 
     async def refuse_configs(self: AIOKafkaAdminClient, new_topics: list[NewTopic]) -> Any:
         seen_configs.extend(t.topic_configs for t in new_topics)
-        if any(t.topic_configs for t in new_topics):
-            errors = [(t.name, 40, "Unknown topic config name") for t in new_topics]
+        if any(t.topic_configs and t.name in refused for t in new_topics):
+            errors = [
+                (t.name, 40, "Unknown topic config name")
+                if t.name in refused
+                else (t.name, 0, None)
+                for t in new_topics
+            ]
+            await real_create(self, [t for t in new_topics if t.name not in refused])
             return SimpleNamespace(topic_errors=errors)
         return await real_create(self, new_topics)
 
     monkeypatch.setattr(AIOKafkaAdminClient, "create_topics", refuse_configs)
+
+
+async def test_rejected_topic_configs_fall_back_to_broker_defaults(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = topic_registry(prefix=f"t{uuid.uuid4().hex[:12]}")
+    keep_forever = {reg.commands.name, reg.state.name}
+    seen_configs: list[dict[str, str]] = []
+    _refusing_configs(monkeypatch, set(reg.names) - keep_forever, seen_configs)
+
     assert sorted(await ensure_topics(kafka_bootstrap, reg)) == sorted(reg.names)
     assert seen_configs[0] == {
         "retention.ms": str(7 * 24 * 3600 * 1000),
@@ -184,6 +199,18 @@ async def test_rejected_topic_configs_fall_back_to_broker_defaults(
     assert seen_configs[-1] == {}
     counts = await partition_counts(kafka_bootstrap, reg.names)
     assert counts == {spec.name: spec.partitions for spec in reg.topics}
+
+
+async def test_rejected_configs_of_the_state_log_are_never_replaced_by_defaults(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = topic_registry(prefix=f"t{uuid.uuid4().hex[:12]}")
+    _refusing_configs(monkeypatch, {reg.state.name}, [])
+
+    with pytest.raises(BrokerError, match="must keep every record"):
+        await ensure_topics(kafka_bootstrap, reg)
+
+    assert reg.state.name not in await list_topics(kafka_bootstrap)
 
 
 async def test_ensure_topics_unreachable_broker_is_a_broker_error() -> None:

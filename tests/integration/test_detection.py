@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from ess.core.reader import Trust
 from ess.kafka import consumer, producer
 from ess.rules.config import AccountOverrides, DetectionConfig
 from schemas import DeadLetter, ReasonCode, TopicRegistry, TripCommand, decode
@@ -139,10 +140,13 @@ async def harness(bootstrap: str, registry: TopicRegistry) -> AsyncIterator[Harn
 
 
 @contextlib.asynccontextmanager
-async def worker(settings: DetectorSettings) -> AsyncIterator[None]:
-    """A detection worker running in this process, ready on entry, stopped on exit."""
+async def worker(settings: DetectorSettings, trust: Trust | None = None) -> AsyncIterator[None]:
+    """A detection worker running in this process, ready on entry, stopped on exit. Its
+    epoch follower verifies ``ess.state`` with ``trust`` (default: trusting no key, enough
+    for a state log nobody writes)."""
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_detector(settings, stop, ready=ready))
+    trust = trust or Trust(scope=settings.registry.state.name)
+    task = asyncio.create_task(run_detector(settings, stop, trust=trust, ready=ready))
     try:
         ready_wait = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({task, ready_wait}, timeout=40, return_when="FIRST_COMPLETED")

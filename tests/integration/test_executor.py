@@ -15,15 +15,17 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from ess.core.reader import seal_entry
 from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.service import Countdown, Executor
-from ess.kafka import read_to_end
+from ess.kafka import producer, read_to_end
 from ess.sim import ExchangeSimulator, Venue
-from ess.statelog import KafkaStateLog
+from ess.statelog import STATE_KEY
 from ess.status import serve_status
-from schemas import ActionReport, ActivatedEntry, ReasonCode, ResetEntry, TopicRegistry, decode
+from schemas import ActionReport, ReasonCode, ResetEntry, TopicRegistry, decode, encode
 from tests.helpers import eventually
+from tests.statelog_support import PROCESSOR, LogBuilder, trust
 
 pytestmark = pytest.mark.integration
 
@@ -39,24 +41,13 @@ SETTINGS = ExecutorSettings(
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
 
-def activated(seq: int = 0) -> ActivatedEntry:
-    return ActivatedEntry(
-        seq=seq,
-        command_id=f"trip-{seq}",
-        ts=T0 + timedelta(seconds=seq),
+def flash_crash(log: LogBuilder) -> None:
+    """The next trip of ``log``: ``activated`` when it is INACTIVE."""
+    log.trip(
         reason=ReasonCode.FLASH_CRASH,
         detail="BTC -9% in 20s",
         source="detector:flash_crash",
-    )
-
-
-def reset(seq: int) -> ResetEntry:
-    return ResetEntry(
-        seq=seq,
-        command_id=f"reset-{seq}",
-        ts=T0 + timedelta(seconds=seq),
-        operators=("alice",),
-        nonce=f"n-{seq}",
+        ts=T0 + timedelta(seconds=len(log.values)),
     )
 
 
@@ -110,7 +101,14 @@ async def start_executor(kafka_bootstrap: str, registry: TopicRegistry) -> Async
     def start(
         venue_list: Sequence[BinanceVenue], countdowns: dict[str, Countdown] | None = None
     ) -> Running:
-        executor = Executor(kafka_bootstrap, registry, venue_list, SETTINGS, countdowns=countdowns)
+        executor = Executor(
+            kafka_bootstrap,
+            registry,
+            venue_list,
+            SETTINGS,
+            trust=trust(registry.state.name),
+            countdowns=countdowns,
+        )
         stop = asyncio.Event()
         handle = Running(executor, stop, asyncio.create_task(executor.run(stop)))
         running.append(handle)
@@ -138,10 +136,17 @@ async def reported_by_both(
     return reports
 
 
-async def append(bootstrap: str, registry: TopicRegistry, *entries: Any) -> None:
-    async with KafkaStateLog(bootstrap, registry.state.name) as log:
-        for entry in entries:
-            await log.append(entry)
+async def produce(bootstrap: str, topic: str, *values: bytes) -> None:
+    """Write ``values`` to ``topic`` in ONE producer batch: a consumer fetches them together."""
+    out = producer(bootstrap, linger_ms=200)
+    await out.start()
+    try:
+        sent = [await out.send(topic, value, key=STATE_KEY) for value in values]
+        await out.flush()
+        offsets = [(await delivery).offset for delivery in sent]
+    finally:
+        await out.stop()
+    assert offsets == list(range(offsets[0], offsets[0] + len(values)))
 
 
 async def test_activation_flattens_both_venues_and_reset_ends_enforcement(
@@ -156,7 +161,9 @@ async def test_activation_flattens_both_venues_and_reset_ends_enforcement(
     assert executor.status().status == "INACTIVE"
     assert sim.requests("POST", "/fapi/v1/order") == []  # INACTIVE: hands off
 
-    await append(kafka_bootstrap, registry, activated(0))
+    log = LogBuilder(registry.state.name)
+    flash_crash(log)
+    await log.write(kafka_bootstrap, registry.state.name)
 
     reports = await eventually(
         lambda: reported_by_both(kafka_bootstrap, registry, "verified_flat"), timeout=20
@@ -183,7 +190,8 @@ async def test_activation_flattens_both_venues_and_reset_ends_enforcement(
     assert {v["venue"]: v["phase"] for v in body["venues"]} == {"futures": "FLAT", "spot": "FLAT"}
     assert 'ess_executor_venue_flat{venue="futures"} 1.0' in metrics
 
-    await append(kafka_bootstrap, registry, reset(1))
+    log.reset()
+    await log.write(kafka_bootstrap, registry.state.name, start=1)
 
     await eventually(lambda: reported_by_both(kafka_bootstrap, registry, "stopped"), timeout=20)
     assert executor.status().status == "INACTIVE"
@@ -196,7 +204,9 @@ async def test_a_restarted_executor_resumes_the_flatten_from_the_log(
     account: str,
     start_executor: Start,
 ) -> None:
-    await append(kafka_bootstrap, registry, activated(0))
+    log = LogBuilder(registry.state.name)
+    flash_crash(log)
+    await log.write(kafka_bootstrap, registry.state.name)
     # The first executor's closes execute but are never confirmed: it dies mid-flatten.
     sim.add_fault("POST", "/fapi/v1/order", "exec_then_hang", times=None)
     first = start_executor(venues(sim)[:1])
@@ -233,3 +243,118 @@ async def test_the_venue_cancels_orders_once_the_executor_is_gone(
         timeout=10,
     )
     assert any(event.kind == "countdown_cancel" for event in sim.events)
+
+
+async def test_a_reset_and_the_next_activation_in_one_fetch_leave_the_new_one_enforced(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    sim: ExchangeSimulator,
+    account: str,
+    start_executor: Start,
+) -> None:
+    """Issue 13, finding 2: the reset's enforcement stop must not stop the activation that
+    follows it in the same fetch (it used to: the stop ran after the new enforcement began
+    and took it instead)."""
+    topic = registry.state.name
+    executor = start_executor(venues(sim)).executor
+    log = LogBuilder(topic)
+    flash_crash(log)  # seq 0
+    await log.write(kafka_bootstrap, topic)
+    await eventually(
+        lambda: reported_by_both(kafka_bootstrap, registry, "verified_flat"), timeout=20
+    )
+    fed: list[list[int]] = []
+    feed = executor._reader.feed
+
+    def recording_feed(records: Any) -> Any:
+        fed.append([record.offset for record in records])
+        return feed(records)
+
+    executor._reader.feed = recording_feed  # type: ignore[method-assign]
+
+    log.reset()  # seq 1
+    flash_crash(log)  # seq 2
+    await produce(kafka_bootstrap, topic, *log.values[1:])
+
+    await eventually(lambda: executor.status().activation_seq == 2, timeout=20)
+    assert [1, 2] in fed, f"not delivered in one fetch: {fed}"
+
+    async def enforced_anew() -> bool:
+        reports = await action_reports(kafka_bootstrap, registry)
+        done = {
+            r.venue
+            for r in reports
+            if (r.action, r.outcome, r.activation_seq) == ("flatten", "verified_flat", 2)
+        }
+        assert done == {"futures", "spot"}
+        return True
+
+    await eventually(enforced_anew, timeout=20)
+    # Still enforcing: what trading opens now is closed again.
+    sim.seed_position(account, "BTCUSDT", "0.3", "60000")
+    await eventually(lambda: sim.positions(account) == {}, timeout=20)
+    status = executor.status()
+    assert (status.status, status.activation_seq, status.healthy) == ("ACTIVE", 2, True)
+    stopped = [
+        r
+        for r in await action_reports(kafka_bootstrap, registry)
+        if (r.action, r.outcome) == ("flatten", "stopped")
+    ]
+    assert {r.activation_seq for r in stopped} <= {0}, "only the old enforcement stopped"
+
+
+async def test_a_foreign_reset_in_the_log_does_not_end_enforcement(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    sim: ExchangeSimulator,
+    account: str,
+    start_executor: Start,
+) -> None:
+    topic = registry.state.name
+    executor = start_executor(venues(sim)[:1]).executor
+    log = LogBuilder(topic)
+    flash_crash(log)
+    await log.write(kafka_bootstrap, topic)
+    await eventually(lambda: sim.positions(account) == {}, timeout=20)
+
+    # Anyone with write access to ess.state: a well-formed reset entry, unsigned.
+    forged = ResetEntry(
+        seq=1, command_id="r-forged", ts=T0, operators=("alice",), nonce="n", detail="forged"
+    )
+    await produce(kafka_bootstrap, topic, encode(forged))
+
+    await eventually(lambda: executor.status().checks["log"].startswith("untrusted"), timeout=20)
+    status = executor.status()
+    assert (status.status, status.activation_seq) == ("ACTIVE", 0)
+    sim.seed_position(account, "ETHUSDT", "-1", "3000")
+    await eventually(lambda: sim.positions(account) == {}, timeout=20)
+    reports = await action_reports(kafka_bootstrap, registry)
+    assert not [r for r in reports if (r.action, r.outcome) == ("flatten", "stopped")]
+
+
+async def test_a_processor_signed_reset_without_operator_authorization_ends_nothing(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    sim: ExchangeSimulator,
+    account: str,
+    start_executor: Start,
+) -> None:
+    """The processor's key alone cannot reset: a sealed reset that carries no operator's
+    signed command breaks the log for the executor, which keeps enforcing."""
+    topic = registry.state.name
+    executor = start_executor(venues(sim)[:1]).executor
+    log = LogBuilder(topic)
+    flash_crash(log)
+    await log.write(kafka_bootstrap, topic)
+    await eventually(lambda: sim.positions(account) == {}, timeout=20)
+
+    unauthorized = ResetEntry(seq=1, command_id="r-1", ts=T0, operators=("alice",), nonce="n")
+    _, value = seal_entry(unauthorized, PROCESSOR, scope=topic, prev=log.head)
+    await produce(kafka_bootstrap, topic, value)
+
+    await eventually(lambda: not executor.status().healthy, timeout=20)
+    status = executor.status()
+    assert status.checks["log"].startswith("broken: ")
+    assert (status.status, status.activation_seq) == ("ACTIVE", 0)
+    sim.seed_position(account, "ETHUSDT", "-1", "3000")
+    await eventually(lambda: sim.positions(account) == {}, timeout=20)

@@ -4,6 +4,11 @@ Most tests assign the command partition directly (``join_group=False``): a group
 ~3 s on the embedded broker and the group is not what they test. The crash test runs
 ``python -m ess.processor`` twice, in its real group, as production does; the restart test's
 second run joins the group too.
+
+Every entry the processor writes is sealed with :data:`tests.statelog_support.PROCESSOR`;
+the tests read the log back the way every reader does (:func:`ess.core.reader.fold_records`).
+The issue-12 findings about the processor have their own file,
+``test_processor_issue12.py``.
 """
 
 from __future__ import annotations
@@ -19,29 +24,37 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ess.clock import ManualClock, SystemClock
+from ess.clock import Clock, ManualClock, SystemClock
 from ess.core import ResetPolicy
+from ess.core.attestation import seal_problem
 from ess.core.ids import derive_id
-from ess.core.signing import generate_private_key, public_bytes, sign_reset
+from ess.core.reader import RawRecord, digest, fold_records, seal_entry
+from ess.core.signing import generate_private_key, sign_reset, write_key_pair
 from ess.kafka import consumer, producer, read_to_end
+from ess.metrics import ProcessorMetrics
 from ess.processor import (
     SOURCE,
     CommandProcessor,
     FencedError,
+    ProcessorError,
     StartupRefused,
     default_group_id,
 )
-from ess.statelog import KafkaStateLog, LoggedEntry, fold_log
+from ess.statelog import STATE_KEY, Folded, KafkaStateLog, LoggedEntry, fold_log
 from schemas import (
     ActivatedEntry,
+    CommandOutcome,
     DeadLetter,
     ReasonCode,
     ResetCommand,
+    ResetEntry,
     SecurityEvent,
     TopicRegistry,
     TripCommand,
@@ -51,6 +64,7 @@ from schemas import (
     topic_registry,
 )
 from tests.helpers import eventually
+from tests.statelog_support import ALICE, BOB, PROCESSOR, LogBuilder, policy, trust, values_of
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +73,10 @@ pytestmark = pytest.mark.integration
 WAIT = 20.0
 T0 = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 
-ALICE = generate_private_key()
-BOB = generate_private_key()
 MALLORY = generate_private_key()
+
+#: The activation ``(seq, command id)`` a reset is signed for.
+Activation = tuple[int | None, str | None]
 
 
 def a_trip(command_id: str, ts: datetime = T0) -> TripCommand:
@@ -78,18 +93,21 @@ def a_reset(
     command_id: str,
     key: Ed25519PrivateKey,
     *,
+    activation: Activation,
     operator: str = "alice",
     nonce: str | None = None,
     ts: datetime = T0,
 ) -> ResetCommand:
+    """A reset signed by ``key`` for the activation ``(seq, command id)``."""
+    seq, activation_id = activation
     return sign_reset(
-        key, command_id=command_id, operator=operator, ts=ts, nonce=nonce or f"n-{command_id}"
-    )
-
-
-def policy(quorum: int = 1) -> ResetPolicy:
-    return ResetPolicy(
-        operators={"alice": public_bytes(ALICE), "bob": public_bytes(BOB)}, quorum=quorum
+        key,
+        command_id=command_id,
+        operator=operator,
+        ts=ts,
+        nonce=nonce or f"n-{command_id}",
+        activation_seq=seq,
+        activation_command_id=activation_id,
     )
 
 
@@ -116,23 +134,42 @@ class Sender:
         return int(metadata.offset)
 
 
+def new_processor(
+    bootstrap: str,
+    registry: TopicRegistry,
+    group_id: str,
+    *,
+    reset_policy: ResetPolicy | None = None,
+    clock: Clock | None = None,
+    join_group: bool = False,
+    beat_interval: float = 0.5,
+    metrics: ProcessorMetrics | None = None,
+) -> CommandProcessor:
+    """A processor signing with :data:`PROCESSOR`, trusting the test keys."""
+    return CommandProcessor(
+        bootstrap,
+        registry,
+        reset_policy=reset_policy or policy(),
+        clock=clock or ManualClock(T0),
+        signing_key=PROCESSOR,
+        trust=trust(registry.state.name),
+        group_id=group_id,
+        join_group=join_group,
+        beat_interval=beat_interval,
+        metrics=metrics,
+    )
+
+
 @pytest.fixture
 def make_processor(
     kafka_bootstrap: str, registry: TopicRegistry, unique_group: str
 ) -> Callable[..., CommandProcessor]:
-    def make(
-        *,
-        reset_policy: ResetPolicy | None = None,
-        group_id: str | None = None,
-        join_group: bool = False,
-    ) -> CommandProcessor:
-        return CommandProcessor(
+    def make(*, group_id: str | None = None, **options: object) -> CommandProcessor:
+        return new_processor(
             kafka_bootstrap,
             registry,
-            reset_policy=reset_policy or policy(),
-            clock=ManualClock(T0),
-            group_id=group_id or unique_group,
-            join_group=join_group,
+            group_id or unique_group,
+            **options,  # type: ignore[arg-type]
         )
 
     return make
@@ -154,8 +191,20 @@ async def running(processor: CommandProcessor) -> AsyncIterator[asyncio.Task[Non
         await asyncio.wait_for(task, WAIT)
 
 
-async def log_of(bootstrap: str, registry: TopicRegistry) -> list[LoggedEntry]:
+async def raw_log(bootstrap: str, registry: TopicRegistry) -> list[RawRecord]:
     return await KafkaStateLog(bootstrap, registry.state.name).read()
+
+
+async def folded_log(bootstrap: str, registry: TopicRegistry) -> Folded:
+    """``ess.state`` as every reader folds it (verified against the test keys)."""
+    folded, _ = fold_records(await raw_log(bootstrap, registry), trust(registry.state.name))
+    return folded
+
+
+async def log_of(bootstrap: str, registry: TopicRegistry) -> list[LoggedEntry]:
+    """The entries of ``ess.state`` that verify and were applied, in order."""
+    records = await raw_log(bootstrap, registry)
+    return list(fold_records(records, trust(registry.state.name))[1].applied)
 
 
 async def wait_for_log(bootstrap: str, registry: TopicRegistry, count: int) -> list[LoggedEntry]:
@@ -179,6 +228,42 @@ async def committed(bootstrap: str, group: str, topic: str) -> int | None:
         return offset
     finally:
         await reader.stop()
+
+
+async def outcomes_of(bootstrap: str, registry: TopicRegistry) -> list[CommandOutcome]:
+    """Every record on ``<prefix>.outcomes``; each must carry the processor's valid seal."""
+    outcomes = []
+    for record in await read_to_end(bootstrap, registry.outcomes.name, timeout=WAIT):
+        assert record.value is not None
+        document = orjson.loads(record.value)
+        problem = seal_problem(
+            document, trust(registry.state.name).processor_keys, scope=registry.outcomes.name
+        )
+        assert problem is None, f"outcome at offset {record.offset}: {problem}"
+        outcome = decode(CommandOutcome, record.value)
+        assert record.key == outcome.command_id.encode()
+        outcomes.append(outcome)
+    return outcomes
+
+
+async def security_events(bootstrap: str, registry: TopicRegistry) -> list[SecurityEvent]:
+    return [
+        decode(SecurityEvent, r.value)
+        for r in await read_to_end(bootstrap, registry.security.name, timeout=WAIT)
+    ]
+
+
+async def produce_raw(bootstrap: str, topic: str, *values: bytes) -> list[int]:
+    """Append ``values`` to ``topic`` as someone other than the processor would."""
+    writer = producer(bootstrap, read_to_end_safe=True)
+    await writer.start()
+    try:
+        return [
+            int((await writer.send_and_wait(topic, value, key=STATE_KEY)).offset)
+            for value in values
+        ]
+    finally:
+        await writer.stop()
 
 
 # --------------------------------------------------------------------------- trips
@@ -209,8 +294,12 @@ async def test_trips_activate_then_record_and_a_duplicate_appends_nothing(
     assert isinstance(activated, ActivatedEntry)
     assert activated.reason is ReasonCode.MANUAL
     assert activated.ts == T0  # stamped by the injected clock
+    # Sealed by the processor and chained: each entry names its predecessor's digest.
+    assert [i.entry.signer for i in logged] == [PROCESSOR.key_id] * 3
+    assert [i.entry.prev for i in logged] == [None, logged[0].digest, logged[1].digest]
     assert processor.state.active
     assert processor.state == fold_log(logged).state
+    assert processor.folded.head == logged[-1].digest
     assert (processor.stats.commands_seen, processor.stats.entries_appended) == (4, 3)
     assert processor.stats.duplicates == 1
     assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 4
@@ -219,7 +308,7 @@ async def test_trips_activate_then_record_and_a_duplicate_appends_nothing(
 # --------------------------------------------------------------------------- poison commands
 
 
-async def test_poison_commands_are_dead_lettered_and_the_next_command_still_applies(
+async def test_poison_commands_are_dead_lettered_and_recorded_as_manual_stops(
     kafka_bootstrap: str,
     registry: TopicRegistry,
     send: Sender,
@@ -233,9 +322,23 @@ async def test_poison_commands_are_dead_lettered_and_the_next_command_still_appl
     async with running(processor):
         offsets = [await send(value) for value in poison]
         good = await send(a_trip("after-the-poison"))
-        logged = await wait_for_log(kafka_bootstrap, registry, 1)
+        logged = await wait_for_log(kafka_bootstrap, registry, 5)
 
-    assert summary(logged) == [(0, "activated", "after-the-poison", good)]
+    # A command nobody can read is a stop request nobody can read: each one stops trading.
+    undecodable = [derive_id("undecodable-command", registry.commands.name, o) for o in offsets]
+    assert summary(logged) == [
+        (0, "activated", undecodable[0], offsets[0]),
+        (1, "trip_recorded", undecodable[1], offsets[1]),
+        (2, "trip_recorded", undecodable[2], offsets[2]),
+        (3, "trip_recorded", undecodable[3], offsets[3]),
+        (4, "trip_recorded", "after-the-poison", good),
+    ]
+    stops = [i.entry for i in logged[:4]]
+    assert all(isinstance(e, ActivatedEntry | TripRecordedEntry) for e in stops)
+    assert {(e.reason, e.source) for e in stops} == {(ReasonCode.MANUAL, SOURCE)}  # type: ignore[union-attr]
+    assert f"offset {offsets[1]}" in stops[1].detail  # type: ignore[union-attr]
+    assert "'halt'" in stops[1].detail  # type: ignore[union-attr]
+
     letters: list[DeadLetter] = [
         decode(DeadLetter, r.value)
         for r in await read_to_end(kafka_bootstrap, registry.deadletter.name, timeout=WAIT)
@@ -251,7 +354,14 @@ async def test_poison_commands_are_dead_lettered_and_the_next_command_still_appl
     assert letters[3].raw_encoding == "base64"
     assert [d.ts for d in letters] == [T0] * 4
     assert processor.stats.dead_lettered == 4
-    assert processor.stats.entries_appended == 1
+    assert processor.stats.undecodable == 4
+    assert processor.stats.entries_appended == 5
+
+    outcomes = await outcomes_of(kafka_bootstrap, registry)
+    assert [(o.command_offset, o.command_id, o.command_kind, o.outcome) for o in outcomes] == [
+        *((o, i, "undecodable", "applied") for o, i in zip(offsets, undecodable, strict=True)),
+        (good, "after-the-poison", "trip", "applied"),
+    ]
 
 
 # --------------------------------------------------------------------------- resets
@@ -263,15 +373,18 @@ async def test_resets_signed_forged_unknown_expired_and_replayed(
     send: Sender,
     make_processor: Callable[..., CommandProcessor],
 ) -> None:
+    first: Activation = (0, "trip-1")
     processor = make_processor()
     async with running(processor):
         await send(a_trip("trip-1"))
-        await send(a_reset("forged", MALLORY, operator="alice"))  # alice's name, wrong key
-        await send(a_reset("unknown", MALLORY, operator="mallory"))
-        await send(a_reset("expired", ALICE, ts=T0 - timedelta(minutes=10)))
-        await send(a_reset("valid", ALICE, nonce="n-1"))
+        # alice's name, wrong key
+        await send(a_reset("forged", MALLORY, operator="alice", activation=first))
+        await send(a_reset("unknown", MALLORY, operator="mallory", activation=first))
+        await send(a_reset("expired", ALICE, ts=T0 - timedelta(minutes=10), activation=first))
+        await send(a_reset("valid", ALICE, nonce="n-1", activation=first))
         await send(a_trip("trip-2"))
-        await send(a_reset("replayed", ALICE, nonce="n-1"))  # a new id, a burnt nonce
+        # A new id, a burnt nonce, and bound to the activation that is current now.
+        await send(a_reset("replayed", ALICE, nonce="n-1", activation=(5, "trip-2")))
         logged = await wait_for_log(kafka_bootstrap, registry, 7)
 
     assert [(i.entry.kind, getattr(i.entry, "why", None)) for i in logged] == [
@@ -284,13 +397,15 @@ async def test_resets_signed_forged_unknown_expired_and_replayed(
         ("reset_rejected", "nonce_reused"),
     ]
     assert [i.entry.seq for i in logged] == list(range(7))
+    reset = logged[4].entry
+    assert isinstance(reset, ResetEntry)
+    # The reset carries alice's signed command: every reader re-verifies it.
+    assert [c.command_id for c in reset.authorizations] == ["valid"]
     assert processor.state.active
     assert processor.state.epoch == 1
+    assert processor.state == fold_log(logged).state
 
-    events: list[SecurityEvent] = [
-        decode(SecurityEvent, r.value)
-        for r in await read_to_end(kafka_bootstrap, registry.security.name, timeout=WAIT)
-    ]
+    events = await security_events(kafka_bootstrap, registry)
     assert [(e.event_id, e.kind, e.source) for e in events] == [
         (derive_id(SOURCE, "unauthorized_access", command_id), "unauthorized_access", SOURCE)
         for command_id in ("forged", "unknown")
@@ -299,7 +414,7 @@ async def test_resets_signed_forged_unknown_expired_and_replayed(
     assert "bad_signature" in events[0].detail
     assert "'mallory'" in events[1].detail
     assert "unknown_operator" in events[1].detail
-    forged_signature = a_reset("forged", MALLORY, operator="alice").signature
+    forged_signature = a_reset("forged", MALLORY, operator="alice", activation=first).signature
     assert all(forged_signature not in e.detail for e in events)
     assert processor.stats.security_events == 2
 
@@ -310,11 +425,12 @@ async def test_reset_with_quorum_two_needs_two_distinct_operators(
     send: Sender,
     make_processor: Callable[..., CommandProcessor],
 ) -> None:
+    first: Activation = (0, "trip-1")
     processor = make_processor(reset_policy=policy(quorum=2))
     async with running(processor):
         await send(a_trip("trip-1"))
-        await send(a_reset("alice-approves", ALICE, operator="alice"))
-        await send(a_reset("bob-approves", BOB, operator="bob"))
+        await send(a_reset("alice-approves", ALICE, operator="alice", activation=first))
+        await send(a_reset("bob-approves", BOB, operator="bob", activation=first))
         logged = await wait_for_log(kafka_bootstrap, registry, 3)
 
     assert summary(logged) == [
@@ -323,14 +439,21 @@ async def test_reset_with_quorum_two_needs_two_distinct_operators(
         (2, "reset", "bob-approves", 2),
     ]
     assert getattr(logged[1].entry, "approvals", None) == ("alice",)
-    assert getattr(logged[2].entry, "operators", None) == ("alice", "bob")
+    reset = logged[2].entry
+    assert isinstance(reset, ResetEntry)
+    assert reset.operators == ("alice", "bob")
+    assert [(c.operator, c.command_id) for c in reset.authorizations] == [
+        ("alice", "alice-approves"),
+        ("bob", "bob-approves"),
+    ]
     assert not processor.state.active
+    assert not (await folded_log(kafka_bootstrap, registry)).state.active
 
 
-# --------------------------------------------------------------------------- fencing
+# --------------------------------------------------------------------------- foreign records
 
 
-async def test_a_foreign_entry_in_the_state_log_fences_the_processor(
+async def test_an_unsigned_record_in_the_state_log_is_acknowledged_not_a_fence(
     kafka_bootstrap: str,
     registry: TopicRegistry,
     send: Sender,
@@ -338,20 +461,83 @@ async def test_a_foreign_entry_in_the_state_log_fences_the_processor(
     unique_group: str,
 ) -> None:
     processor = make_processor()
+    async with running(processor) as task:
+        await send(a_trip("trip-1"))
+        await wait_for_log(kafka_bootstrap, registry, 1)
+        # Someone else writes to ess.state: a valid-looking next entry, unsigned.
+        forged = TripRecordedEntry(
+            seq=1, command_id="intruder", ts=T0, reason="manual", source="operator:x"
+        )
+        [foreign_offset] = await produce_raw(
+            kafka_bootstrap, registry.state.name, *values_of([forged])
+        )
+        ack = derive_id("state-log-foreign", registry.state.name, foreign_offset)
+        await eventually(lambda: ("trip", ack) in processor.state.applied, timeout=WAIT)
+        await send(a_trip("trip-2"))
+        logged = await wait_for_log(kafka_bootstrap, registry, 3)
+        await eventually(lambda: processor.next_command_offset == 2, timeout=WAIT)
+        assert not task.done()
+
+    # Not applied, never a fence: acknowledged by an unauthorized_access trip, then business
+    # as usual.
+    assert summary(logged) == [
+        (0, "activated", "trip-1", 0),
+        (1, "trip_recorded", ack, None),
+        (2, "trip_recorded", "trip-2", 1),
+    ]
+    assert [i.offset for i in logged] == [0, 2, 3]
+    acknowledgement = logged[1].entry
+    assert isinstance(acknowledgement, TripRecordedEntry)
+    assert acknowledgement.reason is ReasonCode.UNAUTHORIZED_ACCESS
+    assert acknowledgement.source == SOURCE
+    assert acknowledgement.trigger is not None
+    assert (acknowledgement.trigger.topic, acknowledgement.trigger.offset) == (
+        registry.state.name,
+        foreign_offset,
+    )
+    assert "unsigned" in acknowledgement.detail
+    readers = await folded_log(kafka_bootstrap, registry)
+    assert readers.trusted
+    assert readers.foreign == 1
+    assert readers.state == processor.state
+    assert processor.folded.trusted
+    assert processor.stats.acknowledgements == 1
+    assert "intruder" not in {command_id for _, command_id in processor.state.applied}
+    assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 2
+
+
+@pytest.mark.parametrize(
+    "beat_interval",
+    [
+        # The idle check runs once at start, then not for a minute: the next command finds it.
+        pytest.param(60.0, id="found-by-the-next-command"),
+        # The idle check runs all the time and usually finds it while trip-2 is being fetched;
+        # the fetched command must not be processed after that (it was, before the fix).
+        pytest.param(0.01, id="found-while-idle"),
+    ],
+)
+async def test_an_authentic_entry_it_did_not_write_fences_the_processor(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    send: Sender,
+    make_processor: Callable[..., CommandProcessor],
+    unique_group: str,
+    beat_interval: float,
+) -> None:
+    processor = make_processor(beat_interval=beat_interval)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     try:
         await send(a_trip("trip-1"))
         await wait_for_log(kafka_bootstrap, registry, 1)
-        # Someone else writes to ess.state: a valid-looking next entry.
-        async with KafkaStateLog(kafka_bootstrap, registry.state.name) as intruder:
-            await intruder.append(
-                TripRecordedEntry(
-                    seq=1, command_id="intruder", ts=T0, reason="manual", source="operator:x"
-                )
-            )
+        # A second processor with the same key: its entry verifies and continues the chain.
+        [record] = await raw_log(kafka_bootstrap, registry)
+        other = LogBuilder(registry.state.name)
+        other.state, other.head = processor.state, digest(record.value or b"")
+        other.trip("intruder", reason=ReasonCode.MANUAL)
+        await other.write(kafka_bootstrap, registry.state.name)
         await send(a_trip("trip-2"))
-        with pytest.raises(FencedError, match="another writer appended"):
+        with pytest.raises(FencedError, match="1 authentic entries appeared that we did not"):
             await asyncio.wait_for(task, WAIT)
     finally:
         stop.set()
@@ -364,9 +550,62 @@ async def test_a_foreign_entry_in_the_state_log_fences_the_processor(
         (0, "activated", "trip-1", 0),
         (1, "trip_recorded", "intruder", None),
     ]
+    assert len(await raw_log(kafka_bootstrap, registry)) == 2  # nothing after the other's
     assert processor.stats.entries_appended == 1
     # The fenced command was not committed: the rightful owner will process it.
     assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 1
+    assert [o.command_id for o in await outcomes_of(kafka_bootstrap, registry)] == ["trip-1"]
+
+
+async def test_an_append_that_landed_but_failed_stops_without_a_false_fence(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    send: Sender,
+    make_processor: Callable[..., CommandProcessor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor = make_processor(beat_interval=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await send(a_trip("trip-1"))
+        await wait_for_log(kafka_bootstrap, registry, 1)
+        # The broker writes the next entry but the client reports a failure (a timeout after
+        # the broker applied the request). The next entry is the idle check's acknowledgement
+        # of a foreign record, a path that tolerates Kafka errors.
+        append = processor._log.append  # the one way to fake this answer
+
+        async def lands_but_fails(value: bytes) -> int:
+            await append(value)
+            raise KafkaTimeoutError()
+
+        monkeypatch.setattr(processor._log, "append", lands_but_fails)
+        forged = TripRecordedEntry(seq=1, command_id="x", ts=T0, reason="manual", source="x")
+        await produce_raw(kafka_bootstrap, registry.state.name, *values_of([forged]))
+        # Not FencedError (exit 3, "a second writer exists"): it was our own entry.
+        with pytest.raises(ProcessorError, match="whether it landed is unknown") as failed:
+            await asyncio.wait_for(task, WAIT)
+        assert not isinstance(failed.value, FencedError)
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    # A restart adopts the entry that landed: no second acknowledgement, no fence.
+    monkeypatch.undo()
+    restarted = make_processor()
+    async with running(restarted):
+        await send(a_trip("trip-2"))
+        logged = await wait_for_log(kafka_bootstrap, registry, 3)
+    ack = derive_id("state-log-foreign", registry.state.name, 1)
+    assert summary(logged) == [
+        (0, "activated", "trip-1", 0),
+        (1, "trip_recorded", ack, None),
+        (2, "trip_recorded", "trip-2", 1),
+    ]
+    assert restarted.stats.acknowledgements == 0
+    assert (await folded_log(kafka_bootstrap, registry)).trusted
 
 
 async def test_two_processors_writing_one_log_leave_exactly_one_standing(
@@ -376,9 +615,13 @@ async def test_two_processors_writing_one_log_leave_exactly_one_standing(
     make_processor: Callable[..., CommandProcessor],
     unique_group: str,
 ) -> None:
-    # Two groups: both consume every command, as with a processor started by mistake.
-    first = make_processor(group_id=f"{unique_group}-a")
-    second = make_processor(group_id=f"{unique_group}-b")
+    # Two groups: both consume every command, as with a processor started by mistake. Their
+    # clocks differ, as two hosts' do: with identical clocks they would write byte-identical
+    # entries, which every reader takes for one entry and its copy.
+    first = make_processor(group_id=f"{unique_group}-a", clock=ManualClock(T0))
+    second = make_processor(
+        group_id=f"{unique_group}-b", clock=ManualClock(T0 + timedelta(milliseconds=1))
+    )
     stops = [asyncio.Event(), asyncio.Event()]
     tasks = [asyncio.create_task(p.run(s)) for p, s in zip((first, second), stops, strict=True)]
     try:
@@ -389,39 +632,48 @@ async def test_two_processors_writing_one_log_leave_exactly_one_standing(
         (fenced,) = done
         with pytest.raises(FencedError):
             fenced.result()
+        standing = first if fenced is tasks[1] else second
+        await send(a_trip("trip-2"))  # the survivor goes on
+        await wait_for_log(kafka_bootstrap, registry, 2)
+        assert not any(task.done() for task in tasks if task is not fenced)
     finally:
         for stop in stops:
             stop.set()
         await asyncio.wait(tasks, timeout=WAIT)
 
     logged = await log_of(kafka_bootstrap, registry)
-    # Whoever appended first wins; a racing second copy (same seq) is skipped by every reader.
-    assert {i.entry.seq for i in logged} == {0}
-    assert fold_log(logged).state.next_seq == 1
+    # Whoever appended first wins; a racing second entry (same seq) is skipped by every reader.
+    assert [(i.entry.seq, i.entry.command_id) for i in logged] == [(0, "trip-1"), (1, "trip-2")]
     assert fold_log(logged).state.active
+    assert standing.state == fold_log(logged).state
 
 
-# --------------------------------------------------------------------------- refusing to start
+# --------------------------------------------------------------------------- starting
 
 
-async def test_a_corrupt_state_log_refuses_start(
+async def test_garbage_in_the_state_log_is_acknowledged_at_start(
     kafka_bootstrap: str,
     registry: TopicRegistry,
     make_processor: Callable[..., CommandProcessor],
 ) -> None:
-    async with KafkaStateLog(kafka_bootstrap, registry.state.name) as log:
-        await log.append(ActivatedEntry(seq=0, command_id="t", ts=T0, reason="manual", source="x"))
-    writer = producer(kafka_bootstrap, read_to_end_safe=True)
-    await writer.start()
-    try:
-        await writer.send_and_wait(registry.state.name, b"\x00garbage{", key=b"ess")
-    finally:
-        await writer.stop()
+    # An unsigned entry and bytes that are not an entry at all: neither is applied, neither
+    # stops the processor (that would let anyone who can write ess.state stop ESS's writer).
+    unsigned = ActivatedEntry(seq=0, command_id="t", ts=T0, reason="manual", source="x")
+    await produce_raw(kafka_bootstrap, registry.state.name, *values_of([unsigned]), b"\x00garb{")
 
     processor = make_processor()
-    with pytest.raises(StartupRefused, match=r"offset 1 is corrupt"):
-        await asyncio.wait_for(processor.run(asyncio.Event()), WAIT)
-    assert not processor.owns_commands
+    async with running(processor):
+        logged = await wait_for_log(kafka_bootstrap, registry, 1)
+
+    ack = derive_id("state-log-foreign", registry.state.name, 1)
+    assert summary(logged) == [(0, "activated", ack, None)]
+    assert logged[0].offset == 2
+    activated = logged[0].entry
+    assert isinstance(activated, ActivatedEntry)
+    assert activated.reason is ReasonCode.UNAUTHORIZED_ACCESS
+    assert "undecodable" in activated.detail
+    readers = await folded_log(kafka_bootstrap, registry)
+    assert (readers.trusted, readers.foreign, readers.state.active) == (True, 2, True)
 
 
 async def test_a_seq_gap_in_the_state_log_refuses_start(
@@ -429,13 +681,46 @@ async def test_a_seq_gap_in_the_state_log_refuses_start(
     registry: TopicRegistry,
     make_processor: Callable[..., CommandProcessor],
 ) -> None:
-    async with KafkaStateLog(kafka_bootstrap, registry.state.name) as log:
-        for seq in (0, 2):
-            await log.append(
-                ActivatedEntry(seq=seq, command_id=f"t{seq}", ts=T0, reason="manual", source="x")
-            )
+    log = LogBuilder(registry.state.name)
+    log.trip("t0")
+    gap = TripRecordedEntry(seq=2, command_id="t2", ts=T0, reason="manual", source="x")
+    _, value = seal_entry(gap, PROCESSOR, scope=registry.state.name, prev=log.head)
+    await log.write(kafka_bootstrap, registry.state.name)
+    await produce_raw(kafka_bootstrap, registry.state.name, value)
+
+    processor = make_processor()
     with pytest.raises(StartupRefused, match="expected seq 1, got 2"):
-        await asyncio.wait_for(make_processor().run(asyncio.Event()), WAIT)
+        await asyncio.wait_for(processor.run(asyncio.Event()), WAIT)
+    assert not processor.owns_commands
+
+
+async def test_a_reset_whose_authorization_does_not_verify_refuses_start(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    make_processor: Callable[..., CommandProcessor],
+) -> None:
+    # Sealed with the processor's key (the key in the wrong hands), but the operator's
+    # signature inside is MALLORY's: no reader may apply it, and the processor must not
+    # write on top of a log it cannot fold.
+    log = LogBuilder(registry.state.name)
+    log.trip("t0")
+    forged = a_reset("forged", MALLORY, activation=(0, "t0"))
+    log.add(
+        ResetEntry(
+            seq=1,
+            command_id="forged",
+            ts=T0,
+            operators=("alice",),
+            nonce=forged.nonce,
+            authorizations=(forged,),
+        )
+    )
+    await log.write(kafka_bootstrap, registry.state.name)
+
+    processor = make_processor()
+    with pytest.raises(StartupRefused, match="does not verify"):
+        await asyncio.wait_for(processor.run(asyncio.Event()), WAIT)
+    assert not processor.owns_commands
 
 
 async def test_a_command_topic_with_three_partitions_refuses_start(
@@ -453,9 +738,7 @@ async def test_a_command_topic_with_three_partitions_refuses_start(
         )
     finally:
         await admin.close()
-    processor = CommandProcessor(
-        kafka_bootstrap, reg, reset_policy=policy(), clock=SystemClock(), group_id=unique_group
-    )
+    processor = new_processor(kafka_bootstrap, reg, unique_group, clock=SystemClock())
     with pytest.raises(StartupRefused, match=rf"{reg.commands.name} has 3 partitions"):
         await asyncio.wait_for(processor.run(asyncio.Event()), WAIT)
 
@@ -464,9 +747,7 @@ async def test_missing_topics_refuse_start_without_creating_them(
     kafka_bootstrap: str, unique_group: str
 ) -> None:
     reg = topic_registry(prefix=f"t{os.urandom(6).hex()}")
-    processor = CommandProcessor(
-        kafka_bootstrap, reg, reset_policy=policy(), clock=SystemClock(), group_id=unique_group
-    )
+    processor = new_processor(kafka_bootstrap, reg, unique_group, clock=SystemClock())
     with pytest.raises(StartupRefused, match=rf"{reg.commands.name} does not exist"):
         await asyncio.wait_for(processor.run(asyncio.Event()), WAIT)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -483,13 +764,20 @@ async def test_missing_topics_refuse_start_without_creating_them(
 def spawn_processor(
     bootstrap: str, registry: TopicRegistry, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:
-    """``python -m ess.processor`` as production runs it, JSON logs to ``log``. Its group is
-    named after the topic prefix, so it is unique to the test."""
+    """``python -m ess.processor`` as production runs it, JSON logs to ``log``, signing with
+    :data:`PROCESSOR` (written next to ``log`` on first use). Its group is named after the
+    topic prefix, so it is unique to the test."""
+    keys = log.parent / "keys"
+    if not (keys / "processor.key").exists():
+        write_key_pair(PROCESSOR.private, keys, "processor")
     environment = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "ESS_TOPIC_PREFIX": registry.prefix,
         "ESS_OPERATOR_KEYS_DIR": str(log.parent / "no-keys"),
+        "ESS_PROCESSOR_KEY_FILE": str(keys / "processor.key"),
+        "ESS_PROCESSOR_KEYS_DIR": str(keys),
+        "ESS_COMMAND_STATUS_PORT": "-1",
         "ESS_LOG_JSON": "true",
         **env,
     }
@@ -557,6 +845,14 @@ async def test_crash_between_append_and_commit_appends_nothing_twice(
     assert not log_records(survivor_log, "command already applied; nothing appended")
     assert log_records(survivor_log, "command processor stopped")
     assert await committed(kafka_bootstrap, group, registry.commands.name) == 2
+    # The crashed run died before publishing trip-1's outcome, and the survivor skipped
+    # trip-1: it published that outcome again on taking over (at least once).
+    outcomes = await outcomes_of(kafka_bootstrap, registry)
+    assert [(o.command_id, o.command_offset, o.outcome, o.seq) for o in outcomes] == [
+        ("trip-1", 0, "applied", 0),
+        ("trip-2", 1, "applied", 1),
+    ]
+    assert "published again after a restart" in outcomes[0].detail
 
 
 async def test_restart_mid_stream_resumes_exactly_where_the_log_and_group_left_off(
@@ -573,33 +869,35 @@ async def test_restart_mid_stream_resumes_exactly_where_the_log_and_group_left_o
     async with running(first):
         for n in range(3):
             await send(a_trip(f"trip-{n}"))
-        await send(a_reset("forged", MALLORY, operator="alice"))
-        await send(b"poison")  # appends nothing: only the committed offset remembers it
-        await eventually(lambda: first.next_command_offset == 5, timeout=WAIT)
-    assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 5
+        await send(a_reset("forged", MALLORY, operator="alice", activation=(0, "trip-0")))
+        poison = await send(b"poison")  # recorded as a stop, with its offset
+        await send(a_trip("trip-0"))  # appends nothing: only the committed offset remembers it
+        await eventually(lambda: first.next_command_offset == 6, timeout=WAIT)
+    assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 6
 
     # While no processor runs: more commands, one of them a repeat of an applied one.
     await send(a_trip("trip-3"))
     await send(a_trip("trip-1"))
-    await send(a_reset("valid", ALICE))
+    await send(a_reset("valid", ALICE, activation=(0, "trip-0")))
     second = make_processor(join_group=True)
     async with running(second):
         await send(a_trip("trip-4"))
-        logged = await wait_for_log(kafka_bootstrap, registry, 7)
-        await eventually(lambda: second.next_command_offset == 9, timeout=WAIT)
+        logged = await wait_for_log(kafka_bootstrap, registry, 8)
+        await eventually(lambda: second.next_command_offset == 10, timeout=WAIT)
 
     assert summary(logged) == [
         (0, "activated", "trip-0", 0),
         (1, "trip_recorded", "trip-1", 1),
         (2, "trip_recorded", "trip-2", 2),
         (3, "reset_rejected", "forged", 3),
-        (4, "trip_recorded", "trip-3", 5),
-        (5, "reset", "valid", 7),
-        (6, "activated", "trip-4", 8),
+        (4, "trip_recorded", derive_id("undecodable-command", registry.commands.name, poison), 4),
+        (5, "trip_recorded", "trip-3", 6),
+        (6, "reset", "valid", 8),
+        (7, "activated", "trip-4", 9),
     ]
-    # Resumed at the committed offset 5, past the tracked 3 + 1: only the new commands.
+    # Resumed at the committed offset 6, past the tracked 4 + 1: only the new commands.
     assert second.stats.commands_seen == 4
     assert second.stats.dead_lettered == 0
     assert second.stats.duplicates == 1  # trip-1 again
     assert second.state == fold_log(logged).state
-    assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 9
+    assert await committed(kafka_bootstrap, unique_group, registry.commands.name) == 10

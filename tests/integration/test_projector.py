@@ -1,4 +1,11 @@
-"""The projector against a real broker: ess.state in, PolicyStore record, events, health out."""
+"""The projector against a real broker: ess.state in, PolicyStore record, events, health out.
+
+Every entry in these logs is sealed by the test processor key (:class:`LogBuilder`); a test
+that expects an INACTIVE record runs a stand-in processor's liveness beats (``rig.beating()``),
+because the projector vouches for INACTIVE only while the single writer is alive.
+
+The :class:`Rig` and helpers here are shared by the ``test_projector_*.py`` modules.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,23 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from ess.api.fakes import FakePolicyStore
-from ess.api.protocols import EMERGENCY_STOP_KEY
+from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.broker import EmbeddedBroker, ensure_topics
 from ess.config import EssSettings
+from ess.core.reader import Trust, seal_entry
 from ess.kafka import consumer, producer, read_to_end
 from ess.metrics import ProjectorMetrics
 from ess.projector import Projector, run_projector
 from ess.statelog import STATE_KEY, KafkaStateLog
 from ess.status import serve_status
 from schemas import (
-    ActivatedEntry,
     EmergencyEvent,
     EmergencyResetEvent,
     EmergencyStopEvent,
@@ -39,6 +47,7 @@ from schemas import (
     validate,
 )
 from tests.helpers import eventually
+from tests.statelog_support import PROCESSOR, LogBuilder, beating, trust
 
 pytestmark = pytest.mark.integration
 
@@ -48,67 +57,73 @@ WAIT = 15.0
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
 
-def trip(seq: int, reason: ReasonCode = ReasonCode.DAILY_LOSS) -> ActivatedEntry:
-    return ActivatedEntry(
-        seq=seq,
-        command_id=f"trip-{seq}",
-        ts=T0 + timedelta(seconds=seq),
-        reason=reason,
-        detail=f"trip {seq}",
-        source="detector:daily_loss",
-    )
-
-
-def recorded(seq: int) -> TripRecordedEntry:
-    return TripRecordedEntry(
-        seq=seq,
-        command_id=f"trip-{seq}",
-        ts=T0 + timedelta(seconds=seq),
-        reason=ReasonCode.DAILY_LOSS,
-        detail=f"trip {seq}",
-        source="detector:daily_loss",
-    )
-
-
-def reset(seq: int) -> ResetEntry:
-    return ResetEntry(
-        seq=seq,
-        command_id=f"reset-{seq}",
-        ts=T0 + timedelta(seconds=seq),
-        operators=("alice", "bob"),
-        nonce=f"n-{seq}",
-    )
-
-
 @dataclass
 class Rig:
-    """One test's broker topics, PolicyStore and health-beat collector."""
+    """One test's broker topics, sealed log, PolicyStore and health-beat collector.
+
+    ``log`` builds the entries as the command processor would (decided, chained, sealed);
+    :meth:`trip`, :meth:`reset` and :meth:`flush` append them to ``ess.state``.
+    """
 
     bootstrap: str
     topics: TopicRegistry
     store: FakePolicyStore = field(default_factory=FakePolicyStore)
     beats: list[HealthBeat] = field(default_factory=list)
+    quorum: int = 1
+    log: LogBuilder = field(init=False)
+    flushed: int = 0
 
-    def projector(self, **kwargs: object) -> Projector:
-        return Projector(
-            self.bootstrap,
-            self.topics,
-            self.store,
-            refresh_interval=INTERVAL,
-            health_interval=INTERVAL,
-            **kwargs,  # type: ignore[arg-type]
-        )
+    def __post_init__(self) -> None:
+        self.log = LogBuilder(self.topics.state.name, quorum=self.quorum)
 
-    async def append(self, *entries: StateEntry) -> None:
-        async with KafkaStateLog(self.bootstrap, self.topics.state.name) as log:
-            for entry in entries:
-                await log.append(entry)
+    def trust(self) -> Trust:
+        return trust(self.topics.state.name)
 
-    async def append_raw(self, value: bytes) -> None:
+    def projector(self, *, store: PolicyStore | None = None, **kwargs: Any) -> Projector:
+        options: dict[str, Any] = {
+            "trust": self.trust(),
+            "refresh_interval": INTERVAL,
+            "health_interval": INTERVAL,
+            **kwargs,
+        }
+        return Projector(self.bootstrap, self.topics, store or self.store, **options)
+
+    def beating(self, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        """A stand-in command processor's signed owner beats while the block runs."""
+        return beating(self.bootstrap, self.topics, **kwargs)
+
+    def at(self) -> datetime:
+        """A fresh entry time: one second per entry after T0."""
+        return T0 + timedelta(seconds=len(self.log.values))
+
+    async def trip(self, **kwargs: Any) -> StateEntry:
+        """One trip through the real decider, sealed and appended."""
+        kwargs.setdefault("ts", self.at())
+        kwargs.setdefault("source", "detector:daily_loss")
+        entry = self.log.trip(**kwargs)
+        await self.flush()
+        return entry
+
+    async def reset(self, *operators: str) -> StateEntry:
+        """A signed reset (approvals first with a quorum), sealed and appended."""
+        entry = self.log.reset(*operators, ts=self.at())
+        await self.flush()
+        return entry
+
+    async def flush(self) -> None:
+        """Append the built entries not yet on the broker, through the real state log."""
+        async with KafkaStateLog(self.bootstrap, self.topics.state.name) as state:
+            for value in self.log.values[self.flushed :]:
+                await state.append(value)
+                self.flushed += 1
+
+    async def append_raw(self, value: bytes) -> int:
+        """Produce any bytes to ess.state (a foreign writer); returns the offset."""
         raw = producer(self.bootstrap, read_to_end_safe=True)
         await raw.start()
         try:
-            await raw.send_and_wait(self.topics.state.name, value, key=STATE_KEY)
+            metadata = await raw.send_and_wait(self.topics.state.name, value, key=STATE_KEY)
+            return int(metadata.offset)
         finally:
             await raw.stop()
 
@@ -142,11 +157,12 @@ async def _collect(reader: AIOKafkaConsumer, into: list[HealthBeat]) -> None:
         into.append(decode(HealthBeat, record.value))
 
 
-@pytest.fixture
-async def rig(kafka_bootstrap: str, registry: TopicRegistry) -> AsyncIterator[Rig]:
-    rig = Rig(kafka_bootstrap, registry)
+@contextlib.asynccontextmanager
+async def open_rig(bootstrap: str, registry: TopicRegistry, **kwargs: Any) -> AsyncIterator[Rig]:
+    """A :class:`Rig` collecting ESS's health beats for the duration of the block."""
+    rig = Rig(bootstrap, registry, **kwargs)
     # No group: every partition of the health topic, from the beginning.
-    reader = consumer(kafka_bootstrap, registry.health.name, group_id=None)
+    reader = consumer(bootstrap, registry.health.name, group_id=None)
     await reader.start()
     task = asyncio.create_task(_collect(reader, rig.beats))
     try:
@@ -158,15 +174,55 @@ async def rig(kafka_bootstrap: str, registry: TopicRegistry) -> AsyncIterator[Ri
         await reader.stop()
 
 
+@pytest.fixture
+async def rig(kafka_bootstrap: str, registry: TopicRegistry) -> AsyncIterator[Rig]:
+    async with open_rig(kafka_bootstrap, registry) as opened:
+        yield opened
+
+
 def caught_up(projector: Projector) -> bool:
     return projector.status().caught_up
+
+
+def metric(projector: Projector, name: str, labels: dict[str, str] | None = None) -> float:
+    return projector.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def stops_refreshing(rig: Rig, projector: Projector) -> None:
+    """The record does not change while the projector beats on: it stopped refreshing."""
+    frozen = dict(rig.store.data[EMERGENCY_STOP_KEY])
+    writes = rig.store.writes
+    beats = projector.status().beats_sent
+    # Several beats (each INTERVAL apart) is several refresh intervals.
+    await eventually(lambda: projector.status().beats_sent >= beats + 4, timeout=WAIT)
+    assert rig.store.writes == writes
+    assert rig.store.data[EMERGENCY_STOP_KEY] == frozen
+
+
+async def keeps_refreshing(rig: Rig) -> None:
+    """``refreshed_at`` of the stored record moves on: the projector re-asserts it."""
+    first = rig.record()
+
+    def refreshed() -> bool:
+        later = rig.record()
+        assert first.refreshed_at is not None
+        assert later.refreshed_at is not None
+        return later.refreshed_at > first.refreshed_at
+
+    await eventually(refreshed, timeout=WAIT)
 
 
 # --------------------------------------------------------------------------- the happy path
 
 
-async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> None:
-    async with running(rig.projector()) as projector:
+async def test_trip_then_reset_projects_record_events_and_health(
+    kafka_bootstrap: str, registry: TopicRegistry
+) -> None:
+    async with (
+        open_rig(kafka_bootstrap, registry, quorum=2) as rig,
+        rig.beating(),
+        running(rig.projector()) as projector,
+    ):
         await eventually(lambda: caught_up(projector), timeout=WAIT)
         # An empty log is INACTIVE since never; ESS is healthy.
         await eventually(lambda: rig.record().seq is None, timeout=WAIT)
@@ -174,8 +230,9 @@ async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> No
             lambda: rig.last_beat().status == "HEALTHY" and rig.last_beat().component == "ess",
             timeout=WAIT,
         )
+        assert rig.last_beat().checks["command_processor"] == "ok"
 
-        await rig.append(trip(0))
+        tripped = await rig.trip()
 
         def active() -> bool:
             record = rig.record()
@@ -186,9 +243,9 @@ async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> No
         await eventually(active, timeout=WAIT)
         record = rig.record()
         assert record.reason is ReasonCode.DAILY_LOSS
-        assert record.timestamp == trip(0).ts
+        assert record.timestamp == tripped.ts
         assert record.auto_recover is False
-        assert record.detail == "trip 0"
+        assert record.detail == "trip at seq 0"
         assert set(rig.store.data[EMERGENCY_STOP_KEY]) == {
             "active",
             "reason",
@@ -200,7 +257,7 @@ async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> No
         }
         assert await eventually(rig.events, timeout=WAIT) == [
             EmergencyStopEvent(
-                reason=ReasonCode.DAILY_LOSS, detail="trip 0", timestamp=trip(0).ts, seq=0
+                reason=ReasonCode.DAILY_LOSS, detail="trip at seq 0", timestamp=tripped.ts, seq=0
             )
         ]
         await eventually(
@@ -211,26 +268,21 @@ async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> No
         )
 
         # Refreshes re-assert the record: refreshed_at moves, timestamp does not.
-        first = rig.record()
+        await keeps_refreshing(rig)
+        assert rig.record().timestamp == tripped.ts
 
-        def refreshed() -> bool:
-            later = rig.record()
-            assert first.refreshed_at is not None
-            assert later.refreshed_at is not None
-            return later.refreshed_at > first.refreshed_at
+        # Quorum 2: alice's approval (seq 1), then bob's reset (seq 2).
+        reset = await rig.reset("alice", "bob")
+        assert isinstance(reset, ResetEntry)
+        assert reset.seq == 2
 
-        await eventually(refreshed, timeout=WAIT)
-        assert rig.record().timestamp == first.timestamp == trip(0).ts
-
-        await rig.append(reset(1))
-
-        await eventually(lambda: not rig.record().active and rig.record().seq == 1, timeout=WAIT)
-        assert rig.record().timestamp == reset(1).ts
+        await eventually(lambda: not rig.record().active and rig.record().seq == 2, timeout=WAIT)
+        assert rig.record().timestamp == reset.ts
         assert rig.record().reason is None
 
         async def two_events() -> bool:
             events = await rig.events()
-            assert [e.seq for e in events] == [0, 1], events
+            assert [e.seq for e in events] == [0, 2], events
             return True
 
         await eventually(two_events, timeout=WAIT)
@@ -246,66 +298,86 @@ async def test_trip_then_reset_projects_record_events_and_health(rig: Rig) -> No
             timeout=WAIT,
         )
         status = projector.status()
-        assert (status.status, status.seq, status.epoch, status.healthy) == ("INACTIVE", 1, 1, True)
-    # The store never failed, so no beat (not even the first ones, before the first write)
-    # may have called it stale: a policy_store_stale rule would trip on that.
+        assert (status.status, status.seq, status.epoch, status.healthy) == ("INACTIVE", 2, 1, True)
+        assert status.fault is None
+    # The store never failed, so no beat sent while the processor was vouched for may have
+    # called the store stale: a policy_store_stale rule would trip on that.
     assert rig.beats
-    assert all(beat.checks.get("policy_store") != "stale" for beat in rig.beats)
+    vouched = [beat for beat in rig.beats if beat.checks.get("command_processor") == "ok"]
+    assert vouched
+    assert all(beat.checks.get("policy_store") != "stale" for beat in vouched)
 
 
 async def test_restart_replays_the_log_without_republishing(rig: Rig) -> None:
     # Written before any projector ran: the first one must publish both at catch-up.
-    await rig.append(trip(0), recorded(1))
-    await rig.append(reset(2))
+    await rig.trip()
+    await rig.trip()  # trip_recorded: announces nothing
+    await rig.reset()
 
-    async with running(rig.projector()) as first:
+    async with rig.beating():
+        async with running(rig.projector()) as first:
 
-        async def published() -> bool:
-            return first.status().events_published_seq == 2
+            async def published() -> bool:
+                return first.status().events_published_seq == 2
 
-        await eventually(published, timeout=WAIT)
-        await eventually(lambda: rig.record().seq == 2, timeout=WAIT)
-    record_before = rig.record()
-    events_before = await rig.events()
-    assert [e.seq for e in events_before] == [0, 2]  # trip_recorded announces nothing
+            await eventually(published, timeout=WAIT)
+            await eventually(lambda: rig.record().seq == 2, timeout=WAIT)
+        record_before = rig.record()
+        events_before = await rig.events()
+        assert [e.seq for e in events_before] == [0, 2]
 
-    second_metrics = ProjectorMetrics()
-    writes_before = rig.store.writes
-    async with running(rig.projector(metrics=second_metrics)) as second:
-        await eventually(lambda: caught_up(second), timeout=WAIT)
-        await eventually(lambda: rig.store.writes > writes_before, timeout=WAIT)
-        # The same record (only the refresh time moves) and nothing queued to republish.
-        assert rig.record().model_copy(update={"refreshed_at": None}) == record_before.model_copy(
-            update={"refreshed_at": None}
-        )
-        assert second.status().events_pending == 0
-        assert second.status().events_published_seq == 2
-        # Counters derive from the log: the replay counts each entry once.
-        reg = second_metrics.registry
-        assert reg.get_sample_value("ess_trips_total", {"reason": "daily_loss"}) == 2
-        assert reg.get_sample_value("ess_resets_total") == 1
+        second_metrics = ProjectorMetrics()
+        writes_before = rig.store.writes
+        async with running(rig.projector(metrics=second_metrics)) as second:
+            await eventually(lambda: caught_up(second), timeout=WAIT)
+            await eventually(lambda: rig.store.writes > writes_before, timeout=WAIT)
+            # The same record (only the refresh time moves) and nothing queued to republish.
+            assert rig.record().model_copy(
+                update={"refreshed_at": None}
+            ) == record_before.model_copy(update={"refreshed_at": None})
+            assert second.status().events_pending == 0
+            # Nothing was published by this run: the topic already held both events.
+            assert second.status().events_published_seq is None
+            # Counters derive from the log: the replay counts each entry once.
+            reg = second_metrics.registry
+            assert reg.get_sample_value("ess_trips_total", {"reason": "daily_loss"}) == 2
+            assert reg.get_sample_value("ess_resets_total") == 1
+            assert reg.get_sample_value(
+                "ess_events_published_total", {"type": "emergency.stop"}
+            ) in {
+                None,
+                0.0,
+            }
 
-        # A new entry after the restart is published, and only it.
-        await rig.append(trip(3))
+            # A new entry after the restart is published, and only it.
+            await rig.trip()
 
-        async def three_events() -> bool:
-            events = await rig.events()
-            assert [e.seq for e in events] == [0, 2, 3], events
-            return True
+            async def three_events() -> bool:
+                events = await rig.events()
+                assert [e.seq for e in events] == [0, 2, 3], events
+                return True
 
-        await eventually(three_events, timeout=WAIT)
+            await eventually(three_events, timeout=WAIT)
     assert (await rig.events())[:2] == events_before
 
 
-async def test_duplicate_seq_is_skipped_not_a_fault(rig: Rig) -> None:
-    await rig.append(trip(0), trip(0), reset(1))
+async def test_a_byte_identical_copy_is_skipped_not_a_fault(rig: Rig) -> None:
+    # A producer retry lands the same record twice: every reader skips the copy.
+    rig.log.trip(ts=rig.at(), source="detector:daily_loss")
+    rig.log.reset(ts=rig.at())
+    first, second = rig.log.values
+    for value in (first, first, second):
+        await rig.append_raw(value)
 
-    async with running(rig.projector()) as projector:
+    async with rig.beating(), running(rig.projector()) as projector:
         await eventually(lambda: rig.record().seq == 1, timeout=WAIT)
         status = projector.status()
         assert status.fault is None
         assert status.healthy
         assert status.log_offset == 3
+        assert not rig.record().active
+        assert metric(projector, "ess_state_log_trusted") == 1
+        assert metric(projector, "ess_state_log_foreign_records_total") == 0
 
         async def two_events() -> bool:
             assert [e.seq for e in await rig.events()] == [0, 1]
@@ -317,26 +389,75 @@ async def test_duplicate_seq_is_skipped_not_a_fault(rig: Rig) -> None:
 # --------------------------------------------------------------------------- failing closed
 
 
-async def stops_refreshing(rig: Rig, projector: Projector) -> None:
-    """The record does not change while the projector beats on: it stopped refreshing."""
-    frozen = dict(rig.store.data[EMERGENCY_STOP_KEY])
-    writes = rig.store.writes
-    beats = projector.status().beats_sent
-    # Several beats (each INTERVAL apart) is several refresh intervals.
-    await eventually(lambda: projector.status().beats_sent >= beats + 4, timeout=WAIT)
-    assert rig.store.writes == writes
-    assert rig.store.data[EMERGENCY_STOP_KEY] == frozen
+def gapped(rig: Rig) -> bytes:
+    """An entry sealed by the processor key and chained to the head, whose ``seq`` skips one:
+    authentic but out of sequence, so the log cannot be folded past it."""
+    entry = TripRecordedEntry(
+        seq=rig.log.state.next_seq + 1,
+        command_id=f"gap-{uuid.uuid4().hex[:8]}",
+        ts=rig.at(),
+        reason=ReasonCode.DAILY_LOSS,
+        detail="after a gap",
+        source="detector:daily_loss",
+    )
+    _, value = seal_entry(entry, PROCESSOR, scope=rig.topics.state.name, prev=rig.log.head)
+    return value
 
 
-async def test_a_gap_stops_refreshing_keeps_active_and_reports_critical(rig: Rig) -> None:
-    await rig.append(trip(0), trip(2))  # seq 1 is missing
+def unauthorized_reset(rig: Rig) -> bytes:
+    """A reset sealed by the processor key and chained to the head, but with no operator
+    authorization: a reader never applies it (a processor key in the wrong hands)."""
+    entry = ResetEntry(
+        seq=rig.log.state.next_seq,
+        command_id=f"reset-{uuid.uuid4().hex[:8]}",
+        ts=rig.at(),
+        operators=("alice",),
+        nonce=uuid.uuid4().hex,
+    )
+    _, value = seal_entry(entry, PROCESSOR, scope=rig.topics.state.name, prev=rig.log.head)
+    return value
+
+
+async def test_a_gap_keeps_the_active_prefix_and_reports_a_permanent_fault(rig: Rig) -> None:
+    await rig.trip()
+    await rig.append_raw(gapped(rig))  # seq 2 right after seq 0
+    await rig.trip()  # a later authentic entry is not applied either: the fault is permanent
 
     async with running(rig.projector()) as projector:
         await eventually(lambda: projector.status().fault is not None, timeout=WAIT)
         assert "expected seq 1, got 2" in (projector.status().fault or "")
-        # The trusted prefix says ACTIVE: written once (stopping is always safe), then frozen.
+        # The trusted prefix says ACTIVE: stopping is always safe, so it is (re-)asserted.
         await eventually(lambda: rig.record().active and rig.record().seq == 0, timeout=WAIT)
+        await keeps_refreshing(rig)
+        await eventually(
+            lambda: (
+                rig.last_beat().status == "CRITICAL"
+                and rig.last_beat().checks["state_log"] == "corrupt"
+            ),
+            timeout=WAIT,
+        )
+        status = projector.status()
+        assert not status.healthy
+        assert status.seq == 0
+        assert status.lag == 2
+        assert metric(projector, "ess_state_log_trusted") == 0
+        assert metric(projector, "ess_state_log_lag_records") == 2
+
+
+async def test_a_gap_after_an_inactive_prefix_stops_vouching(rig: Rig) -> None:
+    await rig.trip()
+    await rig.reset()
+
+    async with rig.beating(), running(rig.projector()) as projector:
+        await eventually(lambda: rig.record().seq == 1 and not rig.record().active, timeout=WAIT)
+        await eventually(lambda: rig.last_beat().status == "HEALTHY", timeout=WAIT)
+
+        await rig.append_raw(gapped(rig))
+
+        await eventually(lambda: projector.status().fault is not None, timeout=WAIT)
+        assert "expected seq 2, got 3" in (projector.status().fault or "")
         await stops_refreshing(rig, projector)
+        assert rig.record().seq == 1  # the last good record, never refreshed again
         await eventually(
             lambda: (
                 rig.last_beat().status == "CRITICAL"
@@ -345,53 +466,109 @@ async def test_a_gap_stops_refreshing_keeps_active_and_reports_critical(rig: Rig
             ),
             timeout=WAIT,
         )
+        assert not projector.status().healthy
+        assert metric(projector, "ess_state_log_trusted") == 0
+
+
+async def test_an_unverifiable_reset_is_a_permanent_fault_and_never_resets(rig: Rig) -> None:
+    await rig.trip()
+    await rig.append_raw(unauthorized_reset(rig))
+
+    async with rig.beating(), running(rig.projector()) as projector:
+        await eventually(lambda: projector.status().fault is not None, timeout=WAIT)
+        assert "not authorized" in (projector.status().fault or "")
+        await eventually(lambda: rig.record().active and rig.record().seq == 0, timeout=WAIT)
+        # Not even a later, properly authorized reset ends it: the log cannot be folded.
+        await rig.reset()
+        await eventually(lambda: projector.status().lag == 2, timeout=WAIT)
+        await keeps_refreshing(rig)
+        assert rig.record().active
         status = projector.status()
-        assert not status.healthy
-        assert status.lag == 1
-        reg = projector.metrics.registry
-        assert reg.get_sample_value("ess_state_log_trusted") == 0
-        assert reg.get_sample_value("ess_state_log_lag_records") == 1
+        assert (status.status, status.health, status.healthy) == ("ACTIVE", "CRITICAL", False)
+        assert status.checks["state_log"] == "corrupt"
+        assert [e.seq for e in await rig.events()] == [0]
 
 
-async def test_a_corrupt_record_freezes_the_last_good_record(rig: Rig) -> None:
-    await rig.append(trip(0), reset(1))
+async def test_a_lost_entry_is_a_fault_not_an_earlier_state(rig: Rig) -> None:
+    await rig.trip()
+    await rig.reset()
+    rig.log.trip(ts=rig.at(), source="detector:daily_loss")  # seq 2: ACTIVE again...
+    rig.log.trip(ts=rig.at(), source="detector:daily_loss")  # seq 3
+    await rig.append_raw(rig.log.values[3])  # ...but seq 2 never reached the broker
 
-    async with running(rig.projector()) as projector:
+    async with rig.beating(), running(rig.projector()) as projector:
+        # The log says ACTIVE (seq 3 is a trip_recorded) but cannot be folded: the projector
+        # must not vouch for the INACTIVE state at seq 1.
+        await eventually(lambda: projector.status().checks["state_log"] == "corrupt", timeout=WAIT)
+        assert not projector.status().healthy
+        if EMERGENCY_STOP_KEY in rig.store.data and not rig.record().active:
+            await stops_refreshing(rig, projector)
+
+
+async def test_an_undecodable_record_is_foreign_and_stops_vouching_for_inactive(rig: Rig) -> None:
+    await rig.trip()
+    await rig.reset()
+
+    async with rig.beating(), running(rig.projector()) as projector:
         await eventually(lambda: rig.record().seq == 1 and not rig.record().active, timeout=WAIT)
         await eventually(lambda: rig.last_beat().status == "HEALTHY", timeout=WAIT)
 
-        await rig.append_raw(b'{"seq": 2, "kind": "activated", "oops')
+        foreign = await rig.append_raw(b'{"seq": 2, "kind": "activated", "oops')
 
-        await eventually(lambda: projector.status().fault is not None, timeout=WAIT)
-        assert "corrupt" in (projector.status().fault or "")
+        await eventually(lambda: metric(projector, "ess_state_log_trusted") == 0, timeout=WAIT)
+        # Foreign, not broken: no permanent fault, but INACTIVE is no longer vouched for.
+        fault = projector.status().fault or ""
+        assert f"foreign record at offset {foreign}" in fault
+        assert "undecodable" in fault
         await stops_refreshing(rig, projector)
-        assert rig.record().seq == 1  # the last good record, never refreshed again
+        assert rig.record().seq == 1
         await eventually(
             lambda: (
                 rig.last_beat().status == "CRITICAL"
-                and rig.last_beat().checks["state_log"] == "corrupt"
+                and rig.last_beat().checks["state_log"] == "untrusted"
             ),
             timeout=WAIT,
         )
-        # Entries after the corruption are not applied either.
-        await rig.append(trip(3))
-        await eventually(lambda: projector.status().lag == 2, timeout=WAIT)
-        assert projector.status().seq == 1
+        status = projector.status()
+        assert status.healthy  # /healthz: following the log and writing works; a restart won't help
+        assert status.health == "CRITICAL"
+        assert metric(projector, "ess_state_log_foreign_records_total") == 1
+
+        # The log is still followed: the processor's next (authentic) entry is applied, and an
+        # ACTIVE record is written even while the log is untrusted.
+        await rig.trip()
+        await eventually(lambda: rig.record().active and rig.record().seq == 2, timeout=WAIT)
+        assert projector.status().checks["state_log"] == "untrusted"
+        await keeps_refreshing(rig)
+
+
+async def test_a_foreign_record_during_catch_up_still_writes_the_active_prefix(rig: Rig) -> None:
+    await rig.trip()
+    await rig.append_raw(b"\x00not json at all")
+
+    async with running(rig.projector()) as projector:  # no processor beats either
+        await eventually(lambda: rig.record().active and rig.record().seq == 0, timeout=WAIT)
+        status = projector.status()
+        assert status.checks["state_log"] == "untrusted"
+        assert status.health == "CRITICAL"
+        assert status.fault is not None
+        assert "foreign record at offset 1" in status.fault
+        assert metric(projector, "ess_state_log_trusted") == 0
 
 
 async def test_policy_store_failures_are_counted_and_retried(rig: Rig) -> None:
     rig.store.fail_writes = True
-    await rig.append(trip(0))
+    await rig.trip()
 
     async with running(rig.projector()) as projector:
-        reg = projector.metrics.registry
 
         def errors() -> float:
-            return reg.get_sample_value("ess_policy_store_write_errors_total") or 0.0
+            return metric(projector, "ess_policy_store_write_errors_total")
 
         await eventually(lambda: errors() >= 3, timeout=WAIT)  # retried every interval
         assert EMERGENCY_STOP_KEY not in rig.store.data
         assert projector.status().checks["policy_store"] == "stale"
+        assert not projector.status().healthy
         # Events do not wait for the PolicyStore.
         await eventually(lambda: projector.status().events_published_seq == 0, timeout=WAIT)
 
@@ -399,28 +576,45 @@ async def test_policy_store_failures_are_counted_and_retried(rig: Rig) -> None:
 
         await eventually(lambda: rig.record().active, timeout=WAIT)
         await eventually(lambda: projector.status().healthy, timeout=WAIT)
-        assert (reg.get_sample_value("ess_policy_store_last_write_timestamp_seconds") or 0) > 0
+        assert metric(projector, "ess_policy_store_last_write_timestamp_seconds") > 0
 
 
-async def test_a_store_ahead_of_the_log_is_not_moved_backwards(rig: Rig) -> None:
+async def test_an_active_store_beyond_the_log_is_not_replaced_with_inactive(rig: Rig) -> None:
     ahead = {"active": True, "reason": "manual", "timestamp": T0.isoformat(), "seq": 7}
     rig.store.data[EMERGENCY_STOP_KEY] = dict(ahead)
 
-    async with running(rig.projector()) as projector:  # the log is empty
-        reg = projector.metrics.registry
+    # The log is empty (it may have been lost) and the processor is alive: the projector
+    # would vouch for INACTIVE, but not over an ACTIVE record beyond the log.
+    async with rig.beating(), running(rig.projector()) as projector:
         await eventually(
-            lambda: (reg.get_sample_value("ess_policy_store_write_errors_total") or 0) >= 2,
-            timeout=WAIT,
+            lambda: metric(projector, "ess_policy_store_write_errors_total") >= 2, timeout=WAIT
         )
         assert rig.store.data[EMERGENCY_STOP_KEY] == ahead
-        assert not projector.status().healthy
+        status = projector.status()
+        assert not status.healthy
+        assert status.fault is not None
+        assert "ACTIVE at seq 7, beyond the log's None" in status.fault
+        assert status.checks["policy_store"] == "stale"
+
+
+async def test_a_stored_inactive_record_ahead_of_the_log_is_overwritten(rig: Rig) -> None:
+    await rig.trip()
+    stale = {"active": False, "reason": None, "timestamp": T0.isoformat(), "seq": 7}
+    rig.store.data[EMERGENCY_STOP_KEY] = dict(stale)
+
+    async with running(rig.projector()) as projector:
+        await eventually(lambda: rig.record().active and rig.record().seq == 0, timeout=WAIT)
+        status = projector.status()
+        assert status.healthy
+        assert status.checks["policy_store"] == "ok"
+        assert "beyond" not in (status.fault or "")
 
 
 # --------------------------------------------------------------------------- HTTP and entry
 
 
 async def test_status_and_metrics_endpoints(rig: Rig) -> None:
-    await rig.append(trip(0, ReasonCode.FLASH_CRASH))
+    tripped = await rig.trip(reason=ReasonCode.FLASH_CRASH)
     projector = rig.projector()
     server = await serve_status(projector, projector.metrics.registry, "127.0.0.1", 0)
     try:
@@ -437,7 +631,7 @@ async def test_status_and_metrics_endpoints(rig: Rig) -> None:
             body: dict[str, object] = await eventually(status, timeout=WAIT)
             assert body["status"] == "ACTIVE"
             assert body["reason"] == "flash_crash"
-            assert body["detail"] == "trip 0"
+            assert body["detail"] == "trip at seq 0"
             assert body["seq"] == 0
             assert body["epoch"] == 0
             assert body["trips_recorded"] == 0
@@ -445,7 +639,11 @@ async def test_status_and_metrics_endpoints(rig: Rig) -> None:
             assert body["log_offset"] == 1
             assert body["healthy"] is True
             assert body["health"] == "CRITICAL"
-            assert body["since"] == trip(0).ts.isoformat()
+            assert body["since"] == tripped.ts.isoformat()
+            checks = body["checks"]
+            assert isinstance(checks, dict)
+            # No processor beats in this test: ACTIVE is written anyway, and it shows.
+            assert checks["command_processor"] == "gone"
 
             async with http.get(f"{server.url}/metrics") as response:
                 assert response.status == 200
@@ -453,6 +651,8 @@ async def test_status_and_metrics_endpoints(rig: Rig) -> None:
             assert 'ess_activations_total{reason="flash_crash"} 1.0' in text
             assert "ess_state_active 1.0" in text
             assert "ess_state_last_seq 0.0" in text
+            assert "ess_state_log_trusted 1.0" in text
+            assert "ess_command_processor_up 0.0" in text
 
             async with http.get(f"{server.url}/healthz") as response:
                 assert response.status == 200
@@ -462,7 +662,7 @@ async def test_status_and_metrics_endpoints(rig: Rig) -> None:
 
 
 async def test_run_projector_entry_point_follows_the_configured_topics(rig: Rig) -> None:
-    await rig.append(trip(0))
+    await rig.trip()
     settings = EssSettings(
         kafka_bootstrap_servers=rig.bootstrap, topic_prefix=rig.topics.prefix, _env_file=None
     )
@@ -473,6 +673,7 @@ async def test_run_projector_entry_point_follows_the_configured_topics(rig: Rig)
             settings,
             rig.store,
             stop,
+            trust=rig.trust(),
             metrics=metrics,
             refresh_interval=INTERVAL,
             health_interval=INTERVAL,
@@ -492,6 +693,7 @@ async def test_run_projector_entry_point_follows_the_configured_topics(rig: Rig)
             EssSettings(kafka_bootstrap_servers="", _env_file=None),
             rig.store,
             stop,
+            trust=rig.trust(),
         )
 
 
@@ -502,7 +704,7 @@ async def test_a_lost_broker_stops_refreshing_and_the_projector_still_stops() ->
     async with EmbeddedBroker(stop_timeout=0.2) as broker:
         await ensure_topics(broker.bootstrap_servers, topics)
         rig = Rig(broker.bootstrap_servers, topics)
-        await rig.append(trip(0))
+        await rig.trip()
         projector = rig.projector(log_timeout=1.0, io_timeout=0.5)
         async with running(projector):
             await eventually(lambda: rig.record().active, timeout=WAIT)
@@ -519,10 +721,9 @@ async def test_a_lost_broker_stops_refreshing_and_the_projector_still_stops() ->
             assert status.checks["policy_store"] == "stale"
             frozen = dict(rig.store.data[EMERGENCY_STOP_KEY])
             writes = rig.store.writes
-            reg = projector.metrics.registry
 
             def beat_errors() -> float:
-                return reg.get_sample_value("ess_health_beat_errors_total") or 0.0
+                return metric(projector, "ess_health_beat_errors_total")
 
             failed = beat_errors()
             await eventually(lambda: beat_errors() >= failed + 2, timeout=WAIT)

@@ -5,7 +5,9 @@ One live session: a detection worker and the command processor on the embedded b
 trip eight different reasons, a silence rule among them, around a signed reset, with poison
 records dead-lettered on the way. ``ess record`` copies the topics; ``ess replay`` (with a
 broker address nothing listens on) must then report a match, and a what-if replay must show
-the moved decision.
+the moved decision. The recorded state log is the processor's sealed log as written: the
+replay verifies it with the keys a deployment installs, and a record somebody else wrote to
+it (here: a hand-made reset, after the live run) is reported and never applied.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from ess.cli import cli
 from ess.config import EssSettings
 from ess.core.signing import generate_private_key, public_key_text, sign_reset
 from ess.kafka import producer, read_to_end
+from ess.operator import read_state
 from ess.processor import run_processor
 from ess.rules.config import DetectionConfig
-from ess.statelog import KafkaStateLog
+from ess.statelog import STATE_KEY
 from schemas import (
     ActivatedEntry,
     ReasonCode,
+    ResetEntry,
     TopicRegistry,
     TripRecordedEntry,
     encode,
@@ -44,6 +48,7 @@ from streams.settings import DetectorSettings
 from tests.helpers import eventually
 from tests.integration.test_detection import _base_time, worker
 from tests.records import beat, fill, latency, order_error, pnl, security, tick
+from tests.statelog_support import PROCESSOR
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +72,7 @@ def s(seconds: float) -> timedelta:
 @contextlib.asynccontextmanager
 async def command_processor(settings: EssSettings) -> AsyncIterator[asyncio.Task[None]]:
     stop = asyncio.Event()
-    task = asyncio.create_task(run_processor(settings, stop))
+    task = asyncio.create_task(run_processor(settings, stop, signing_key=PROCESSOR, status_port=-1))
     try:
         yield task
     finally:
@@ -117,12 +122,17 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
     keys = tmp_path / "operators"
     keys.mkdir()
     (keys / "alice.pub").write_text(public_key_text(ALICE))
+    processors = tmp_path / "processors"
+    processors.mkdir()
+    (processors / f"{PROCESSOR.key_id}.pub").write_text(public_key_text(PROCESSOR.private))
     ess = EssSettings(
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=registry.prefix,
         operator_keys_dir=keys,
+        processor_keys_dir=processors,
         _env_file=None,
     )
+    trust = ess.state_trust()
     detect = DetectorSettings(
         bootstrap=kafka_bootstrap,
         registry=registry,
@@ -149,14 +159,15 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
     async def trips_logged(count: int, task: asyncio.Task[None]) -> list[Any]:
         if task.done():
             task.result()  # the processor died: say why
-        entries = [logged.entry for logged in await state_log.read()]
+        view = await read_state(kafka_bootstrap, registry, trust)
+        assert view.folded.trusted
+        entries = [logged.entry for logged in view.entries]
         trips = detector_trips(entries)
         assert len(trips) >= count, f"{len(trips)} of {count} trips: {[t.reason for t in trips]}"
         return entries
 
-    state_log = KafkaStateLog(kafka_bootstrap, registry.state.name)
     try:
-        async with command_processor(ess) as processing, worker(detect):
+        async with command_processor(ess) as processing, worker(detect, trust):
             # Epoch 0: poison first, then four trips (the last record of every partition
             # used trips, so "all four logged" means "every record processed").
             await send("fills", "acct-sl", b"\xff\xfe{not json")
@@ -169,7 +180,11 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
             await send("health", "svc-hb", beat("svc-hb", t0 - timedelta(hours=2)))
             await eventually(lambda: trips_logged(4, processing), timeout=20, interval=0.2)
 
-            # A signed reset; the detector must know the new epoch before epoch-1 records.
+            # A signed reset of the current activation; the detector must know the new epoch
+            # before epoch-1 records.
+            now = await read_state(kafka_bootstrap, registry, trust)
+            activation = now.folded.state.activation
+            assert activation is not None
             reset = sign_reset(
                 ALICE,
                 command_id=f"reset-{uuid.uuid4().hex}",
@@ -177,6 +192,8 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
                 ts=datetime.now(UTC),
                 nonce=uuid.uuid4().hex,
                 detail="replay test",
+                activation_seq=activation.seq,
+                activation_command_id=activation.command_id,
             )
             await commands.send_and_wait(registry.commands.name, encode(reset), key=b"ess")
 
@@ -215,9 +232,27 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
     assert len({t.reason for t in live}) == 8
     assert [e.kind for e in entries].count("reset") == 1
 
+    # Somebody else writes to the state log once the processor is gone: a reset entry that
+    # would have cleared the epoch-1 trips, had anyone applied it.
+    forged = ResetEntry(
+        seq=len(entries),
+        command_id="reset-forged",
+        ts=datetime.now(UTC),
+        operators=("alice",),
+        nonce="forged",
+    )
+    forger = producer(kafka_bootstrap, read_to_end_safe=True)
+    await forger.start()
+    try:
+        sent = await forger.send_and_wait(registry.state.name, encode(forged), key=STATE_KEY)
+    finally:
+        await forger.stop()
+
     # Record (the live processes are stopped; the topics stay).
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("ESS_TOPIC_PREFIX", registry.prefix)
+    monkeypatch.setenv("ESS_PROCESSOR_KEYS_DIR", str(processors))
+    monkeypatch.setenv("ESS_OPERATOR_KEYS_DIR", str(keys))
     monkeypatch.setenv("COLUMNS", "220")
     monkeypatch.delenv("ESS_DETECT_CONFIG", raising=False)
     recording = tmp_path / "recording"
@@ -233,10 +268,13 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
     )
     assert audit.exit_code == 0, audit.output
     assert "MATCH: the replay decided exactly what the live run did" in audit.output
+    assert "1 record(s) of the recorded state log did not verify" in " ".join(audit.output.split())
     assert (recording / "replay-report.html").read_text(encoding="utf-8").count("<svg") >= 1
 
     # The same through the library, compared field by field with the live state log.
-    result = replay(recording, CONFIG, tick_interval=TICK_S)
+    result = replay(recording, CONFIG, trust=trust, tick_interval=TICK_S)
+    assert [(item.offset, item.why) for item in result.foreign] == [(sent.offset, "unsigned")]
+    assert len(result.resets) == 1, "only the operator's reset applies"
     assert essentials(result.replayed) == essentials(result.recorded)
     assert [(d.command_id, d.reason, d.trigger) for d in result.recorded] == [
         (t.command_id, t.reason, t.trigger) for t in live
@@ -268,6 +306,7 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
             CONFIG.model_copy(
                 update={"account": CONFIG.account.model_copy(update={"stop_loss_max": 1})}
             ),
+            trust=trust,
             tick_interval=TICK_S,
         ).replayed,
         what_if=True,

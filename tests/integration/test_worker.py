@@ -1,7 +1,12 @@
 """`ess worker` as operators run it: real processes, the embedded broker and real Redis.
 
 Trip -> PolicyStore record ACTIVE in Redis and one stop event; kill every process and start
-again -> still ACTIVE, no event republished; signed reset -> INACTIVE and a reset event.
+again -> still ACTIVE, no event republished; signed reset (bound to the activation read from
+the verified state log) -> INACTIVE and a reset event.
+
+With an external broker the worker needs the command processor's key
+(``ESS_PROCESSOR_KEY_FILE``); every worker's command-processor status server is off
+(``ESS_COMMAND_STATUS_PORT=-1``) so that workers of parallel tests do not collide.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any
 import pytest
 
 from ess.clock import SystemClock
-from ess.core.signing import generate_private_key, write_key_pair
+from ess.core.attestation import SigningKey, trusted_keys
+from ess.core.reader import Trust
+from ess.core.signing import generate_private_key, public_bytes, write_key_pair
 from ess.kafka import read_to_end
-from ess.operator import manual_trip, send_command, signed_reset
+from ess.operator import manual_trip, read_state, send_command, signed_reset
 from ess.policystore import RedisPolicyStore
 from ess.sim import ExchangeSimulator
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET, seed_demo
@@ -57,6 +64,22 @@ def worker(
         proc.wait(timeout=10)
 
 
+def processor_key_env(directory: Path) -> tuple[dict[str, str], SigningKey]:
+    """A processor key pair as `ess keygen --processor` lays it out, and the settings that
+    point a worker at it."""
+    key = SigningKey(generate_private_key())
+    paths = write_key_pair(key.private, directory, "processor")
+    trusted = directory / "processors"
+    trusted.mkdir()
+    paths.public.rename(trusted / f"{key.key_id}.pub")
+    env = {
+        "ESS_PROCESSOR_KEY_FILE": str(paths.private),
+        "ESS_PROCESSOR_KEYS_DIR": str(trusted),
+        "ESS_COMMAND_STATUS_PORT": "-1",
+    }
+    return env, key
+
+
 async def events(bootstrap: str, registry: TopicRegistry) -> list[Any]:
     records = await read_to_end(bootstrap, registry.events.name)
     return [decode(EmergencyEvent, r.value) for r in records if r.value]
@@ -67,9 +90,16 @@ async def test_worker_trip_restart_and_reset_end_to_end(
 ) -> None:
     alice = generate_private_key()
     keys = write_key_pair(alice, tmp_path / "operators", "alice")
+    key_env, processor_key = processor_key_env(tmp_path / "keys")
+    trust = Trust(
+        scope=registry.state.name,
+        processor_keys=trusted_keys([processor_key.public]),
+        operator_keys={"alice": public_bytes(alice)},
+    )
     redis_url = f"{redis_test_url()}?namespace={namespace}"
     env = {
         **os.environ,
+        **key_env,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "ESS_TOPIC_PREFIX": registry.prefix,
         "ESS_REDIS_URL": redis_url,
@@ -109,7 +139,14 @@ async def test_worker_trip_restart_and_reset_end_to_end(
             assert again["active"] is True
             assert again["timestamp"] == active["timestamp"]
 
-            reset = signed_reset(SystemClock(), "alice", keys.private, "e2e: all clear")
+            view = await read_state(kafka_bootstrap, registry, trust)
+            assert view.folded.trusted
+            activation = view.folded.state.activation
+            assert activation is not None
+            assert activation.command_id == trip.command_id
+            reset = signed_reset(
+                SystemClock(), "alice", keys.private, "e2e: all clear", activation=activation
+            )
             await send_command(kafka_bootstrap, registry, reset)
             inactive = await eventually(
                 lambda: _inactive(record), timeout=40, message="reset never applied"
@@ -160,8 +197,10 @@ async def test_worker_execute_role_flattens_every_venue_on_a_trip(
             "[[venues]]\n"
             f'name = "spot"\nexchange = "binance"\nbase_url = "{sim.url}"\n'
         )
+        key_env, _ = processor_key_env(tmp_path / "keys")
         env = {
             **os.environ,
+            **key_env,
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "ESS_TOPIC_PREFIX": registry.prefix,
             "ESS_VENUES_FILE": str(venues),
@@ -208,3 +247,26 @@ def test_the_execute_role_refuses_to_start_without_venues(tmp_path: Path) -> Non
     )
     assert done.returncode == 1
     assert "ESS_VENUES_FILE" in done.stderr
+
+
+def test_a_worker_on_an_external_broker_refuses_to_start_without_a_processor_key(
+    kafka_bootstrap: str, registry: TopicRegistry, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ESS_TOPIC_PREFIX": registry.prefix,
+        "ESS_PROCESSOR_KEY_FILE": str(tmp_path / "missing.key"),
+        "ESS_COMMAND_STATUS_PORT": "-1",
+        "ESS_STATUS_PORT": "-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ess.cli", "worker", "--role", "command"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "ess keygen --processor" in done.stderr

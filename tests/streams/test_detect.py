@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ess.core.reader import seal_entry
 from ess.rules.base import Context, Coordinates
 from ess.rules.catalog import RECORD_TYPE, Detector, build_rules
 from ess.rules.config import DetectionConfig
@@ -19,6 +20,7 @@ from streams.app import build_detectors, create_app
 from streams.detect import RawRecord, Slot, TopicDetector, split_table_key, table_key
 from streams.epoch import EpochFollower, StaticEpoch
 from streams.settings import DetectorSettings
+from tests.statelog_support import PROCESSOR, LogBuilder, trust
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=5)
@@ -266,21 +268,35 @@ def test_silence_trigger_points_at_the_last_record_with_deterministic_event_time
 @dataclass
 class _Rec:
     offset: int
-    value: bytes
+    value: bytes | None
 
 
 def test_epoch_follower_counts_resets_and_keeps_the_epoch_on_a_corrupt_log() -> None:
-    follower = EpochFollower("unused:9092", "ess.state")
-    trip = ActivatedEntry(
-        seq=0, command_id="c1", ts=T0, reason=ReasonCode.MANUAL, source="operator:x"
-    )
-    reset = ResetEntry(
-        seq=1, command_id="c2", ts=T0 + timedelta(hours=1), operators=("x",), nonce="n"
-    )
-    follower._apply([_Rec(0, encode(trip)), _Rec(1, encode(reset))])
+    log = LogBuilder()
+    log.trip(ts=T0, source="operator:x")
+    log.reset(ts=T0 + timedelta(hours=1))
+    follower = EpochFollower("unused:9092", trust())
+    follower._apply([_Rec(record.offset, record.value) for record in log.records()])
     assert follower.context == Context(1, T0 + timedelta(hours=1))
-    follower._apply([_Rec(2, b"not json")])
-    follower._apply([_Rec(3, encode(trip.model_copy(update={"seq": 2})))])
+
+    # Records that do not verify never move the epoch: garbage, and an unsigned reset.
+    log.trip(ts=T0 + timedelta(hours=2))
+    forged = ResetEntry(
+        seq=3, command_id="c2", ts=T0 + timedelta(hours=3), operators=("alice",), nonce="n"
+    )
+    follower._apply([_Rec(2, log.values[2]), _Rec(3, b"not json"), _Rec(4, encode(forged))])
+    assert follower.epoch == 1
+    assert follower._reader.folded.state.active
+
+    # An authentic entry out of sequence: the log cannot be folded; the epoch is kept, and
+    # nothing after it (not even a genuine reset) is applied.
+    gap = ActivatedEntry(
+        seq=7, command_id="c7", ts=T0, reason=ReasonCode.MANUAL, source="operator:x"
+    )
+    _, gap_value = seal_entry(gap, PROCESSOR, scope="ess.state", prev=log.head)
+    follower._apply([_Rec(5, gap_value)])
+    log.reset(ts=T0 + timedelta(hours=4))
+    follower._apply([_Rec(6, log.values[-1])])
     assert follower.epoch == 1
 
 

@@ -1,4 +1,5 @@
-"""The command processor's pure parts: resume offset, security events, faults, dead letters."""
+"""The command processor's pure parts: resume offset, decoding, the trips and outcomes it
+builds itself, security events, faults, dead letters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ess.config import EssSettings
@@ -16,18 +18,29 @@ from ess.processor import (
     SOURCE,
     Fault,
     StartupRefused,
+    decode_command,
     default_group_id,
     fault_from_env,
+    foreign_acknowledgement,
+    outcome_for,
     resume_offset,
     run_processor,
     security_event_for,
+    undecodable_trip,
 )
+from ess.statelog import Folded, ForeignRecord
 from schemas import (
+    TEXT_MAX,
     ActivatedEntry,
     DeadLetter,
+    ReasonCode,
+    RecordError,
     RejectReason,
+    ResetApprovalEntry,
+    ResetCommand,
     ResetRejectedEntry,
     SecurityEventKind,
+    TripCommand,
     decode,
     encode,
 )
@@ -68,8 +81,16 @@ def test_default_group_is_named_after_the_topic_prefix() -> None:
 # --------------------------------------------------------------------------- security events
 
 
-@pytest.mark.parametrize("why", [RejectReason.UNKNOWN_OPERATOR, RejectReason.BAD_SIGNATURE])
-def test_unauthenticated_reset_rejections_become_unauthorized_access_events(
+@pytest.mark.parametrize(
+    "why",
+    [
+        RejectReason.UNKNOWN_OPERATOR,
+        RejectReason.BAD_SIGNATURE,
+        # Authentic, but signed for another activation: held back or replayed (finding 6).
+        RejectReason.ACTIVATION_MISMATCH,
+    ],
+)
+def test_suspicious_reset_rejections_become_unauthorized_access_events(
     why: RejectReason,
 ) -> None:
     event = security_event_for(rejected(why), ts=T0)
@@ -183,3 +204,186 @@ def test_dead_letter_cut_inside_a_utf8_character_falls_back_to_base64() -> None:
 
     assert built.raw_encoding == "base64"
     assert base64.b64decode(built.raw) == raw[:MAX_RAW_BYTES]
+
+
+def test_a_hostile_reset_s_event_is_clipped_and_keeps_its_reason() -> None:
+    """Issue 13, finding 1: 256 non-printable astral characters as id and operator are 2,560
+    characters each once quoted; the event is clipped to the field's limit, reason first."""
+    astral = "\U000e0001" * 256
+    entry = ResetRejectedEntry(
+        seq=3,
+        command_id=astral,
+        ts=T0,
+        operator=astral,
+        why=RejectReason.UNKNOWN_OPERATOR,
+        detail="operator has no registered key",
+    )
+    event = security_event_for(entry, ts=T0)
+
+    assert event is not None
+    assert len(event.detail) == TEXT_MAX
+    assert event.detail.startswith("reset rejected: unknown_operator")
+    assert decode(type(event), encode(event)) == event
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def trip_document(**changes: object) -> dict[str, object]:
+    document: dict[str, object] = orjson.loads(
+        encode(TripCommand(command_id="t", reason="manual", source="operator:x", ts=T0))
+    )
+    document.update(changes)
+    return document
+
+
+def test_a_record_without_kind_is_a_trip() -> None:
+    document = trip_document()
+    del document["kind"]
+
+    command = decode_command(orjson.dumps(document))
+
+    assert isinstance(command, TripCommand)
+    assert command.command_id == "t"
+
+
+def test_a_reset_must_say_so_and_a_malformed_reset_is_never_one() -> None:
+    reset = ResetCommand(
+        command_id="r",
+        kind="reset",
+        operator="alice",
+        nonce="n",
+        signature="AAAA",
+        ts=T0,
+        activation_seq=0,
+        activation_command_id="t",
+    )
+    document = orjson.loads(encode(reset))
+    assert isinstance(decode_command(encode(reset)), ResetCommand)
+
+    del document["kind"]
+    with pytest.raises(RecordError):  # not a trip either: no reason, no source
+        decode_command(orjson.dumps(document))
+    # With a trip's fields it is a trip: a record without kind is never a reset.
+    as_trip = decode_command(orjson.dumps({**document, "reason": "manual", "source": "x"}))
+    assert isinstance(as_trip, TripCommand)
+    for raw in (None, b"", b"[]", b'"reset"', orjson.dumps({**document, "kind": "RESET"})):
+        with pytest.raises(RecordError):
+            decode_command(raw)
+
+
+def test_an_undecodable_record_becomes_a_manual_trip_named_after_its_offset() -> None:
+    trip = undecodable_trip(topic="ess.commands", offset=41, error="e" * 10_000, now=T0)
+
+    assert trip.command_id == derive_id("undecodable-command", "ess.commands", 41)
+    assert (trip.reason, trip.source, trip.ts, trip.trigger) == (
+        ReasonCode.MANUAL,
+        SOURCE,
+        T0,
+        None,
+    )
+    assert trip.detail.startswith("undecodable command at ess.commands offset 41")
+    assert len(trip.detail) == TEXT_MAX
+    again = undecodable_trip(topic="ess.commands", offset=41, error="other", now=T0)
+    assert again.command_id == trip.command_id  # processed again, recorded once
+
+
+def test_a_trip_recorded_with_minimal_fields_keeps_its_id_reason_and_source() -> None:
+    original = TripCommand(
+        command_id="t-9", reason="daily_loss", source="detector:x", ts=T0, detail="d"
+    )
+
+    trip = undecodable_trip(
+        topic="ess.commands", offset=9, error="boom", now=T0, minimal_of=original
+    )
+
+    assert (trip.command_id, trip.reason, trip.source, trip.ts) == (
+        "t-9",
+        ReasonCode.DAILY_LOSS,
+        "detector:x",
+        T0,
+    )
+    assert trip.detail == "recorded with minimal fields: boom"
+
+
+# --------------------------------------------------------------------------- acknowledgements
+
+
+def test_foreign_records_are_acknowledged_by_a_trip_pointing_at_the_last_one() -> None:
+    assert foreign_acknowledgement(Folded(), scope="ess.state", now=T0) is None
+    folded = Folded(
+        next_offset=8,
+        foreign=3,
+        unacknowledged=((2, 3), (6, 6)),
+        last_foreign=ForeignRecord(6, "unsigned"),
+    )
+
+    trip = foreign_acknowledgement(folded, scope="ess.state", now=T0)
+
+    assert trip is not None
+    assert trip.command_id == derive_id("state-log-foreign", "ess.state", 6)
+    assert trip.reason is ReasonCode.UNAUTHORIZED_ACCESS
+    assert trip.source == SOURCE
+    assert trip.trigger is not None
+    assert (trip.trigger.topic, trip.trigger.partition, trip.trigger.offset) == (
+        "ess.state",
+        0,
+        6,
+    )
+    assert "unsigned" in trip.detail
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def test_outcomes_say_applied_duplicate_or_rejected() -> None:
+    activated = ActivatedEntry(seq=4, command_id="t", ts=T0, reason="manual", source="x")
+    applied = outcome_for(
+        command_id="t", offset=7, command_kind="trip", entries=[activated], now=T0
+    )
+    assert (applied.outcome, applied.entry_kind, applied.seq, applied.command_offset) == (
+        "applied",
+        "activated",
+        4,
+        7,
+    )
+
+    duplicate = outcome_for(command_id="t", offset=8, command_kind="trip", entries=[], now=T0)
+    assert (duplicate.outcome, duplicate.entry_kind, duplicate.seq) == ("duplicate", None, None)
+    assert duplicate.detail == "already applied; nothing appended"
+
+    refused = outcome_for(
+        command_id="reset-1",
+        offset=9,
+        command_kind="reset",
+        entries=[rejected(RejectReason.ACTIVATION_MISMATCH)],
+        now=T0,
+    )
+    assert (refused.outcome, refused.entry_kind) == ("rejected", "reset_rejected")
+    assert refused.detail == "activation_mismatch: because"
+
+    approval = ResetApprovalEntry(
+        seq=5,
+        command_id="a",
+        ts=T0,
+        operator="alice",
+        nonce="n",
+        approvals=("alice",),
+        quorum=2,
+        expires_at=T0,
+    )
+    approved = outcome_for(
+        command_id="a", offset=10, command_kind="reset", entries=[approval], now=T0
+    )
+    assert (approved.outcome, approved.detail) == ("applied", "approval 1 of 2")
+
+
+def test_run_processor_refuses_without_its_key(tmp_path: Path) -> None:
+    settings = EssSettings(
+        kafka_bootstrap_servers="127.0.0.1:9",
+        operator_keys_dir=tmp_path,
+        processor_key_file=tmp_path / "missing.key",
+    )
+
+    with pytest.raises(StartupRefused, match="no command processor key"):
+        asyncio.run(run_processor(settings, asyncio.Event()))

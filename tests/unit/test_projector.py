@@ -13,6 +13,7 @@ from ess.metrics import LogTally, ProjectorMetrics, tally_entries
 from ess.projector import (
     NEVER,
     LogCondition,
+    WriterWatch,
     assess_health,
     event_for,
     health_beat,
@@ -27,6 +28,7 @@ from schemas import (
     EmergencyStopEvent,
     HealthStatus,
     PolicyRecord,
+    ProcessorBeat,
     ReasonCode,
     RejectReason,
     ResetApprovalEntry,
@@ -156,7 +158,9 @@ def test_empty_log_is_inactive_since_never() -> None:
     assert record.seq is None
 
 
-def test_store_ahead_guard_refuses_to_move_the_record_backwards() -> None:
+def test_store_is_ahead_compares_seq_only() -> None:
+    # The projector overwrites any stored record it did not write, except an ACTIVE one
+    # beyond the log's seq (see the integration tests); this only says "beyond".
     ours = policy_record(fold([activated(0)]), refreshed_at=REFRESH)
     empty_log = policy_record(INITIAL_STATE, refreshed_at=REFRESH)
 
@@ -198,18 +202,33 @@ def test_other_kinds_announce_nothing(entry: StateEntry) -> None:
     assert event_for(entry) is None
 
 
-def test_only_events_above_the_published_seq_and_within_retention_are_new() -> None:
+def test_an_event_is_published_unless_the_topic_holds_exactly_it_or_it_expired() -> None:
     horizon = timedelta(days=30)
     entry = activated(3)
+    event = event_for(entry)
+    assert isinstance(event, EmergencyStopEvent)
 
-    assert should_publish(entry, published_seq=None, now=T0, horizon=horizon)
-    assert should_publish(entry, published_seq=2, now=T0, horizon=horizon)
-    assert not should_publish(entry, published_seq=3, now=T0, horizon=horizon)
-    assert not should_publish(entry, published_seq=9, now=T0, horizon=horizon)
-    assert not should_publish(
-        entry, published_seq=None, now=T0 + timedelta(days=31), horizon=horizon
-    )
-    assert should_publish(entry, published_seq=None, now=T0 + timedelta(days=999), horizon=None)
+    def publish(
+        on_topic: dict[int, EmergencyStopEvent | EmergencyResetEvent],
+        *,
+        now: datetime = T0,
+        horizon: timedelta | None = horizon,
+    ) -> bool:
+        return should_publish(event, on_topic=on_topic, entry_ts=entry.ts, now=now, horizon=horizon)
+
+    assert publish({})
+    assert not publish({3: event})  # already announced: a restart does not republish it
+    # What else the topic holds does not count: only the log says what was announced.
+    forged_high = event.model_copy(update={"seq": 1_000_000_000})
+    assert publish({1_000_000_000: forged_high})
+    assert publish({3: event.model_copy(update={"reason": ReasonCode.MANUAL})})
+    assert publish({3: EmergencyResetEvent(reset_by="mallory", timestamp=T0, seq=3)})
+    earlier = event_for(activated(2))
+    assert isinstance(earlier, EmergencyStopEvent)
+    assert publish({2: earlier})
+    # Older than the events topic's retention: its event would have expired by now.
+    assert not publish({}, now=T0 + timedelta(days=31))
+    assert publish({}, now=T0 + timedelta(days=999), horizon=None)
 
 
 # --------------------------------------------------------------------------- health
@@ -221,20 +240,45 @@ def test_health_is_critical_while_active_and_healthy_when_inactive() -> None:
 
     status, checks = assess_health(active, LogCondition.OK, policy_store_ok=True)
     assert status is HealthStatus.CRITICAL
-    assert checks == {"state": "ACTIVE", "state_log": "ok", "policy_store": "ok"}
+    assert checks == {
+        "state": "ACTIVE",
+        "state_log": "ok",
+        "command_processor": "ok",
+        "policy_store": "ok",
+    }
 
     status, checks = assess_health(inactive, LogCondition.OK, policy_store_ok=True)
     assert status is HealthStatus.HEALTHY
     assert checks["state"] == "INACTIVE"
 
 
-@pytest.mark.parametrize("log", [LogCondition.CORRUPT, LogCondition.UNREACHABLE])
-def test_an_untrusted_log_is_critical_even_when_inactive(log: LogCondition) -> None:
+@pytest.mark.parametrize(
+    "log", [LogCondition.UNTRUSTED, LogCondition.CORRUPT, LogCondition.UNREACHABLE]
+)
+def test_a_log_the_projector_cannot_vouch_for_is_critical_even_when_inactive(
+    log: LogCondition,
+) -> None:
     status, checks = assess_health(INITIAL_STATE, log, policy_store_ok=False)
 
     assert status is HealthStatus.CRITICAL
     assert checks["state_log"] == log.value
     assert checks["policy_store"] == "stale"
+    assert checks["state"] == "INACTIVE"  # the state is known, just not vouched for
+
+
+def test_a_gone_command_processor_is_critical_once_the_log_is_known() -> None:
+    status, checks = assess_health(
+        INITIAL_STATE, LogCondition.OK, policy_store_ok=False, writer="no beat for 4.0s"
+    )
+    assert status is HealthStatus.CRITICAL
+    assert checks["command_processor"] == "gone"
+
+    # While catching up the state is not known yet: degraded, as on every start.
+    status, checks = assess_health(
+        INITIAL_STATE, LogCondition.CATCHING_UP, policy_store_ok=False, writer="no beat yet"
+    )
+    assert status is HealthStatus.DEGRADED
+    assert checks == {"state": "UNKNOWN", "state_log": "catching_up", "command_processor": "gone"}
 
 
 def test_catching_up_and_store_trouble_are_degraded() -> None:
@@ -243,7 +287,7 @@ def test_catching_up_and_store_trouble_are_degraded() -> None:
     status, checks = assess_health(partial, LogCondition.CATCHING_UP, policy_store_ok=False)
     assert status is HealthStatus.DEGRADED
     # Not written yet is not "stale": a policy_store_stale rule must not trip on a restart.
-    assert checks == {"state": "UNKNOWN", "state_log": "catching_up"}
+    assert checks == {"state": "UNKNOWN", "state_log": "catching_up", "command_processor": "ok"}
 
     status, checks = assess_health(INITIAL_STATE, LogCondition.OK, policy_store_ok=False)
     assert status is HealthStatus.DEGRADED
@@ -277,6 +321,88 @@ def test_beat_ids_are_deterministic_and_unique_per_run_and_number() -> None:
         {"state": "ACTIVE"},
         T0,
     )
+
+
+# --------------------------------------------------------------------------- writer watch
+
+
+def a_beat(
+    beat_no: int, *, run_id: str = "run-a", owner: bool = True, next_command: int | None = 0
+) -> ProcessorBeat:
+    return ProcessorBeat(
+        run_id=run_id,
+        beat_no=beat_no,
+        owner=owner,
+        next_command_offset=next_command if owner else None,
+        state_next_offset=0,
+        state_next_seq=0,
+        ts=T0,
+    )
+
+
+def test_the_writer_is_vouched_for_only_while_owner_beats_are_fresh() -> None:
+    watch = WriterWatch(timeout=3.0, backlog_timeout=3.0)
+    assert watch.problem(0.0) == "no beat from a command processor that owns the command partition"
+
+    assert watch.beat(a_beat(0), arrived=10.0)
+    assert watch.problem(12.9) is None
+    problem = watch.problem(13.5)
+    assert problem is not None
+    assert problem.startswith("no beat from the command processor for 3.5s")
+
+
+def test_standby_beats_and_replayed_beats_do_not_count() -> None:
+    watch = WriterWatch(timeout=3.0, backlog_timeout=3.0)
+
+    assert not watch.beat(a_beat(0, owner=False), arrived=1.0)  # a standby owns nothing
+    assert watch.last is None
+
+    assert watch.beat(a_beat(5), arrived=2.0)
+    assert not watch.beat(a_beat(5), arrived=4.0)  # the same beat again
+    assert not watch.beat(a_beat(3), arrived=4.0)  # an older one of the same run
+    assert watch.last_arrival == 2.0
+    assert watch.problem(5.5) is not None
+    # A newer beat of the run, or a new run (a restarted processor), counts.
+    assert watch.beat(a_beat(6), arrived=6.0)
+    assert watch.beat(a_beat(0, run_id="run-b"), arrived=7.0)
+    assert watch.problem(7.0) is None
+
+
+def test_beats_from_before_the_watch_started_never_vouch_but_mark_replays() -> None:
+    watch = WriterWatch(timeout=3.0, backlog_timeout=3.0)
+
+    watch.seen(a_beat(7))  # read back on start: the processor was alive then, not now
+    assert watch.last is None
+    assert watch.problem(0.0) is not None
+    assert not watch.beat(a_beat(6), arrived=1.0)  # a replay of an earlier beat
+    assert not watch.beat(a_beat(7), arrived=1.0)
+    assert watch.beat(a_beat(8), arrived=1.0)  # the run's next beat, live
+    assert watch.problem(1.0) is None
+    watch.seen(a_beat(2))  # an older one read back later changes nothing
+    assert not watch.beat(a_beat(8), arrived=2.0)
+
+
+def test_a_command_waiting_longer_than_the_backlog_timeout_is_a_problem() -> None:
+    watch = WriterWatch(timeout=3.0, backlog_timeout=2.0)
+    watch.commands_seen(5, 0.0)  # five commands, all processed
+    watch.beat(a_beat(0, next_command=5), arrived=0.0)
+    assert watch.backlog_age(1.0) == 0.0
+
+    watch.commands_seen(6, 1.0)  # command 5 arrives at t=1
+    watch.commands_seen(6, 1.5)  # same high watermark: still waiting since t=1
+    watch.beat(a_beat(1, next_command=5), arrived=2.0)
+    assert watch.backlog_age(2.0) == 1.0
+    watch.beat(a_beat(2, next_command=5), arrived=3.2)
+    problem = watch.problem(3.2)
+    assert problem is not None
+    assert problem.startswith("command at offset 5 has waited 2.2s")
+
+    watch.commands_seen(7, 3.3)
+    watch.beat(a_beat(3, next_command=6), arrived=3.4)  # 5 done; 6 waits since t=3.3
+    assert watch.backlog_age(3.4) == pytest.approx(0.1)
+    assert watch.problem(3.4) is None
+    watch.beat(a_beat(4, next_command=7), arrived=3.5)
+    assert watch.backlog_age(10.0) == 0.0
 
 
 # --------------------------------------------------------------------------- metrics
@@ -341,12 +467,21 @@ def test_process_counters_and_gauges() -> None:
     metrics.observe_lag(-3)
     metrics.observe_trusted(False)
     metrics.event_published("emergency.stop")
+    metrics.foreign_state_records(2)
+    metrics.foreign_beat()
+    metrics.foreign_policy_record()
+    metrics.observe_writer(False, 4.5)
 
     assert sample(reg, "ess_policy_store_write_errors_total") == 2
     assert sample(reg, "ess_policy_store_last_write_timestamp_seconds") == REFRESH.timestamp()
     assert sample(reg, "ess_state_log_lag_records") == 0
     assert sample(reg, "ess_state_log_trusted") == 0
     assert sample(reg, "ess_events_published_total", {"type": "emergency.stop"}) == 1
+    assert sample(reg, "ess_state_log_foreign_records_total") == 2
+    assert sample(reg, "ess_liveness_foreign_records_total") == 1
+    assert sample(reg, "ess_policy_store_foreign_writes_total") == 1
+    assert sample(reg, "ess_command_processor_up") == 0
+    assert sample(reg, "ess_command_backlog_seconds") == 4.5
 
 
 def test_two_metric_sets_in_separate_registries_do_not_collide() -> None:

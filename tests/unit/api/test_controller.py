@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ess import (
     EMERGENCY_STOP_KEY,
@@ -14,9 +15,9 @@ from ess import (
     ResetRejected,
 )
 from ess.clock import ManualClock
-from ess.core import ResetPolicy
+from ess.core import Activation, ResetPolicy
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
-from schemas import PolicyRecord, RejectReason, validate
+from schemas import PolicyRecord, RejectReason, ResetCommand, ResetEntry, validate
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -44,6 +45,28 @@ class Rig:
 @pytest.fixture
 def rig() -> Rig:
     return Rig()
+
+
+def signed(
+    key: Ed25519PrivateKey,
+    rig: Rig,
+    operator: str,
+    command_id: str,
+    nonce: str,
+    *,
+    activation: Activation | None = None,
+) -> ResetCommand:
+    """A reset by ``operator`` for ``activation`` (default: the controller's current one)."""
+    activation = activation or rig.controller.core_state.activation
+    return sign_reset(
+        key,
+        command_id=command_id,
+        operator=operator,
+        ts=START,
+        nonce=nonce,
+        activation_seq=activation.seq if activation else None,
+        activation_command_id=activation.command_id if activation else None,
+    )
 
 
 async def test_activate_when_inactive_then_stops_flattens_writes_and_publishes(rig: Rig) -> None:
@@ -193,12 +216,8 @@ async def test_apply_reset_with_quorum_of_two_needs_two_operators() -> None:
     rig = Rig(reset_policy=policy)
     await rig.controller.activate("manual")
 
-    first = await rig.controller.apply_reset(
-        sign_reset(alice, command_id="r1", operator="alice", ts=START, nonce="n1")
-    )
-    second = await rig.controller.apply_reset(
-        sign_reset(bob, command_id="r2", operator="bob", ts=START, nonce="n2")
-    )
+    first = await rig.controller.apply_reset(signed(alice, rig, "alice", "r1", "n1"))
+    second = await rig.controller.apply_reset(signed(bob, rig, "bob", "r2", "n2"))
 
     assert first.active is True
     assert second.active is False
@@ -211,9 +230,7 @@ async def test_apply_reset_with_forged_signature_is_rejected() -> None:
     await rig.controller.activate("manual")
 
     with pytest.raises(ResetRejected) as raised:
-        await rig.controller.apply_reset(
-            sign_reset(mallory, command_id="r1", operator="alice", ts=START, nonce="n1")
-        )
+        await rig.controller.apply_reset(signed(mallory, rig, "alice", "r1", "n1"))
 
     assert raised.value.why is RejectReason.BAD_SIGNATURE
     assert rig.controller.state.active
@@ -222,3 +239,79 @@ async def test_apply_reset_with_forged_signature_is_rejected() -> None:
 def test_controller_needs_at_least_one_attempt() -> None:
     with pytest.raises(ValueError, match="attempts"):
         EmergencyStopController(FakePolicyStore(), FakeExchangeClient(), FakeEventBus(), attempts=0)
+
+
+async def test_reset_when_active_then_signed_for_the_current_activation(rig: Rig) -> None:
+    await rig.controller.activate("manual")
+    activation = rig.controller.core_state.activation
+    assert activation is not None
+
+    await rig.controller.reset(detail="reviewed")
+
+    entry = rig.controller.log[-1]
+    assert isinstance(entry, ResetEntry)
+    [command] = entry.authorizations
+    assert (command.activation_seq, command.activation_command_id) == (
+        activation.seq,
+        activation.command_id,
+    )
+
+
+async def test_reset_when_active_again_after_a_reset_then_binds_to_the_new_activation(
+    rig: Rig,
+) -> None:
+    await rig.controller.activate("manual")
+    await rig.controller.reset()
+    rig.clock.advance(5)
+    await rig.controller.activate("flash_crash")
+    second = rig.controller.core_state.activation
+    assert second is not None
+    assert second.seq == 2
+
+    state = await rig.controller.reset()
+
+    assert state.active is False
+    entry = rig.controller.log[-1]
+    assert isinstance(entry, ResetEntry)
+    assert entry.authorizations[0].activation_seq == 2
+    assert rig.controller.core_state.epoch == 2
+
+
+async def test_apply_reset_signed_for_a_previous_activation_is_rejected() -> None:
+    alice, bob = generate_private_key(), generate_private_key()
+    policy = ResetPolicy(operators={"alice": public_bytes(alice), "bob": public_bytes(bob)})
+    rig = Rig(reset_policy=policy)
+    await rig.controller.activate("manual")
+    first = rig.controller.core_state.activation
+    held_back = signed(alice, rig, "alice", "r-held", "n-held")
+    await rig.controller.apply_reset(signed(bob, rig, "bob", "r-bob", "n-bob"))
+    await rig.controller.activate("manual")
+
+    with pytest.raises(ResetRejected) as raised:
+        await rig.controller.apply_reset(held_back)
+
+    assert raised.value.why is RejectReason.ACTIVATION_MISMATCH
+    assert rig.controller.state.active
+    assert held_back.activation_command_id == (first.command_id if first else None)
+
+
+async def test_apply_reset_without_activation_is_rejected() -> None:
+    alice = generate_private_key()
+    rig = Rig(reset_policy=ResetPolicy(operators={"alice": public_bytes(alice)}))
+    await rig.controller.activate("manual")
+    unbound = sign_reset(
+        alice,
+        command_id="r-unbound",
+        operator="alice",
+        ts=START,
+        nonce="n",
+        activation_seq=None,
+        activation_command_id=None,
+    )
+
+    with pytest.raises(ResetRejected) as raised:
+        await rig.controller.apply_reset(unbound)
+
+    assert raised.value.why is RejectReason.ACTIVATION_MISMATCH
+    assert rig.controller.state.active
+    assert rig.record.active

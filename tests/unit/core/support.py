@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ess.core import EssState, ResetPolicy, decide, evolve
+from ess.core import Activation, EssState, ResetPolicy, decide, evolve
 from ess.core.signing import public_bytes, sign_reset
 from schemas import ReasonCode, ResetCommand, StateEntry, TriggerRef, TripCommand
 
@@ -46,16 +46,27 @@ def trip(
 def reset(
     command_id: str = "reset-1",
     *,
+    of: EssState | Activation | None,
     operator: str = "alice",
     nonce: str = "nonce-1",
     ts: datetime = T0,
     detail: str = "root cause fixed",
     signer: str | None = None,
 ) -> ResetCommand:
-    """A reset by ``operator``, signed with ``signer``'s key (default: the operator's own)."""
+    """A reset by ``operator``, signed with ``signer``'s key (default: the operator's own),
+    for the activation ``of`` (a state's current activation, or an activation itself).
+    ``of=None``, or a state without an activation, signs an unbound reset (no activation)."""
+    activation = of.activation if isinstance(of, EssState) else of
     key = KEYS[signer or operator]
     return sign_reset(
-        key, command_id=command_id, operator=operator, ts=ts, nonce=nonce, detail=detail
+        key,
+        command_id=command_id,
+        operator=operator,
+        ts=ts,
+        nonce=nonce,
+        detail=detail,
+        activation_seq=activation.seq if activation else None,
+        activation_command_id=activation.command_id if activation else None,
     )
 
 

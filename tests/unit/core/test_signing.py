@@ -41,6 +41,8 @@ def signed(**overrides: object) -> ResetCommand:
         "ts": T0,
         "nonce": "nonce-1",
         "detail": "root cause fixed",
+        "activation_seq": 0,
+        "activation_command_id": "trip-0",
     }
     fields.update(overrides)
     return sign_reset(ALICE_KEY, **fields)  # type: ignore[arg-type]
@@ -52,7 +54,14 @@ def signed(**overrides: object) -> ResetCommand:
 def test_canonical_bytes_when_ts_offsets_differ_for_same_instant_then_identical() -> None:
     utc = datetime(2026, 11, 22, 10, 15, 0, 123000, tzinfo=UTC)
     plus_two = datetime(2026, 11, 22, 12, 15, 0, 123000, tzinfo=PLUS_TWO)
-    common = {"command_id": "r", "operator": "alice", "detail": "d", "nonce": "n"}
+    common = {
+        "command_id": "r",
+        "operator": "alice",
+        "detail": "d",
+        "nonce": "n",
+        "activation_seq": 3,
+        "activation_command_id": "trip-3",
+    }
 
     a = canonical_reset_bytes(ts=utc, **common)
     b = canonical_reset_bytes(ts=plus_two, **common)
@@ -64,16 +73,40 @@ def test_canonical_bytes_when_rendered_then_exact_documented_format() -> None:
     ts = datetime(2026, 11, 22, 12, 15, 0, 123000, tzinfo=PLUS_TWO)
 
     raw = canonical_reset_bytes(
-        command_id="reset-1", operator="alice", detail="clé ok", ts=ts, nonce="n-1"
+        command_id="reset-1",
+        operator="alice",
+        detail="clé ok",
+        ts=ts,
+        nonce="n-1",
+        activation_seq=7,
+        activation_command_id="trip-7",
     )
 
     assert (
         raw
         == (
-            '{"command_id":"reset-1","detail":"clé ok","kind":"reset","nonce":"n-1",'
-            '"operator":"alice","ts":"2026-11-22T10:15:00.123000+00:00"}'
+            '{"activation_command_id":"trip-7","activation_seq":7,"command_id":"reset-1",'
+            '"detail":"clé ok","kind":"reset","nonce":"n-1","operator":"alice",'
+            '"ts":"2026-11-22T10:15:00.123000+00:00"}'
         ).encode()
     )
+
+
+def test_canonical_bytes_when_unbound_then_activation_fields_rendered_as_null() -> None:
+    raw = canonical_reset_bytes(
+        command_id="r",
+        operator="alice",
+        detail="",
+        ts=T0,
+        nonce="n",
+        activation_seq=None,
+        activation_command_id=None,
+    )
+
+    payload = json.loads(raw)
+    assert payload["activation_seq"] is None
+    assert payload["activation_command_id"] is None
+    assert b'"activation_command_id":null,"activation_seq":null' in raw
 
 
 def test_canonical_ts_when_whole_second_then_microseconds_still_rendered() -> None:
@@ -102,6 +135,8 @@ def test_sign_reset_when_called_then_command_fields_set_and_verifies() -> None:
     command = signed()
 
     assert command.kind == "reset"
+    assert command.activation_seq == 0
+    assert command.activation_command_id == "trip-0"
     assert command.command_id == "reset-1"
     assert command.operator == "alice"
     assert command.nonce == "nonce-1"
@@ -126,6 +161,10 @@ def test_verify_when_other_operators_key_then_false() -> None:
         ("detail", "root cause fixed!"),
         ("ts", T0 + timedelta(microseconds=1)),
         ("nonce", "nonce-2"),
+        ("activation_seq", 1),
+        ("activation_seq", None),
+        ("activation_command_id", "trip-1"),
+        ("activation_command_id", None),
     ],
 )
 def test_verify_when_any_signed_field_changed_then_false(field: str, value: object) -> None:
@@ -170,11 +209,24 @@ def test_signed_command_when_producer_respells_ts_then_still_verifies() -> None:
 def test_signature_when_made_by_external_signer_over_canonical_bytes_then_verifies() -> None:
     # What a non-Python operator tool does: sign the documented canonical bytes itself.
     message = canonical_reset_bytes(
-        command_id="ext-1", operator="alice", detail="", ts=T0, nonce="ext-n"
+        command_id="ext-1",
+        operator="alice",
+        detail="",
+        ts=T0,
+        nonce="ext-n",
+        activation_seq=4,
+        activation_command_id="trip-4",
     )
     signature = base64.b64encode(ALICE_KEY.sign(message)).decode()
     command = ResetCommand(
-        command_id="ext-1", operator="alice", ts=T0, nonce="ext-n", signature=signature
+        command_id="ext-1",
+        kind="reset",
+        operator="alice",
+        ts=T0,
+        nonce="ext-n",
+        signature=signature,
+        activation_seq=4,
+        activation_command_id="trip-4",
     )
 
     assert verify_reset(command, public_bytes(ALICE_KEY))
@@ -214,7 +266,13 @@ def test_key_pair_on_disk_when_used_then_signs_verifiable_resets(tmp_path: Path)
     paths = write_key_pair(generate_private_key(), tmp_path, "op")
 
     command = sign_reset(
-        load_private_key(paths.private), command_id="c", operator="op", ts=T0, nonce="n"
+        load_private_key(paths.private),
+        command_id="c",
+        operator="op",
+        ts=T0,
+        nonce="n",
+        activation_seq=0,
+        activation_command_id="trip-0",
     )
 
     assert verify_reset(command, parse_public_key(paths.public.read_text()))
@@ -317,4 +375,21 @@ def test_parse_public_key_when_pem_of_other_algorithm_then_key_material_error() 
     )
 
     with pytest.raises(KeyMaterialError, match="Ed25519"):
+        parse_public_key(pem)
+
+
+def test_parse_public_key_when_pem_of_unknown_algorithm_then_key_material_error() -> None:
+    # An algorithm cryptography does not know raises UnsupportedAlgorithm, which is not a
+    # ValueError: it must still come out as KeyMaterialError (callers add the file name).
+    oid = bytes.fromhex("06032a0304")  # 1.2.3.4
+    algorithm = bytes([0x30, len(oid)]) + oid
+    bits = bytes([0x03, 33, 0]) + bytes(range(32))
+    der = bytes([0x30, len(algorithm) + len(bits)]) + algorithm + bits
+    pem = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        + base64.encodebytes(der).decode()
+        + "-----END PUBLIC KEY-----\n"
+    )
+
+    with pytest.raises(KeyMaterialError, match="not an Ed25519 public key"):
         parse_public_key(pem)

@@ -192,6 +192,30 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "activation_seq": 0,
         "ts": TS,
     },
+    "ProcessorBeat": {
+        "kind": "processor_beat",
+        "run_id": "run-1",
+        "beat_no": 7,
+        "owner": True,
+        "next_command_offset": 12,
+        "state_next_offset": 4,
+        "state_next_seq": 4,
+        "signer": "key-1",
+        "signature": "c2lnbmF0dXJl",
+        "ts": TS,
+    },
+    "CommandOutcome": {
+        "command_id": "trip-1",
+        "command_offset": 11,
+        "command_kind": "trip",
+        "outcome": "applied",
+        "entry_kind": "activated",
+        "seq": 0,
+        "detail": "",
+        "signer": "key-1",
+        "signature": "c2lnbmF0dXJl",
+        "ts": TS,
+    },
 }
 
 #: Records that arrive on input topics (including the command topic), from other producers.

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from schemas import RECORD_TYPES, export
+from ess.processor import decode_command
+from schemas import RECORD_TYPES, RecordError, TripCommand, export
 from schemas.export import JSON_DIR, render_all
+
+from .examples import EXAMPLES
 
 FIX = "the committed JSON Schemas are out of date: run `make schemas` (python -m schemas.export)"
 
@@ -75,3 +79,56 @@ def test_export_main_when_run_again_then_removes_stale_and_rewrites_only_changes
     out = capsys.readouterr().out
     assert out == "removed Retired.json\nwrote Fill.json\n"
     assert {path.name: path.read_text() for path in tmp_path.glob("*.json")} == render_all()
+
+
+def exported(name: str) -> dict[str, Any]:
+    """The JSON Schema exported for record type ``name``, parsed."""
+    schema: dict[str, Any] = json.loads(render_all()[f"{name}.json"])
+    return schema
+
+
+def test_trip_command_schema_when_exported_then_kind_optional() -> None:
+    schema = exported("TripCommand")
+
+    assert "kind" in schema["properties"]
+    assert "kind" not in schema["required"]
+
+
+def test_reset_command_schema_when_exported_then_kind_required() -> None:
+    schema = exported("ResetCommand")
+
+    assert "kind" in schema["required"]
+    assert schema["properties"]["kind"]["const"] == "reset"
+
+
+def test_committed_command_schemas_when_read_then_kind_required_only_for_reset() -> None:
+    names = ("TripCommand", "ResetCommand")
+    on_disk = {name: json.loads(committed()[f"{name}.json"]) for name in names}
+
+    assert "kind" not in on_disk["TripCommand"]["required"]
+    assert "kind" in on_disk["ResetCommand"]["required"]
+
+
+def test_trip_without_kind_valid_per_exported_schema_when_processed_then_decoded_as_trip() -> None:
+    """What a producer that follows the exported TripCommand schema may send (exactly its
+    required fields, no ``kind``) is obeyed by the command processor as a trip."""
+    schema = exported("TripCommand")
+    required = schema["required"]
+    example = EXAMPLES["TripCommand"]
+    minimal = {field: example[field] for field in required}
+    assert "kind" not in minimal
+
+    command = decode_command(json.dumps(minimal).encode())
+
+    assert isinstance(command, TripCommand)
+    assert command.kind == "trip"
+    assert command.command_id == example["command_id"]
+
+
+def test_reset_without_kind_when_processed_then_never_a_reset() -> None:
+    """A reset-shaped record without ``kind`` violates the exported ResetCommand schema and
+    is never decoded as a reset (it is not a valid trip either)."""
+    data = {k: v for k, v in EXAMPLES["ResetCommand"].items() if k != "kind"}
+
+    with pytest.raises(RecordError):
+        decode_command(json.dumps(data).encode())

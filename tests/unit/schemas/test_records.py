@@ -221,6 +221,7 @@ def test_required_fields_match_the_contract_minimum() -> None:
     assert set(required_fields("TripCommand")) == {"command_id", "reason", "source", "ts"}
     assert set(required_fields("ResetCommand")) == {
         "command_id",
+        "kind",
         "operator",
         "nonce",
         "signature",
@@ -329,6 +330,7 @@ def test_reject_reasons_when_listed_then_stable_values() -> None:
         "from_the_future",
         "nonce_reused",
         "duplicate_approval",
+        "activation_mismatch",
     }
 
 

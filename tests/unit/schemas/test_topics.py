@@ -21,6 +21,8 @@ CONTRACT_TOPICS = (
     "events",
     "actions",
     "deadletter",
+    "liveness",
+    "outcomes",
 )
 
 
