@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from ess.core.growset import GrowSet
 from schemas import ReasonCode, ResetCommand, TriggerRef
 
 
@@ -52,6 +53,9 @@ class EssState:
     epoch only counts as a duplicate when its trigger happened before that reset (a late
     redelivery), see :func:`ess.core.decide`.
     ``epoch`` counts resets; detectors re-anchor their loss baselines when it changes.
+
+    The three sets are :class:`~ess.core.growset.GrowSet`: adding to one never copies it
+    whole, so folding a log is O(n log n) at worst, not quadratic.
     """
 
     status: Status = Status.INACTIVE
@@ -61,9 +65,9 @@ class EssState:
     approvals: tuple[Approval, ...] = ()
     epoch: int = 0
     last_change: datetime | None = None
-    applied: frozenset[tuple[str, str]] = field(default_factory=frozenset)
-    used_nonces: frozenset[tuple[str, str]] = field(default_factory=frozenset)
-    epoch_trips: frozenset[str] = field(default_factory=frozenset)
+    applied: GrowSet[tuple[str, str]] = field(default_factory=GrowSet)
+    used_nonces: GrowSet[tuple[str, str]] = field(default_factory=GrowSet)
+    epoch_trips: GrowSet[str] = field(default_factory=GrowSet)
     last_reset: datetime | None = None
 
     @property
