@@ -80,8 +80,9 @@ class RawRecord:
     partition: int
     offset: int
     value: bytes | None
-    #: The Kafka record timestamp in milliseconds (CreateTime), when known. Used only as the
-    #: event time of a record so broken that its own ``ts`` cannot be read.
+    #: The Kafka record timestamp in milliseconds (CreateTime), when known: the event time of
+    #: a record so broken that its own ``ts`` cannot be read, the bound of how far in the
+    #: future a ``ts`` may be, and the silence rules' clock when it is earlier than ``ts``.
     timestamp_ms: int | None = None
 
 
@@ -233,7 +234,8 @@ class TopicDetector:
         record_type = self.record_type
         detections = out.detections
         for raw in batch:
-            coords = Coordinates(topic, raw.partition, raw.offset)
+            logged = None if raw.timestamp_ms is None else raw.timestamp_ms * 1000
+            coords = Coordinates(topic, raw.partition, raw.offset, logged)
             try:
                 record: Any = decode(record_type, raw.value or b"")
             except RecordError as exc:

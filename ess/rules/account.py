@@ -7,9 +7,9 @@ so neither a redelivered nor a late pre-reset tick can re-trip on the old baseli
 ticks are idempotent facts (a duplicate has the same time and equity), so these rules need
 no id set: every aggregate they keep (earliest, minimum, maximum) ignores a repeat.
 
-A baseline of zero or negative equity makes a loss ratio meaningless: such ticks set the
-baseline but no ratio is judged against it (an account with no equity has nothing to lose;
-other rules still watch its behaviour).
+A baseline of zero or negative equity makes a loss ratio meaningless: no ratio is judged
+against it (an account with no equity has nothing to lose; other rules still watch its
+behaviour), and the daily loss rule re-anchors its day on the first positive tick.
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ class DailyLossState:
     order-independent, so whether the rule fires does not depend on the order of the rest
     (the triggering tick is the one whose arrival made the loss reach the limit). Ticks that
     arrive before the day's first tick anchor the day provisionally, and a loss judged
-    against such an anchor stands: a kill switch cannot wait for late data.
+    against such an anchor stands: a kill switch cannot wait for late data. While the anchor
+    is zero or negative nothing can be judged (:attr:`judged` is false), so the first tick
+    with positive equity re-anchors the day: one tick at or below zero at the start of the
+    day must not switch the rule off until midnight.
     ``day_start``/``day_end`` bound the day (cached: computing them for an IANA zone is the
     expensive part). A tick of an earlier day than the current one is too late: that day is
     closed and the tick is ignored.
@@ -76,6 +79,11 @@ class DailyLossState:
     anchor: float = 0.0
     anchor_ts: int = 0
     low: float = 0.0
+
+    @property
+    def judged(self) -> bool:
+        """Whether losses are judged: the day has an anchor with positive equity."""
+        return self.anchor > 0
 
 
 _EMPTY_DAILY = DailyLossState()
@@ -134,6 +142,11 @@ class DailyLossRule(_PnlRule):
         if day_start is None or day_end is None or moment >= day_end:
             day_start, day_end = self._bounds(moment)
             anchor, anchor_ts, low = equity, moment, equity
+        elif anchor <= 0 < equity:
+            # No equity to lose from yet: the first positive tick anchors the day.
+            anchor, anchor_ts, low = equity, moment, equity
+        elif anchor > 0 >= equity and moment < anchor_ts:
+            pass  # before the anchor and nothing to lose: neither anchor nor loss
         else:
             if moment < anchor_ts:
                 anchor, anchor_ts = equity, moment

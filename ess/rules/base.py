@@ -33,11 +33,15 @@ S = TypeVar("S")
 
 @dataclass(frozen=True, slots=True)
 class Coordinates:
-    """Where a record sits: enough to find it again (``TriggerRef`` minus event time)."""
+    """Where a record sits: enough to find it again (``TriggerRef`` minus event time), and
+    when the broker logged it (``logged_us``: the Kafka timestamp in microseconds, ``None``
+    when unknown). Rules that measure silence use the earlier of that and the record's own
+    ``ts``, so a producer cannot postpone a silence by stamping a record in the future."""
 
     topic: str
     partition: int
     offset: int
+    logged_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

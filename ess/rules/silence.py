@@ -3,10 +3,13 @@ component, ``data_feed_stale`` per symbol). Shared by :mod:`ess.rules.system` an
 :mod:`ess.rules.market`.
 
 ``step`` only remembers the newest record of the key (time and coordinates: a maximum, so
-order and duplicates do not matter). ``tick`` does the detecting: when the watermark is more
-than ``timeout`` past the newest record, it fires with that record as the trigger and
-``event_ts = last + timeout`` -- the moment the silence became too long -- so a live run, a
-replay and a second detector group agree on the decision whatever their tick cadence.
+order and duplicates do not matter). A record's time is the earlier of its ``ts`` and the
+broker's timestamp of it: a record stamped in the future (up to ``max_future_skew_sec`` is
+accepted) would otherwise postpone the silence by that much. ``tick`` does the detecting:
+when the watermark is more than ``timeout`` past the newest record, it fires with that
+record as the trigger and ``event_ts = last + timeout`` -- the moment the silence became
+too long -- so a live run, a replay and a second detector group agree on the decision
+whatever their tick cadence.
 
 Keys to watch: every key with state, plus :attr:`SilenceRule.required` keys before their
 first record. For those there is no record: the silence clock starts at the first watermark
@@ -109,6 +112,10 @@ class SilenceRule(StateCodec):
         if getattr(record, self._key_field) in self._ignore:
             return state, None
         moment = to_us(record.ts)
+        if coords.logged_us is not None:
+            # A ts ahead of the broker's clock (within the decoder's future skew) must not
+            # push the silence deadline out: the record counts from when it was logged.
+            moment = min(moment, coords.logged_us)
         last = state.last
         if last is not None and moment <= last:
             return state, None

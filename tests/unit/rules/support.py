@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ess.rules._common import to_us
 from ess.rules.base import Context, Coordinates, Detection, Rule
 from schemas import (
     Fill,
@@ -201,12 +202,16 @@ class Driver:
     def state(self, key: str) -> Any:
         return self.states.get(key, self.rule.initial())
 
-    def step(self, record: Any, offset: int | None = None) -> Detection | None:
+    def step(
+        self, record: Any, offset: int | None = None, *, logged: datetime | None = None
+    ) -> Detection | None:
+        """Step one record; ``logged``: the broker's timestamp of it (unknown by default)."""
         key = self.rule.key(record)
         if offset is None:
             offset = self.offset
             self.offset += 1
-        coords = Coordinates(self.topic, self.partition, offset)
+        logged_us = None if logged is None else to_us(logged)
+        coords = Coordinates(self.topic, self.partition, offset, logged_us)
         new, hit = self.rule.step(self.state(key), record, coords, self.ctx)
         self.states[key] = roundtrip(self.rule, new)
         if hit is not None:

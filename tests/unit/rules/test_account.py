@@ -38,6 +38,31 @@ def test_daily_loss_fires_at_the_limit_not_below() -> None:
     assert "900.00" in hit.detail
 
 
+@pytest.mark.parametrize("first", [0.0, -250.0, -0.0])
+def test_daily_loss_re_anchors_on_the_first_positive_tick_of_the_day(first: float) -> None:
+    """Issue 13 finding 6: a first tick at or below zero used to switch the rule off for the
+    whole day; now the day is unjudged until the first positive tick, which anchors it."""
+    drv = Driver(DailyLossRule(DEFAULT))
+    assert drv.step(pnl(first, 0)) is None
+    assert not drv.state("acct").judged
+    assert drv.step(pnl(1000, 10)) is None
+    assert drv.state("acct").judged
+    assert drv.step(pnl(950, 20)) is None
+    hit = drv.step(pnl(890, 30))
+    assert hit is not None
+    assert hit.reason is ReasonCode.DAILY_LOSS
+    assert "day-start equity 1,000.00" in hit.detail
+
+
+def test_daily_loss_ignores_a_late_non_positive_tick_before_the_anchor() -> None:
+    """A late tick from before the positive anchor with nothing to lose changes nothing."""
+    drv = Driver(DailyLossRule(DEFAULT))
+    drv.feed([pnl(1000, 10), pnl(950, 20)])
+    assert drv.step(pnl(-5, 5)) is None
+    assert drv.state("acct").anchor == 1000
+    assert drv.step(pnl(880, 30)) is not None
+
+
 def test_daily_loss_latches_until_the_epoch_changes_then_re_anchors() -> None:
     drv = daily()
     assert drv.step(pnl(1000, 0)) is None

@@ -133,6 +133,26 @@ def test_heartbeat_lost_after_the_timeout_with_the_last_beat_as_trigger() -> Non
     assert drv.tick("trader", at(100)) is None  # latched
 
 
+def test_a_beat_stamped_in_the_future_does_not_postpone_heartbeat_lost() -> None:
+    """Issue 13 finding 5: a beat stamped 290 s ahead (inside the decoder's 300 s skew) but
+    logged at t=0 counts from t=0: silence is still detected 15 s later, not 305 s."""
+    drv = Driver(heartbeat_lost(DEFAULT), topic="ess.health")
+    drv.step(beat(290), logged=at(0))
+    assert drv.tick("trader", at(15)) is None
+    hit = drv.tick("trader", at(15.001))
+    assert hit is not None
+    assert hit.reason is ReasonCode.HEARTBEAT_LOST
+    assert hit.trigger.event_ts == at(15)
+
+
+def test_a_beat_logged_after_its_ts_counts_from_its_ts() -> None:
+    """The earlier of the two clocks: a beat that waited in a producer buffer is not younger
+    than it says."""
+    drv = Driver(heartbeat_lost(DEFAULT), topic="ess.health")
+    drv.step(beat(0), logged=at(8))
+    assert drv.tick("trader", at(15.001)) is not None
+
+
 def test_heartbeat_decision_is_independent_of_tick_cadence() -> None:
     """Live (frequent ticks) and replay (one late tick) agree on trigger and event time."""
     live = Driver(heartbeat_lost(DEFAULT), topic="ess.health")
