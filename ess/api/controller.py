@@ -38,6 +38,7 @@ from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, derive_id, ev
 from ess.core.projection import event_for, policy_record
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from schemas import (
+    IDENT_MAX,
     ActivatedEntry,
     ReasonCode,
     ResetCommand,
@@ -46,6 +47,7 @@ from schemas import (
     StateEntry,
     TriggerRef,
     TripCommand,
+    clip,
 )
 
 #: Steps of an activation, in execution order.
@@ -156,8 +158,11 @@ class EmergencyStopController:
         re-runs only steps that have not succeeded yet. Raises :class:`ActivationIncomplete`
         when a step still fails after its retries (the state stays ACTIVE regardless).
         """
-        code, parsed_detail = parse_reason(reason, default_code)
-        text = "; ".join(part for part in (parsed_detail, detail) if part)
+        code, parsed_detail = parse_reason(str(reason), default_code)
+        # Whatever the caller passed, the trip must fit the record: a stop is never refused
+        # for the length of its explanation.
+        text = clip("; ".join(part for part in (parsed_detail, str(detail)) if part))
+        source = clip(str(source).strip() or "operator:local", IDENT_MAX)
         async with self._lock:
             now = self._clock.now()
             command = TripCommand(

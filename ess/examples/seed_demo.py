@@ -40,7 +40,9 @@ async def run_demo(
     bus = FakeEventBus()
     health = FakeHealthEvaluator()
     controller = EmergencyStopController(store, exchange, bus, retry_delay_sec=0.05)
-    system = EmergencyStopSystem([health], controller, store, check_interval_sec=interval)
+    system = EmergencyStopSystem(
+        [health], controller, store, check_interval_sec=interval, first_start=True
+    )
 
     out.rule("[bold]ESS seed demo")
     out.print(f"positions {exchange.positions}, open orders {exchange.open_orders}")

@@ -16,13 +16,20 @@ from ess import (
     FakePolicyStore,
     ManualTriggerEmergencyEvaluator,
 )
+from ess.api.controller import ResetRejected
+from ess.api.protocols import EmergencyState
 from ess.clock import ManualClock
+from ess.core import ResetPolicy
+from ess.core.signing import generate_private_key, public_bytes, sign_reset
+from schemas import IDENT_MAX, TEXT_MAX, RejectReason
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 class Rig:
-    def __init__(self, *evaluators: object, timeout: float | None = None) -> None:
+    def __init__(
+        self, *evaluators: object, timeout: float | None = None, first_start: bool = False
+    ) -> None:
         self.clock = ManualClock(START)
         self.exchange = FakeExchangeClient(positions={"ETH/USDT": -2.0}, open_orders=["o"])
         self.store = FakePolicyStore()
@@ -36,6 +43,7 @@ class Rig:
             self.store,
             check_interval_sec=0.01,  # type: ignore[arg-type]
             evaluation_timeout_sec=timeout,
+            first_start=first_start,
         )
 
     @property
@@ -202,8 +210,8 @@ async def test_restore_when_record_unusable_then_fails_closed(setup: object) -> 
     assert rig.controller.state.reason == "policy_store_stale"
 
 
-async def test_restore_when_record_missing_then_writes_inactive() -> None:
-    rig = Rig()
+async def test_restore_when_record_missing_on_a_first_start_then_writes_inactive() -> None:
+    rig = Rig(first_start=True)
 
     await rig.system.restore()
 
@@ -264,3 +272,154 @@ def test_system_rejects_objects_without_check() -> None:
         EmergencyStopSystem([object()], rig.controller, rig.store)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="positive"):
         EmergencyStopSystem([], rig.controller, rig.store, check_interval_sec=0)
+
+
+# --------------------------------------------------------------------------- issue 13, item 3
+
+
+async def test_restore_when_record_missing_after_a_first_start_then_fails_closed() -> None:
+    """Redis restarted without persistence, a flush, a wrong namespace: no record is not
+    "INACTIVE", it is a PolicyStore that lost what it knew."""
+    rig = Rig()
+
+    await rig.system.restore()
+
+    assert rig.controller.state.active
+    assert rig.controller.state.reason == "policy_store_stale"
+    assert rig.store.data[EMERGENCY_STOP_KEY]["active"] is True
+
+
+async def test_a_reset_signed_before_a_restart_cannot_clear_the_restored_activation() -> None:
+    """The controller's memory of applied resets is not durable; the reset binding is: the
+    restored activation is a new one, so a reset captured before the restart is refused."""
+    first = Rig(first_start=True)
+    await first.system.restore()
+    await first.controller.activate("manual: before the restart")
+    activation = first.controller.core_state.activation
+    assert activation is not None
+    key = generate_private_key()
+    policy = ResetPolicy(operators={"alice": public_bytes(key)})
+    captured = sign_reset(
+        key,
+        command_id="reset-1",
+        operator="alice",
+        ts=START,
+        nonce="n-1",
+        activation_seq=activation.seq,
+        activation_command_id=activation.command_id,
+    )
+
+    restarted = EmergencyStopController(
+        first.store, first.exchange, first.bus, clock=first.clock, reset_policy=policy
+    )
+    system = EmergencyStopSystem([], restarted, first.store)
+    await system.restore()
+    assert restarted.state.active
+
+    with pytest.raises(ResetRejected) as refused:
+        await restarted.apply_reset(captured)
+    assert refused.value.why is RejectReason.ACTIVATION_MISMATCH
+    assert restarted.state.active
+
+
+class HugeError:
+    reason_code = "latency_spike"
+
+    def check(self) -> tuple[bool, str | None]:
+        raise RuntimeError("\U0001f4a5" * 10_000)
+
+
+class NonTextReason:
+    def check(self) -> object:
+        return True, 42
+
+
+class WrongShape:
+    def check(self) -> object:
+        return (True, "a", "b")
+
+
+class LongName:
+    name = "x" * 5_000
+    reason_code = "not a reason code"
+
+    def check(self) -> tuple[bool, str | None]:
+        return True, "daily_loss: " + "y" * 10_000
+
+
+class NameRaises:
+    @property
+    def name(self) -> str:
+        raise AttributeError("no name today")
+
+    def check(self) -> tuple[bool, str | None]:
+        return True, None
+
+
+@pytest.mark.parametrize(
+    ("evaluator", "reason"),
+    [
+        (HugeError(), "latency_spike"),
+        (NonTextReason(), "system_critical"),
+        (WrongShape(), "system_critical"),
+        (LongName(), "daily_loss"),
+        (NameRaises(), "system_critical"),
+    ],
+    ids=["huge-exception", "non-text-reason", "wrong-shape", "long-name", "name-raises"],
+)
+async def test_any_evaluator_failure_is_a_trip_that_fits_the_record(
+    evaluator: object, reason: str
+) -> None:
+    rig = Rig(evaluator, first_start=True)
+    task = asyncio.create_task(rig.system.run_forever())
+    for _ in range(200):
+        if rig.controller.state.active:
+            break
+        await asyncio.sleep(0.01)
+    rig.system.stop()
+    await asyncio.wait_for(task, 2)
+
+    assert rig.controller.state.active
+    assert rig.controller.state.reason == reason
+    [entry] = rig.controller.log
+    assert len(entry.detail) <= TEXT_MAX
+    assert len(entry.source) <= IDENT_MAX
+
+
+class BrokenController(EmergencyStopController):
+    """A controller whose activate has a bug (raises something unexpected) once."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.broken = True
+
+    async def activate(self, reason: str = "manual", **kwargs: object) -> EmergencyState:
+        if self.broken:
+            self.broken = False
+            raise KeyError("a bug in a side effect")
+        return await super().activate(reason, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_run_forever_survives_an_exception_in_its_loop_and_trips() -> None:
+    rig = Rig(first_start=True)
+    controller = BrokenController(rig.store, rig.exchange, rig.bus, clock=rig.clock)
+    system = EmergencyStopSystem(
+        [FakeHealthEvaluator(fail=True)],
+        controller,
+        rig.store,
+        check_interval_sec=0.01,
+        first_start=True,
+    )
+    task = asyncio.create_task(system.run_forever())
+    for _ in range(200):
+        if controller.state.active and system.checks >= 2:
+            break
+        await asyncio.sleep(0.01)
+    system.stop()
+    await asyncio.wait_for(task, 2)
+
+    assert not controller.broken  # the bug did strike
+    assert controller.state.active
+    assert controller.state.reason == "system_critical"
+    assert controller.log[0].source == "evaluator:ess"  # the loop's own trip
+    assert system.checks >= 2  # it went on checking
