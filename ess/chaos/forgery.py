@@ -37,6 +37,14 @@ during the stale-quorum attack. Expected outcomes:
   voids pending approvals, so the malformed records of every round are sent after all the
   rounds of the other attacks (which need bob's approval pending).
 
+Then, on the same broker under a topic prefix of its own, the *state tampering* phase
+(:mod:`ess.chaos.tamper`): the command processor, the projector writing to Redis and a trading
+gate, all running, while the attacker writes to what ESS writes: ``ess.state`` (unsigned,
+foreign-key and other-deployment entries, a byte copy of an old reset, garbage), the Redis
+``emergency_stop`` record, ``ess.events``; and sends resets held back across activations,
+trips squatting the ids of future detections, a reused manual trip id, and records at and
+just past every field's size limit; and installs duplicate and weak operator keys.
+
 Figures
 -------
 * ``attempts``, ``by_kind``; ``rejected``: attempts with the expected refusal (entry with the
@@ -61,6 +69,26 @@ Figures
   listed in ``leaks`` (secret name and where, never the secret). ``unredacted_mentions``
   counts the same scan before redaction: text the code handed to the logger that only the
   redaction net caught (information, worth a look when not 0).
+
+The state tampering phase adds (:mod:`ess.chaos.tamper` has the details):
+
+* ``unauthenticated_entries_applied`` (failure): records the attacker wrote to ``ess.state``
+  that a reader applied (a fresh fold of the whole log at the end, and a live follower).
+* ``forged_state_effects`` (failure): attacks that had an effect: the gate open while ESS was
+  ACTIVE (beyond the bound after a forged Redis record), not closed in time after a write to
+  ``ess.state``, a forgery the processor did not answer with an ``unauthorized_access`` trip,
+  a forged or unreadable Redis record not overwritten, a real ``emergency.stop`` not
+  published, a reset across activations not refused, a duplicate or weak key accepted, a real
+  detection or a reused manual trip id not recorded, a size-limit record not answered as
+  specified (a stalled or crashed processor, or one applied as a reset), a command without an
+  outcome. ``tamper_effects`` splits it by kind.
+* ``tamper_attempts`` (by kind), ``tamper_problems`` (short lines: what failed),
+  ``tamper_state_gate_closed_after_s`` / ``tamper_state_bound_s``,
+  ``tamper_redis_gate_open_s`` / ``tamper_redis_bound_s``,
+  ``tamper_redis_foreign_writes_counted``, ``tamper_foreign_records``,
+  ``tamper_copies_skipped``, ``tamper_acknowledgements``, ``tamper_commands``,
+  ``tamper_rounds``, ``tamper_duration_s``; ``tamper_error`` when the phase could not be set
+  up (both failure figures are then ``None``, which fails the campaign).
 """
 
 from __future__ import annotations
@@ -89,6 +117,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from ess.broker import kafka_target
+from ess.chaos import tamper
 from ess.clock import SystemClock
 from ess.config import EssSettings
 from ess.core import Activation
@@ -131,6 +160,7 @@ FAILURES: Final[tuple[str, ...]] = (
     "wrong_reason",
     "unlogged",
     "secret_leaks",
+    *tamper.FAILURES,
 )
 
 KINDS: Final[tuple[str, ...]] = (
@@ -796,8 +826,9 @@ def _broken_key_attempt(tmp: Path, keys: _Keys) -> None:
 
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     """Forged, tampered, expired, replayed, unknown-operator, wrong-quorum and malformed
-    resets against the real command processor, then a secret scan of every log line. Quick:
-    one round of the hostile set; full: five."""
+    resets against the real command processor, the state tampering phase
+    (:func:`ess.chaos.tamper.run_phase`), then a secret scan of every log line. Quick: one
+    round of the hostile set and of the tampering; full: five."""
     from ess.processor import run_processor  # noqa: PLC0415
 
     del seed  # nothing random that changes outcomes: keys and nonces are fresh per run
@@ -849,6 +880,10 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
             figures = _judge(campaign, _Outcome(entries, letters), ids)
             figures["processor_crashed"] = int(
                 processor.done() and not processor.cancelled() and processor.exception() is not None
+            )
+            # Its own prefix: its processor, projector and gate must not see this log.
+            figures |= await tamper.run_phase(
+                bootstrap, quick=quick, prefix=f"{registry.prefix}-tamper"
             )
             figures["sasl_processor"] = await _sasl_attempt(
                 bootstrap, registry.prefix, Path(tmp) / "operators"

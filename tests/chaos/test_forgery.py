@@ -8,7 +8,7 @@ import logging
 import pytest
 from loguru import logger
 
-from ess.chaos import forgery
+from ess.chaos import forgery, tamper
 from ess.core.signing import generate_private_key
 
 
@@ -39,9 +39,25 @@ async def test_quick_campaign_figures() -> None:
 
     assert {name: figures[name] for name in forgery.FAILURES} == dict.fromkeys(
         forgery.FAILURES, 0
-    ), figures["problems"]
+    ), (figures["problems"], figures.get("tamper_problems"), figures.get("tamper_error"))
     assert figures["rejected"] == figures["attempts"] >= 40
     assert set(figures["by_kind"]) == set(forgery.KINDS)
     assert figures["final_reset_ok"] == 1
     assert figures["log_lines_scanned"] > 50
     assert figures["venue_calls"] > 0
+
+    # The state tampering phase: every kind of attack played, and answered.
+    assert "tamper_error" not in figures
+    assert set(figures["tamper_attempts"]) == set(tamper.KINDS)
+    assert all(figures["tamper_attempts"].values()), figures["tamper_attempts"]
+    assert figures["tamper_attempts"]["squatted_ids"] == 20
+    assert figures["tamper_effects"] == {}
+    assert figures["tamper_rounds"] == 1
+    # Per write to ess.state: three forged entries and garbage refused, the copy skipped,
+    # and the processor's unauthorized_access trip acknowledging them.
+    assert figures["tamper_foreign_records"] == 8
+    assert figures["tamper_copies_skipped"] == 2
+    assert figures["tamper_acknowledgements"] >= 2
+    assert figures["tamper_state_gate_closed_after_s"] <= figures["tamper_state_bound_s"]
+    assert figures["tamper_redis_gate_open_s"] <= figures["tamper_redis_bound_s"]
+    assert figures["tamper_redis_foreign_writes_counted"] >= 1

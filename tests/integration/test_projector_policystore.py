@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
 from ess.gate import GateState, RedisGateFeed, TradingGate
-from ess.policystore import RedisPolicyStore
+from ess.policystore import PolicyStoreError, RedisPolicyStore
 from ess.projector import Projector
 from schemas import PolicyRecord, ReasonCode, TopicRegistry, validate
 from tests.fixtures.redis import redis_test_url, scratch_namespace
@@ -251,3 +251,44 @@ async def test_an_active_record_beyond_an_inactive_log_is_not_replaced(
         # (its sequence check): it needs a restart, or a log past the forged seq.
         assert not gate.allowed()
         assert "not newer than the active record" in gate.why()
+
+
+@pytest.mark.parametrize("kind", ["not-json", "wrong-type"])
+async def test_an_unreadable_stored_value_is_overwritten_not_a_lock_out(
+    rig: Rig, store: RedisPolicyStore, redis_url: str, kind: str
+) -> None:
+    """Found by the forgery campaign: a value the store cannot hand back as a record (not
+    JSON, or a Redis key of another type) made every write fail for good, so gates stayed
+    closed and no reset could reopen them. It is someone else's write: counted, replaced."""
+    await rig.trip()
+    await rig.reset()
+
+    async with rig.beating(), running(rig.projector(store=store)) as projector:
+
+        async def written() -> bool:
+            record = await stored(store)
+            assert (record.active, record.seq) == (False, 1), record
+            return True
+
+        await eventually(written, timeout=WAIT)  # the projector wrote its record first
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            key = store.redis_key(EMERGENCY_STOP_KEY)
+            if kind == "not-json":
+                await client.set(key, "{tampered")
+            else:
+                await client.delete(key)
+                await client.hset(key, "a", "b")
+        finally:
+            await client.aclose()
+
+        async def replaced() -> bool:
+            try:
+                record = await stored(store)
+            except PolicyStoreError:
+                return False  # still the tampered value
+            assert (record.active, record.seq) == (False, 1), record
+            assert foreign_writes(projector) >= 1
+            return True
+
+        await eventually(replaced, timeout=WAIT)
