@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,6 +51,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from ess.broker import EmbeddedBroker, ensure_topics
+from ess.chaos.support import bounded, first_true, percentile, rounded, until
 from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.signing import generate_private_key
@@ -86,8 +85,6 @@ LOG_TIMEOUT_S: Final = 3.0
 TOLERANCE_S: Final = 0.5
 #: Bounded waits of the set-up (broker start, projector catch-up, first arm).
 SETUP_TIMEOUT_S: Final = 30.0
-#: Longest any teardown step may take.
-TEARDOWN_TIMEOUT_S: Final = 10.0
 
 
 _API_KEY: Final = "chaos-broker-key"
@@ -106,10 +103,6 @@ _EXECUTOR_SETTINGS: Final = ExecutorSettings(
 )
 
 
-class CampaignError(RuntimeError):
-    """The set-up did not come up in time (no figure can be taken)."""
-
-
 @dataclass(frozen=True)
 class RunResult:
     """One run's measurements; ``None``: did not happen within the wait."""
@@ -118,40 +111,6 @@ class RunResult:
     gate_reason: str
     orders_cancelled_after_s: float | None
     orders_seeded: int
-
-
-async def _until(
-    check: Callable[[], bool], timeout_s: float, what: str, *, interval: float = 0.01
-) -> None:
-    """Poll ``check`` until true; :class:`CampaignError` naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() >= deadline:
-            raise CampaignError(f"broker loss campaign: {what} not within {timeout_s:g} s")
-        await asyncio.sleep(interval)
-
-
-async def _first_true(check: Callable[[], bool], timeout_s: float) -> float | None:
-    """``time.monotonic()`` when ``check`` first holds (polled every 10 ms), or ``None``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        await asyncio.sleep(0.01)
-    return None
-
-
-async def _bounded(what: str, awaitable: Awaitable[Any]) -> None:
-    """Teardown step: bounded, logged, never raising (the next step must still run)."""
-    try:
-        async with asyncio.timeout(TEARDOWN_TIMEOUT_S):
-            await awaitable
-    except TimeoutError:
-        logger.bind(step=what).error("broker loss campaign: teardown step timed out")
-    except Exception as exc:
-        logger.bind(step=what, error=f"{type(exc).__name__}: {exc}").warning(
-            "broker loss campaign: teardown step failed"
-        )
 
 
 def _venue(sim: ExchangeSimulator) -> BinanceVenue:
@@ -194,12 +153,12 @@ async def _measure(
     async def watch_gate() -> float | None:
         # Twice the bound: a gate that closes late is still measured; one that never closes
         # is reported as None.
-        closed = await _first_true(lambda: not gate.allowed(), 2 * gate_bound + 5.0)
+        closed = await first_true(lambda: not gate.allowed(), 2 * gate_bound + 5.0)
         return None if closed is None else closed - t0
 
     gate_watch = asyncio.create_task(watch_gate())
     try:
-        cleared = await _first_true(lambda: not _resting(sim), 2 * orders_bound + 5.0)
+        cleared = await first_true(lambda: not _resting(sim), 2 * orders_bound + 5.0)
         cancelled_after: float | None = None
         if cleared is not None:
             fired = [e.ts for e in sim.events if e.kind == "countdown_cancel" and e.ts > t0_wall]
@@ -285,9 +244,9 @@ async def run_once(index: int) -> RunResult:
         )
         tasks.append(asyncio.create_task(executor.run(execute_stop), name="chaos-executor"))
         await feed.start()
-        await _until(gate.allowed, SETUP_TIMEOUT_S, "the gate opening")
-        await _until(lambda: executor.status().caught_up, SETUP_TIMEOUT_S, "executor catch-up")
-        await _until(
+        await until(gate.allowed, SETUP_TIMEOUT_S, "the gate opening")
+        await until(lambda: executor.status().caught_up, SETUP_TIMEOUT_S, "executor catch-up")
+        await until(
             lambda: set(sim.countdowns(_ACCOUNT)) == set(SYMBOLS),
             SETUP_TIMEOUT_S,
             "countdowns armed",
@@ -297,29 +256,17 @@ async def run_once(index: int) -> RunResult:
     finally:
         execute_stop.set()
         project_stop.set()
-        await _bounded("gate feed", feed.stop())
+        await bounded("gate feed", feed.stop())
         # The executor waits up to 2 s to drain reports and the projector up to its io_timeout
         # per Kafka client with the broker gone: stop them side by side.
-        await _bounded("roles", asyncio.gather(*tasks, return_exceptions=True))
+        await bounded("roles", asyncio.gather(*tasks, return_exceptions=True))
         for task in tasks:
             task.cancel()
-        await _bounded("roles cancelled", asyncio.gather(*tasks, return_exceptions=True))
+        await bounded("roles cancelled", asyncio.gather(*tasks, return_exceptions=True))
         if venue is not None:
-            await _bounded("venue", venue.aclose())
-        await _bounded("broker", asyncio.to_thread(broker.stop))
-        await _bounded("simulator", sim.stop())
-
-
-def percentile(values: Sequence[float], share: float) -> float | None:
-    """Nearest-rank percentile (``share`` in (0, 1]); ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(share * len(ordered))) - 1]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+            await bounded("venue", venue.aclose())
+        await bounded("broker", asyncio.to_thread(broker.stop))
+        await bounded("simulator", sim.stop())
 
 
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
@@ -341,8 +288,8 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     return {
         "runs": runs,
         "gate_closed_after_s": {
-            "p50": _rounded(percentile(gate_times, 0.5)),
-            "max": _rounded(max(gate_times, default=None)),
+            "p50": rounded(percentile(gate_times, 0.5)),
+            "max": rounded(max(gate_times, default=None)),
         },
         "gate_bound_s": gate_bound,
         "gate_record_age_bound_s": MAX_RECORD_AGE_S,
@@ -355,8 +302,8 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
         ),
         "gate_reasons": sorted({r.gate_reason for r in results}),
         "orders_cancelled_after_s": {
-            "p50": _rounded(percentile(cancel_times, 0.5)),
-            "max": _rounded(max(cancel_times, default=None)),
+            "p50": rounded(percentile(cancel_times, 0.5)),
+            "max": rounded(max(cancel_times, default=None)),
         },
         "countdown_s": COUNTDOWN_MS / 1000,
         "orders_bound_s": orders_bound,

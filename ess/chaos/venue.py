@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,6 +47,7 @@ from typing import Any, Final
 from loguru import logger
 from pydantic import SecretStr
 
+from ess.chaos.support import percentile, rounded
 from ess.clock import SystemClock
 from ess.core import Activation
 from ess.executor.binance import BinanceVenue
@@ -346,19 +345,6 @@ def _fault_hits(sim: ExchangeSimulator) -> dict[str, int]:
     return dict(hits)
 
 
-def percentile(values: Sequence[float], share: float) -> float | None:
-    """Nearest-rank percentile (``share`` in (0, 1]); ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(share * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     """Run the campaign (quick: 3 runs; full: 30) and return its figures (module docstring).
 
@@ -394,9 +380,9 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
         "positions_flipped": sum(r.flips for r in results),
         "late_fill_flips": sum(r.late_fill_flips for r in results),
         "time_to_flat_s": {
-            "p50": _rounded(percentile(times, 0.5)),
-            "p99": _rounded(percentile(times, 0.99)),
-            "max": _rounded(max(times, default=None)),
+            "p50": rounded(percentile(times, 0.5)),
+            "p99": rounded(percentile(times, 0.99)),
+            "max": rounded(max(times, default=None)),
         },
         "faults_fired": dict(sorted(fired.items())),
         "fault_rate": FAULT_RATE,

@@ -78,7 +78,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import math
 import os
 import random
 import shutil
@@ -97,6 +96,7 @@ from typing import Any, Final
 from loguru import logger
 
 from ess.broker import EmbeddedBroker, ensure_topics
+from ess.chaos.support import CampaignError, bounded, first_true, percentile, rounded, until
 from ess.config import EssSettings
 from ess.core import decide
 from ess.core.attestation import SigningKey
@@ -153,10 +153,6 @@ _NOT_MEASURED: Final = {
 }
 
 
-class CampaignError(RuntimeError):
-    """The set-up did not come up in time (no figure can be taken)."""
-
-
 @dataclass(frozen=True)
 class RunResult:
     """One run's measurements; ``None``: did not happen within the wait."""
@@ -182,40 +178,6 @@ class RunResult:
 def gate_bound() -> float:
     """The bound ESS promises from a writer loss to every gate closed."""
     return PROCESSOR_TIMEOUT_S + MAX_RECORD_AGE_S
-
-
-async def _until(
-    check: Callable[[], bool], timeout_s: float, what: str, *, interval: float = 0.01
-) -> None:
-    """Poll ``check`` until true; :class:`CampaignError` naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() >= deadline:
-            raise CampaignError(f"writer loss campaign: {what} not within {timeout_s:g} s")
-        await asyncio.sleep(interval)
-
-
-async def _first_true(check: Callable[[], bool], timeout_s: float) -> float | None:
-    """``time.monotonic()`` when ``check`` first holds (polled every 10 ms), or ``None``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        await asyncio.sleep(0.01)
-    return None
-
-
-async def _bounded(what: str, awaitable: Awaitable[Any]) -> None:
-    """Teardown step: bounded, logged, never raising (the next step must still run)."""
-    try:
-        async with asyncio.timeout(TEARDOWN_TIMEOUT_S):
-            await awaitable
-    except TimeoutError:
-        logger.bind(step=what).error("writer loss campaign: teardown step timed out")
-    except Exception as exc:
-        logger.bind(step=what, error=f"{type(exc).__name__}: {exc}").warning(
-            "writer loss campaign: teardown step failed"
-        )
 
 
 # --------------------------------------------------------------------------- set-up
@@ -329,7 +291,7 @@ async def _wait_open(proc: subprocess.Popen[bytes], gate: TradingGate, work: Pat
             )
         return gate.allowed()
 
-    await _until(opened, SETUP_TIMEOUT_S, f"the gate opening (logs in {work})")
+    await until(opened, SETUP_TIMEOUT_S, f"the gate opening (logs in {work})")
 
 
 async def _fence(
@@ -369,7 +331,7 @@ async def _measure(
     exit_wait = EXIT_TIMEOUT_S if fault == "fenced" else 2.0
 
     async def watch_exit() -> float | None:
-        exited = await _first_true(lambda: proc.poll() is not None, exit_wait)
+        exited = await first_true(lambda: proc.poll() is not None, exit_wait)
         return None if exited is None else exited - t0
 
     t0 = time.monotonic()
@@ -378,7 +340,7 @@ async def _measure(
     try:
         # Twice the bound: a gate that closes late is still measured; one that never closes
         # is reported as None.
-        closed = await _first_true(lambda: not gate.allowed(), 2 * bound + 5.0)
+        closed = await first_true(lambda: not gate.allowed(), 2 * bound + 5.0)
         reason = gate.why()
         exited_after = await exit_watch if fault != "sigstop" else None
     finally:
@@ -458,39 +420,27 @@ async def run_once(fault: str, index: int) -> RunResult:
         return replace(result, kept_logs=str(work)) if keep else result
     finally:
         stop.set()
-        await _bounded("gate feed", feed.stop())
+        await bounded("gate feed", feed.stop())
         if proc is not None:
-            await _bounded("processor", asyncio.to_thread(_stop_processor, proc))
-        await _bounded("projector", asyncio.gather(*tasks, return_exceptions=True))
+            await bounded("processor", asyncio.to_thread(_stop_processor, proc))
+        await bounded("projector", asyncio.gather(*tasks, return_exceptions=True))
         for task in tasks:
             task.cancel()
-        await _bounded("projector cancelled", asyncio.gather(*tasks, return_exceptions=True))
+        await bounded("projector cancelled", asyncio.gather(*tasks, return_exceptions=True))
         if intruder_log is not None:
-            await _bounded("intruder producer", intruder_log.stop())
-        await _bounded("broker", asyncio.to_thread(broker.stop))
+            await bounded("intruder producer", intruder_log.stop())
+        await bounded("broker", asyncio.to_thread(broker.stop))
         _close_logs(work, sink, keep=keep)
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def percentile(values: Sequence[float], share: float) -> float | None:
-    """Nearest-rank percentile (``share`` in (0, 1]); ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(share * len(ordered))) - 1]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
     return {
-        "min": _rounded(min(values, default=None)),
-        "p50": _rounded(percentile(values, 0.5)),
-        "max": _rounded(max(values, default=None)),
+        "min": rounded(min(values, default=None)),
+        "p50": rounded(percentile(values, 0.5)),
+        "max": rounded(max(values, default=None)),
     }
 
 
@@ -499,7 +449,7 @@ def _fault_figures(results: Sequence[RunResult]) -> dict[str, Any]:
     summary = _summary(times)
     return {
         "runs": len(results),
-        "gate_closed_after_s": [_rounded(r.gate_closed_after_s) for r in results],
+        "gate_closed_after_s": [rounded(r.gate_closed_after_s) for r in results],
         "min_s": summary["min"],
         "p50_s": summary["p50"],
         "max_s": summary["max"],
@@ -507,7 +457,7 @@ def _fault_figures(results: Sequence[RunResult]) -> dict[str, Any]:
         "late": sum(1 for r in results if r.late),
         "gate_reasons": sorted({r.gate_reason for r in results}),
         "exit_codes": [r.exit_code for r in results],
-        "exited_after_s": [_rounded(r.exited_after_s) for r in results],
+        "exited_after_s": [rounded(r.exited_after_s) for r in results],
     }
 
 
