@@ -35,9 +35,21 @@ _SECRET_PAIR = re.compile(
 )
 
 
+#: ``scheme://user:password@host``: the password of a URL's userinfo (Redis, Kafka, proxies).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@/]+(?P<at>@)")
+#: URL query parameters that carry credentials under short names (``?key=``, ``&sig=``...).
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:key|sig|auth|session|access|code|x-mbx-apikey)[\w.-]*=)[^&\s\"'#]+",
+    re.IGNORECASE,
+)
+
+
 def redact_text(text: str) -> str:
-    """``text`` with PEM private keys and ``secret=value`` pairs masked."""
+    """``text`` with PEM private keys, ``secret=value`` pairs, URL passwords and
+    credential-looking URL query parameters masked."""
     text = _PEM_PRIVATE.sub(f"-----PRIVATE KEY {MASK}-----", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
     return _SECRET_PAIR.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
 
 

@@ -154,9 +154,24 @@ class ExecutorSettings(BaseSettings):
 
 
 def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
-    """Venue configs from parsed TOML/JSON: a list, or a mapping with a ``venues`` list."""
+    """Venue configs from parsed TOML/JSON: a list, or a mapping with a ``venues`` list.
+
+    A mapping without ``venues`` (a typo such as ``[[venue]]``) or with other top-level keys
+    is refused: it would otherwise read as "no venues" and ESS would stop nothing on any
+    exchange. Only an explicit empty list (``venues = []``) means none on purpose."""
     if isinstance(data, Mapping):
-        data = data.get("venues", [])
+        unknown = sorted(str(key) for key in data if key != "venues")
+        if unknown:
+            raise VenueConfigError(
+                f"unknown top-level keys in the venue configuration: {', '.join(unknown)} "
+                "(expected only `venues`, a list of [[venues]] tables)"
+            )
+        if "venues" not in data:
+            raise VenueConfigError(
+                "the venue configuration has no `venues` list; write `venues = []` to run "
+                "without venues on purpose"
+            )
+        data = data["venues"]
     if not isinstance(data, Sequence) or isinstance(data, str | bytes):
         raise VenueConfigError("venue configuration must be a list of venues")
     try:

@@ -196,3 +196,27 @@ def test_credentials_are_masked_in_repr_and_str() -> None:
         assert SECRET not in text
         assert "**********" in text
     assert credentials.secret.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[venue]]\nname = "futures"\nexchange = "binanceusdm"\n', "unknown top-level keys"),
+        ("# nothing here yet\n", "no `venues` list"),
+        ("venues = []\nextra = 1\n", "unknown top-level keys in the venue configuration: extra"),
+    ],
+    ids=["typo", "empty-file", "extra-key"],
+)
+def test_a_file_that_would_read_as_no_venues_is_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "venues.toml"
+    path.write_text(text)
+    with pytest.raises(VenueConfigError, match=message):
+        load_venues({"ESS_VENUES_FILE": str(path)})
+
+
+def test_an_explicit_empty_list_means_no_venues_on_purpose(tmp_path: Path) -> None:
+    path = tmp_path / "venues.toml"
+    path.write_text("venues = []\n")
+    assert load_venues({"ESS_VENUES_FILE": str(path)}) == ()

@@ -67,6 +67,23 @@ def test_logging_emits_json_with_secrets_redacted() -> None:
         assert secret not in sink.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("connecting to redis://ess:hunter2@redis:6379/0", "hunter2"),
+        ("SASL via kafka://svc:p%40ss@broker:9093", "p%40ss"),
+        ("GET https://api.example/v3/order?symbol=BTC&signature=abc123ef", "abc123ef"),
+        ("GET https://api.example/v1?key=AKIA12345&symbol=BTC", "AKIA12345"),
+        ("callback https://hook.example/x?sig=deadbeef#frag", "deadbeef"),
+        ("GET https://x.example/?access_token=tok-42", "tok-42"),
+    ],
+)
+def test_redact_text_masks_credentials_in_urls(text: str, secret: str) -> None:
+    redacted = redact_text(text)
+    assert secret not in redacted
+    assert "***" in redacted
+
+
 def test_redact_text_keeps_harmless_text() -> None:
     assert redact_text("order BTC/USDT qty=0.5") == "order BTC/USDT qty=0.5"
 
