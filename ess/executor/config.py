@@ -149,6 +149,9 @@ class ExecutorSettings(BaseSettings):
     #: No answer from ``ess.state`` for this long: stop re-arming the venues' dead-man's
     #: switches (ESS cannot know whether it was tripped), so the venues cancel on their own.
     log_timeout_s: float = Field(default=3.0, gt=0)
+    #: How often the watchdog checks "while ACTIVE, the current activation is enforced" and
+    #: restarts enforcement (counted) if it ever finds it broken.
+    watchdog_interval_s: float = Field(default=1.0, gt=0)
     #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
     status_port: int = Field(default=9465, ge=-1, le=65535)
 

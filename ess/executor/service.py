@@ -138,6 +138,12 @@ class ExecutorMetrics:
             "Action reports dropped because ess.actions was unreachable for too long.",
             registry=self.registry,
         )
+        self.enforcement_restarts = Counter(
+            "ess_executor_enforcement_restarts",
+            "Times the watchdog found ESS ACTIVE without a running enforcement of the current "
+            "activation and restarted it (a defect: should stay 0).",
+            registry=self.registry,
+        )
         self.registry.register(_ProgressCollector(self))
 
     def observe(self, report: ActionReport) -> None:
@@ -301,6 +307,7 @@ class Executor:
         tasks = [
             asyncio.create_task(self._follow(stop), name="ess-executor-follow"),
             asyncio.create_task(self._publish(stop), name="ess-executor-publish"),
+            asyncio.create_task(self._watchdog(stop), name="ess-executor-watchdog"),
         ]
         tasks += [
             asyncio.create_task(self._prepare(venue, stop), name=f"ess-venue-{venue.name}")
@@ -379,6 +386,41 @@ class Executor:
             task = asyncio.get_running_loop().create_task(self._end(current, "reset"))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def enforcement_broken(self) -> bool:
+        """Whether the invariant is broken: the folded state is ACTIVE but no enforcement of
+        its activation is running (none, another activation's, or one that ended)."""
+        state = self.state
+        if not state.active or state.activation is None:
+            return False
+        current = self._enforcement
+        return (
+            current is None
+            or current.activation.seq != state.activation.seq
+            or current.task.done()
+        )
+
+    def check_enforcement(self) -> bool:
+        """Restart enforcement when :meth:`enforcement_broken`; ``True`` when it did."""
+        if not self.enforcement_broken():
+            return False
+        activation = self.state.activation
+        assert activation is not None
+        self.metrics.enforcement_restarts.inc()
+        logger.bind(seq=activation.seq).critical(
+            "executor watchdog: ESS is ACTIVE but its activation was not being enforced; "
+            "restarting enforcement"
+        )
+        self._start_enforcement(activation)
+        return True
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        """Every ``watchdog_interval_s``: :meth:`check_enforcement` (belt and braces)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.watchdog_interval_s)
+            if not stop.is_set() and self._caught_up:
+                self.check_enforcement()
 
     def _start_enforcement(self, activation: Activation) -> None:
         previous = self._enforcement
