@@ -190,6 +190,7 @@ def assess_health(
     *,
     policy_store_ok: bool,
     writer: str | None = None,
+    store_failing: bool = False,
 ) -> tuple[HealthStatus, dict[str, str]]:
     """ESS's health status and checks for its beat.
 
@@ -197,6 +198,8 @@ def assess_health(
     for the log (untrusted, corrupt or unreachable), and while the command processor is gone
     (``writer`` says why; ``None`` means it is alive); DEGRADED while starting, catching up
     or when the PolicyStore record is not being kept fresh; HEALTHY otherwise.
+    ``store_failing``: the projector tries to write the record and the writes fail (the
+    ``policy_store_writes`` check, which the detector trips ``policy_store_stale`` on).
 
     While the log is not yet read (starting, catching up) ``state`` is ``UNKNOWN`` rather than
     the partial fold, and the ``policy_store`` check is left out rather than reported
@@ -209,6 +212,9 @@ def assess_health(
     checks["command_processor"] = "ok" if writer is None else "gone"
     if known:
         checks["policy_store"] = "ok" if policy_store_ok else "stale"
+        # Not "stale" for any reason, but "the writes themselves fail": what the detection
+        # rule ess_policy_store_failing trips on (not vouching must not trip ESS).
+        checks["policy_store_writes"] = "failing" if store_failing else "ok"
     if (
         (known and state.active)
         or log in {LogCondition.UNTRUSTED, LogCondition.CORRUPT, LogCondition.UNREACHABLE}
@@ -466,15 +472,15 @@ class Projector:
             return log in {LogCondition.OK, LogCondition.UNTRUSTED}
         return log is LogCondition.OK and writer is None
 
+    def _failing(self) -> bool:
+        """The last write of the record failed, or was refused (store ahead of the log)."""
+        return self._write_failures > 0 or self._store_problem is not None
+
     def _doing_its_job(self, log: LogCondition) -> bool:
         """``/healthz``: following a foldable log and able to write the store. Not vouching
         because the command processor is gone or the log holds a foreign record *is* this
         projector doing its job (a restart would not help); both show in ``health``."""
-        return (
-            log in {LogCondition.OK, LogCondition.UNTRUSTED}
-            and self._write_failures == 0
-            and self._store_problem is None
-        )
+        return log in {LogCondition.OK, LogCondition.UNTRUSTED} and not self._failing()
 
     def status(self) -> ProjectorStatus:
         """A consistent snapshot for ``/status`` (never blocks, never does I/O)."""
@@ -482,7 +488,9 @@ class Projector:
         log = self.log_condition()
         writer = self.writer_problem()
         store_ok = self._policy_store_ok(log, writer)
-        health, checks = assess_health(state, log, policy_store_ok=store_ok, writer=writer)
+        health, checks = assess_health(
+            state, log, policy_store_ok=store_ok, writer=writer, store_failing=self._failing()
+        )
         activation = state.activation
         folded = self._reader.folded
         fault = self._fault or self._store_problem
@@ -954,6 +962,7 @@ class Projector:
                 log,
                 policy_store_ok=self._policy_store_ok(log, writer),
                 writer=writer,
+                store_failing=self._failing(),
             )
             beat = health_beat(
                 component=self.component,

@@ -53,6 +53,7 @@ from ess.rules.security import security_rules
 from ess.rules.system import (
     LatencySpikeRule,
     SystemCriticalRule,
+    ess_policy_store_failing,
     exchange_disconnected,
     heartbeat_lost,
     policy_store_stale,
@@ -108,6 +109,7 @@ def build_rules(config: DetectionConfig | None = None) -> dict[str, list[AnyRule
         SystemCriticalRule(cfg),
         exchange_disconnected(cfg),
         policy_store_stale(cfg),
+        ess_policy_store_failing(cfg),
         heartbeat_lost(cfg),
         LatencySpikeRule(cfg),
         CorruptFeedRule(cfg),

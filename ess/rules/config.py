@@ -46,6 +46,7 @@ ALL_RULES: tuple[str, ...] = (
     "system_critical",
     "exchange_disconnected",
     "policy_store_stale",
+    "ess_policy_store_failing",
     "heartbeat_lost",
     # latency
     "latency_spike",
@@ -187,6 +188,10 @@ class DetectionConfig(BaseModel):
     heartbeat_timeout_sec: Seconds = 15.0
     exchange_down_sec: Seconds = 5.0
     policy_store_stale_sec: Seconds = 5.0
+    #: ESS's own projector reporting that it cannot write the ``emergency_stop`` record
+    #: (``checks["policy_store_writes"] == "failing"``) for longer than this trips
+    #: ``policy_store_stale`` (rule ``ess_policy_store_failing``, which watches ESS's beats).
+    ess_policy_store_failing_sec: Seconds = 10.0
 
     #: Latency (topic ``latency``, key ``component`` + ``operation``).
     latency_threshold_ms: Limit = 5_000.0

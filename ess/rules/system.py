@@ -2,7 +2,8 @@
 ``latency``, key ``component|operation``).
 
 Every health rule skips :attr:`DetectionConfig.ignore_components` (by default ``ess``: ESS
-beats CRITICAL while ACTIVE and must not trip on itself).
+beats CRITICAL while ACTIVE and must not trip on itself), except
+``ess_policy_store_failing``, which exists to read ESS's own beats.
 """
 
 from __future__ import annotations
@@ -199,6 +200,26 @@ def policy_store_stale(config: DetectionConfig) -> CheckRunRule:
         bad_value="stale",
         limit_sec=config.policy_store_stale_sec,
         ignore=config.ignore_components,
+    )
+
+
+def ess_policy_store_failing(config: DetectionConfig) -> CheckRunRule:
+    """ESS's own projector cannot write the ``emergency_stop`` record
+    (``checks["policy_store_writes"] == "failing"``) for longer than
+    ``ess_policy_store_failing_sec``: ``policy_store_stale``.
+
+    The one health rule that reads ESS's own beats (no component is ignored; only ESS's
+    projector reports this check). Gates already fail closed on a record nobody refreshes;
+    the trip makes the executor flatten too, since bots that cannot trade cannot manage
+    their positions either. Not vouching (writer gone, untrusted log) is not a failing store
+    and does not trip: that would stop trading on every processor restart."""
+    return CheckRunRule(
+        name="ess_policy_store_failing",
+        reason=ReasonCode.POLICY_STORE_STALE,
+        check="policy_store_writes",
+        bad_value="failing",
+        limit_sec=config.ess_policy_store_failing_sec,
+        ignore=frozenset(),
     )
 
 

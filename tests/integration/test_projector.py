@@ -568,6 +568,10 @@ async def test_policy_store_failures_are_counted_and_retried(rig: Rig) -> None:
         await eventually(lambda: errors() >= 3, timeout=WAIT)  # retried every interval
         assert EMERGENCY_STOP_KEY not in rig.store.data
         assert projector.status().checks["policy_store"] == "stale"
+        # What the detector trips policy_store_stale on (rule ess_policy_store_failing):
+        await eventually(
+            lambda: rig.last_beat().checks.get("policy_store_writes") == "failing", timeout=WAIT
+        )
         assert not projector.status().healthy
         # Events do not wait for the PolicyStore.
         await eventually(lambda: projector.status().events_published_seq == 0, timeout=WAIT)
@@ -577,6 +581,7 @@ async def test_policy_store_failures_are_counted_and_retried(rig: Rig) -> None:
         await eventually(lambda: rig.record().active, timeout=WAIT)
         await eventually(lambda: projector.status().healthy, timeout=WAIT)
         assert metric(projector, "ess_policy_store_last_write_timestamp_seconds") > 0
+        assert projector.status().checks["policy_store_writes"] == "ok"
 
 
 async def test_an_active_store_beyond_the_log_is_not_replaced_with_inactive(rig: Rig) -> None:

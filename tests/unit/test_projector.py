@@ -245,6 +245,7 @@ def test_health_is_critical_while_active_and_healthy_when_inactive() -> None:
         "state_log": "ok",
         "command_processor": "ok",
         "policy_store": "ok",
+        "policy_store_writes": "ok",
     }
 
     status, checks = assess_health(inactive, LogCondition.OK, policy_store_ok=True)
@@ -552,3 +553,19 @@ async def test_status_server_serves_status_metrics_and_healthz_on_a_free_port() 
                 assert (await response.json())["healthy"] is False
     finally:
         await server.stop()
+
+
+def test_failing_writes_are_their_own_check_not_vouching_is_not() -> None:
+    """The detector trips ``policy_store_stale`` on ``policy_store_writes=failing`` only: a
+    projector that does not vouch (writer gone) reports ``policy_store=stale`` but its
+    writes are fine, and must not stop trading on every processor restart."""
+    inactive = fold([activated(0), reset_entry(1)])
+    _, gone = assess_health(inactive, LogCondition.OK, policy_store_ok=False, writer="gone")
+    assert (gone["policy_store"], gone["policy_store_writes"]) == ("stale", "ok")
+    status, failing = assess_health(
+        inactive, LogCondition.OK, policy_store_ok=False, store_failing=True
+    )
+    assert (failing["policy_store"], failing["policy_store_writes"]) == ("stale", "failing")
+    assert status is HealthStatus.DEGRADED
+    _, starting = assess_health(inactive, LogCondition.CATCHING_UP, policy_store_ok=False)
+    assert "policy_store_writes" not in starting

@@ -9,6 +9,7 @@ from ess.rules.config import DetectionConfig
 from ess.rules.system import (
     LatencySpikeRule,
     SystemCriticalRule,
+    ess_policy_store_failing,
     exchange_disconnected,
     heartbeat_lost,
     policy_store_stale,
@@ -116,6 +117,27 @@ def test_policy_store_stale_for_longer_than_the_limit() -> None:
     assert hit is not None
     assert hit.reason is ReasonCode.POLICY_STORE_STALE
     assert "policy_store=stale" in hit.detail
+
+
+def test_ess_policy_store_failing_reads_esss_own_beats() -> None:
+    """ESS's projector cannot write the record: ``policy_store_stale``, from ESS's own beat
+    (the one health rule that does not ignore the ``ess`` component)."""
+    drv = Driver(ess_policy_store_failing(DetectionConfig(ess_policy_store_failing_sec=10)))
+    assert (
+        drv.feed([beat(t, component="ess", policy_store_writes="failing") for t in range(11)]) == []
+    )
+    hit = drv.step(beat(10.5, component="ess", policy_store_writes="failing"))
+    assert hit is not None
+    assert hit.reason is ReasonCode.POLICY_STORE_STALE
+    assert hit.rule == "ess_policy_store_failing"
+
+
+def test_ess_policy_store_failing_ignores_a_projector_that_only_does_not_vouch() -> None:
+    drv = Driver(ess_policy_store_failing(DetectionConfig(ess_policy_store_failing_sec=1)))
+    records = [
+        beat(t, component="ess", policy_store="stale", policy_store_writes="ok") for t in range(30)
+    ]
+    assert drv.feed(records) == []
 
 
 # --------------------------------------------------------------------------- heartbeat
