@@ -395,9 +395,7 @@ class Executor:
             return False
         current = self._enforcement
         return (
-            current is None
-            or current.activation.seq != state.activation.seq
-            or current.task.done()
+            current is None or current.activation.seq != state.activation.seq or current.task.done()
         )
 
     def check_enforcement(self) -> bool:
