@@ -175,10 +175,12 @@ class VenueFlattener:
         clock: Clock,
         report: ReportSink,
         monotonic: Callable[[], float] = time.monotonic,
+        on_auth_failure: Callable[[VenueError], None] | None = None,
     ) -> None:
         self._venue = venue
         self._settings = settings
         self._monotonic = monotonic
+        self._on_auth_failure = on_auth_failure
         self._reporter = _Reporter(venue, clock, report)
         self._log = self._reporter.log
         self._opened = False
@@ -439,6 +441,8 @@ class VenueFlattener:
         run.last_error = f"{action}: {_text(error)}"
         level = "CRITICAL" if error.kind is VenueErrorKind.AUTH else "WARNING"
         self._emit(run, action, "failed", level=level, **fields, error=_text(error))
+        if error.kind is VenueErrorKind.AUTH and self._on_auth_failure is not None:
+            self._on_auth_failure(error)
 
     def _floor(self, error: VenueError) -> float:
         """The shortest pause ``error`` allows before the next call to the venue."""

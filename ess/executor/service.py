@@ -43,15 +43,24 @@ from prometheus_client.registry import Collector
 
 from ess.clock import Clock, SystemClock
 from ess.core import Activation, EssState
+from ess.core.ids import derive_id
 from ess.core.reader import LogBroken, Trust
 from ess.executor.binance import BinanceVenue
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.engine import Phase, VenueFlattener, VenueProgress, enforce_all, keep_countdown
-from ess.executor.ports import VenuePort
+from ess.executor.ports import VenueError, VenueErrorKind, VenuePort
 from ess.kafka import KafkaSecurity, producer
 from ess.statelog import KafkaStateLog, StateLogReader, follow_state
 from ess.status import serve_status
-from schemas import ActionReport, TopicRegistry, encode
+from schemas import (
+    IDENT_MAX,
+    ActionReport,
+    SecurityEvent,
+    SecurityEventKind,
+    TopicRegistry,
+    clip,
+    encode,
+)
 
 __all__ = ["Countdown", "Executor", "ExecutorMetrics", "ExecutorStatus", "run_executor"]
 
@@ -138,6 +147,12 @@ class ExecutorMetrics:
             "Action reports dropped because ess.actions was unreachable for too long.",
             registry=self.registry,
         )
+        self.credentials_refused = Counter(
+            "ess_executor_credentials_refused",
+            "Times a venue refused the executor's credentials (reported as api_key_invalid).",
+            labelnames=["venue"],
+            registry=self.registry,
+        )
         self.enforcement_restarts = Counter(
             "ess_executor_enforcement_restarts",
             "Times the watchdog found ESS ACTIVE without a running enforcement of the current "
@@ -194,6 +209,15 @@ class _Enforcement:
     task: asyncio.Task[None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One record for the publisher: topic, key and encoded value."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
 class Executor:
     """Runs the executor role against ``bootstrap`` until :meth:`run`'s ``stop`` is set."""
 
@@ -222,14 +246,23 @@ class Executor:
         self.clock = clock or SystemClock()
         self.metrics = metrics or ExecutorMetrics()
         self.flatteners = tuple(
-            VenueFlattener(venue, settings, clock=self.clock, report=self.report)
+            VenueFlattener(
+                venue,
+                settings,
+                clock=self.clock,
+                report=self.report,
+                on_auth_failure=self._credentials_refused(venue),
+            )
             for venue in self.venues
         )
         self._reader = StateLogReader(trust, name="executor")
         self._caught_up = False
         self._log_fault: str | None = None
         self._enforcement: _Enforcement | None = None
-        self._reports: deque[ActionReport] = deque()
+        #: Records waiting for the publisher: action reports and security events.
+        self._reports: deque[_Outgoing] = deque()
+        #: When each venue's refused credentials were last reported (monotonic).
+        self._auth_reported: dict[str, float] = {}
         self._reports_ready = asyncio.Event()
         self._reports_drained = asyncio.Event()
         self._reports_drained.set()
@@ -289,13 +322,47 @@ class Executor:
     def report(self, report: ActionReport) -> None:
         """Queue ``report`` for ``ess.actions`` (never blocks; drops the oldest on overflow)."""
         self.metrics.observe(report)
+        key = f"{report.venue}/{report.account}".encode()
+        self._queue(_Outgoing(self.topics.actions.name, key, encode(report)))
+
+    def _queue(self, item: _Outgoing) -> None:
         if len(self._reports) >= _QUEUE_LIMIT:
             self._reports.popleft()
             self._dropped += 1
             self.metrics.reports_dropped.inc()
-        self._reports.append(report)
+        self._reports.append(item)
         self._reports_drained.clear()
         self._reports_ready.set()
+
+    def _credentials_refused(self, venue: VenuePort) -> Callable[[VenueError], None]:
+        """What to do when ``venue`` refuses the credentials: an ``api_key_invalid`` security
+        event on ``ess.security`` (detection trips ESS at once), at most once per probe
+        interval per venue so that a flatten retrying against a dead key does not flood."""
+
+        def refused(error: VenueError) -> None:
+            now = time.monotonic()
+            last = self._auth_reported.get(venue.name)
+            if last is not None and now - last < self.settings.credential_probe_interval_s:
+                return
+            self._auth_reported[venue.name] = now
+            self.metrics.credentials_refused.labels(venue.name).inc()
+            at = self.clock.now()
+            event = SecurityEvent(
+                event_id=derive_id("executor-auth", venue.name, venue.account, at.isoformat()),
+                kind=SecurityEventKind.API_KEY_INVALID,
+                source=clip(f"ess-executor:{venue.name}", IDENT_MAX),
+                detail=clip(
+                    f"venue {venue.name} (account {venue.account}) refused the executor's "
+                    f"credentials: {error}; ESS cannot flatten it until they are fixed"
+                ),
+                ts=at,
+            )
+            logger.bind(venue=venue.name, error=str(error)).critical(
+                "venue refused the executor's credentials; reporting api_key_invalid"
+            )
+            self._queue(_Outgoing(self.topics.security.name, venue.name.encode(), encode(event)))
+
+        return refused
 
     # ------------------------------------------------------------------ running
 
@@ -311,6 +378,10 @@ class Executor:
         ]
         tasks += [
             asyncio.create_task(self._prepare(venue, stop), name=f"ess-venue-{venue.name}")
+            for venue in self.venues
+        ]
+        tasks += [
+            asyncio.create_task(self._probe(venue, stop), name=f"ess-probe-{venue.name}")
             for venue in self.venues
         ]
         try:
@@ -477,9 +548,37 @@ class Executor:
             healthy=self.log_reachable,
         )
 
+    async def _probe(self, venue: VenuePort, stop: asyncio.Event) -> None:
+        """While INACTIVE, read ``venue`` with its credentials every
+        ``credential_probe_interval_s``: refused credentials are reported now, not found out
+        in an emergency. (While ACTIVE the flatten itself reports them.)"""
+        refused = self._credentials_refused(venue)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.credential_probe_interval_s)
+            if stop.is_set() or self._enforcement is not None or not self._caught_up:
+                continue
+            await self.probe_once(venue, refused)
+
+    async def probe_once(
+        self, venue: VenuePort, refused: Callable[[VenueError], None] | None = None
+    ) -> bool:
+        """One credential probe of ``venue``; ``False`` when it refused the credentials."""
+        try:
+            await venue.snapshot()
+        except VenueError as exc:
+            if exc.kind is VenueErrorKind.AUTH:
+                (refused or self._credentials_refused(venue))(exc)
+                return False
+            logger.bind(venue=venue.name, error=str(exc)).warning("credential probe failed")
+        except Exception as exc:
+            logger.bind(venue=venue.name, error=f"{type(exc).__name__}: {exc}").warning(
+                "credential probe failed"
+            )
+        return True
+
     async def _publish(self, stop: asyncio.Event) -> None:
-        """Drain the report queue into ``ess.actions``, reconnecting as needed."""
-        topic = self.topics.actions.name
+        """Drain the queue into ``ess.actions`` / ``ess.security``, reconnecting as needed."""
         while True:  # cancelled by run() once the queue is drained (or the drain timed out)
             sender = producer(self.bootstrap, security=self.security)
             try:
@@ -490,14 +589,13 @@ class Executor:
                         self._reports_ready.clear()
                         await self._reports_ready.wait()
                         continue
-                    report = self._reports[0]
-                    key = f"{report.venue}/{report.account}".encode()
-                    await sender.send_and_wait(topic, encode(report), key=key)
-                    if self._reports and self._reports[0] is report:
+                    item = self._reports[0]
+                    await sender.send_and_wait(item.topic, item.value, key=item.key)
+                    if self._reports and self._reports[0] is item:
                         self._reports.popleft()
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
-                    "cannot publish to ess.actions; retrying"
+                    "cannot publish to ess.actions / ess.security; retrying"
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _RETRY_S)

@@ -23,7 +23,16 @@ from ess.kafka import producer, read_to_end
 from ess.sim import ExchangeSimulator, Venue
 from ess.statelog import STATE_KEY
 from ess.status import serve_status
-from schemas import ActionReport, ReasonCode, ResetEntry, TopicRegistry, decode, encode
+from schemas import (
+    ActionReport,
+    ReasonCode,
+    ResetEntry,
+    SecurityEvent,
+    SecurityEventKind,
+    TopicRegistry,
+    decode,
+    encode,
+)
 from tests.helpers import eventually
 from tests.statelog_support import PROCESSOR, LogBuilder, trust
 
@@ -358,3 +367,40 @@ async def test_a_processor_signed_reset_without_operator_authorization_ends_noth
     assert (status.status, status.activation_seq) == ("ACTIVE", 0)
     sim.seed_position(account, "ETHUSDT", "-1", "3000")
     await eventually(lambda: sim.positions(account) == {}, timeout=20)
+
+
+async def test_a_venue_refusing_the_credentials_is_reported_as_api_key_invalid(
+    kafka_bootstrap: str, registry: TopicRegistry, sim: ExchangeSimulator, account: str
+) -> None:
+    """Issue 13, item 6: while INACTIVE the executor probes each venue with its credentials;
+    a refusal (here: a wrong secret, -1022/-2015 from the simulator) becomes an
+    ``api_key_invalid`` security event on ``ess.security``, which detection trips ESS on:
+    found now, not in an emergency."""
+    wrong = VenueCredentials(api_key=SecretStr(KEY), secret=SecretStr("not-the-secret"))
+    venue = BinanceVenue(
+        VenueConfig(name="futures", exchange="binanceusdm", base_url=sim.url, timeout_ms=300),
+        wrong,
+    )
+    settings = SETTINGS.model_copy(update={"credential_probe_interval_s": 0.2})
+    executor = Executor(
+        kafka_bootstrap, registry, [venue], settings, trust=trust(registry.state.name)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(executor.run(stop))
+    try:
+
+        async def reported() -> list[SecurityEvent]:
+            records = await read_to_end(kafka_bootstrap, registry.security.name)
+            events = [decode(SecurityEvent, record.value or b"") for record in records]
+            assert events, "no security event yet"
+            return events
+
+        events = await eventually(reported, timeout=20)
+        [event] = events  # once per probe interval at most... and here, once so far
+        assert event.kind is SecurityEventKind.API_KEY_INVALID
+        assert event.source == "ess-executor:futures"
+        assert "not-the-secret" not in event.detail
+        assert executor.state.status.value == "INACTIVE"  # the trip is detection's job
+    finally:
+        stop.set()
+        await task

@@ -734,7 +734,7 @@ def test_each_role_reads_and_writes_exactly_what_it_owns(
         ),
         "ess-detect": (inputs | {"state"}, {"commands", "deadletter"}),
         "ess-project": ({"state", "events", "liveness", "commands"}, {"events", "health"}),
-        "ess-execute": ({"state"}, {"actions"}),
+        "ess-execute": ({"state"}, {"actions", "security"}),
         "ess-trader": (set(), inputs | {"commands"}),
         "ess-operator": ({"state", "outcomes"}, {"commands"}),
     }
