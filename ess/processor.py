@@ -76,7 +76,12 @@ from ess.clock import Clock, SystemClock
 from ess.config import EssSettings
 from ess.core import EssState, ResetPolicy, decide
 from ess.core.attestation import SigningKey, seal
-from ess.core.decider import SUSPICIOUS_REJECTIONS
+from ess.core.decider import (
+    SUSPICIOUS_REJECTIONS,
+    TRIP_RECORDS_PER_ACTIVATION,
+    trip_is_coalesced,
+    trip_is_duplicate,
+)
 from ess.core.ids import derive_id
 from ess.core.reader import LogBroken, LoggedEntry, Trust, digest, fold_log, seal_entry
 from ess.core.signing import KeyMaterialError
@@ -330,9 +335,17 @@ def outcome_for(
     entries: list[StateEntry],
     now: datetime,
     detail: str = "",
+    coalesced: bool = False,
 ) -> CommandOutcome:
-    """The outcome record of one command given the entries appended for it."""
-    if not entries:
+    """The outcome record of one command given the entries appended for it (``coalesced``:
+    a trip decided while the activation already held its maximum of recorded trips)."""
+    if not entries and coalesced:
+        outcome, entry_kind, seq = CommandOutcomeKind.COALESCED, None, None
+        detail = detail or (
+            f"ESS is ACTIVE and this activation already recorded "
+            f"{TRIP_RECORDS_PER_ACTIVATION} trips: not appended (the stop is in force)"
+        )
+    elif not entries:
         outcome, entry_kind, seq = CommandOutcomeKind.DUPLICATE, None, None
         detail = detail or "already applied; nothing appended"
     else:
@@ -800,6 +813,11 @@ class CommandProcessor:
                 )
             )
             return
+        coalesced = (
+            isinstance(command, TripCommand)
+            and not trip_is_duplicate(self.state, command)
+            and trip_is_coalesced(self.state)
+        )
         try:
             entries = await self._decide_and_append(command, offset)
         except _Undecidable as exc:
@@ -811,6 +829,7 @@ class CommandProcessor:
                 command_kind=command.kind,
                 entries=entries,
                 now=self._clock.now(),
+                coalesced=coalesced,
             )
         )
 
@@ -865,7 +884,7 @@ class CommandProcessor:
             self.stats.duplicates += 1
             logger.bind(
                 command_id=command.command_id, kind=command.kind, command_offset=offset
-            ).info("command already applied; nothing appended")
+            ).info("nothing appended: command already applied, or a trip coalesced")
         appended: list[StateEntry] = []
         for entry in stamped:
             await self._publish_security_event(entry)

@@ -450,6 +450,9 @@ class CommandOutcomeKind(StrEnum):
     APPLIED = "applied"  # an entry that changes or records state was appended
     DUPLICATE = "duplicate"  # already applied: nothing appended
     REJECTED = "rejected"  # a reset refused (``reset_rejected`` entry) or a command not obeyed
+    #: A trip while ESS is ACTIVE and the activation holds its maximum of ``trip_recorded``
+    #: entries: nothing appended (the stop is in force), so that the log stays bounded.
+    COALESCED = "coalesced"
 
 
 class CommandOutcome(TimedRecord):

@@ -47,6 +47,10 @@ UNAUTHENTICATED_REJECTIONS = frozenset({RejectReason.UNKNOWN_OPERATOR, RejectRea
 #: one was aimed at another activation than the current one (replayed or held back).
 SUSPICIOUS_REJECTIONS = UNAUTHENTICATED_REJECTIONS | {RejectReason.ACTIVATION_MISMATCH}
 DEFAULT_MAX_SKEW = timedelta(seconds=30)
+#: ``trip_recorded`` entries one activation may hold. Beyond it further trips are coalesced
+#: (no entry: ESS is ACTIVE and stays so; each still gets an outcome): anyone allowed to
+#: trip could otherwise grow the log, and with it every restart, without bound.
+TRIP_RECORDS_PER_ACTIVATION = 1000
 
 
 class SequenceError(ValueError):
@@ -97,7 +101,9 @@ def decide(
 ) -> list[StateEntry]:
     """Entries that applying ``command`` at time ``now`` appends to the log (maybe none)."""
     if isinstance(command, TripCommand):
-        return [] if trip_is_duplicate(state, command) else [_decide_trip(state, command, now)]
+        if trip_is_duplicate(state, command) or trip_is_coalesced(state):
+            return []
+        return [_decide_trip(state, command, now)]
     if ("reset", command.command_id) in state.applied:
         return []
     entry = _decide_reset(state, command, now, policy)
@@ -119,6 +125,12 @@ def trip_is_duplicate(state: EssState, command: TripCommand) -> bool:
         return False
     happened = command.trigger.event_ts if command.trigger is not None else command.ts
     return happened < state.last_reset
+
+
+def trip_is_coalesced(state: EssState) -> bool:
+    """Whether a new trip now appends nothing because this activation already recorded
+    :data:`TRIP_RECORDS_PER_ACTIVATION` of them (the stop is in force either way)."""
+    return state.active and state.trips_recorded >= TRIP_RECORDS_PER_ACTIVATION
 
 
 def _decide_trip(state: EssState, command: TripCommand, now: datetime) -> StateEntry:

@@ -377,6 +377,12 @@ def test_outcomes_say_applied_duplicate_or_rejected() -> None:
     )
     assert (approved.outcome, approved.detail) == ("applied", "approval 1 of 2")
 
+    coalesced = outcome_for(
+        command_id="t9", offset=11, command_kind="trip", entries=[], now=T0, coalesced=True
+    )
+    assert (coalesced.outcome, coalesced.entry_kind) == ("coalesced", None)
+    assert "already recorded 1000 trips" in coalesced.detail
+
 
 def test_run_processor_refuses_without_its_key(tmp_path: Path) -> None:
     settings = EssSettings(

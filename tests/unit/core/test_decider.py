@@ -23,7 +23,9 @@ from ess.core import (
 from ess.core.decider import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_SKEW,
+    TRIP_RECORDS_PER_ACTIVATION,
     reset_authorization_problem,
+    trip_is_coalesced,
     trip_is_duplicate,
 )
 from ess.core.signing import public_bytes
@@ -1332,3 +1334,28 @@ def test_squatted_id_when_lagging_detector_reports_pre_reset_event_after_reset_t
 
     assert isinstance(only(entries), ActivatedEntry)
     assert after.active
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+def test_trips_beyond_the_per_activation_limit_are_coalesced_until_the_reset() -> None:
+    """Issue 13, item 4: a flood of trips while ACTIVE cannot grow the log without bound."""
+    state = active_state()
+    for index in range(TRIP_RECORDS_PER_ACTIVATION):
+        entries, state = apply(state, trip(f"flood-{index}", trigger=None, source="bot:7"))
+        assert isinstance(only(entries), TripRecordedEntry)
+    assert state.trips_recorded == TRIP_RECORDS_PER_ACTIVATION
+    assert trip_is_coalesced(state)
+
+    entries, after = apply(state, trip("one-more", trigger=None))
+    assert entries == []
+    assert after == state
+    assert state.active  # the stop is in force whatever was coalesced
+
+    entries, state = apply(state, reset(of=state))
+    assert isinstance(only(entries), ResetEntry)
+    assert not trip_is_coalesced(state)
+    entries, state = apply(state, trip("after-the-reset", trigger=None, ts=T0 + SECOND))
+    assert isinstance(only(entries), ActivatedEntry)
+    assert not trip_is_coalesced(state)
