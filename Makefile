@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay chaos sim
+.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart chaos sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-flatten: install
 bench-replay: install
 	$(BIN)/python -m bench.bench_replay
 
+bench-restart: install
+	$(BIN)/python -m bench.bench_restart
+
 bench-broker: install
 	$(BIN)/python -m bench.bench_broker
 
@@ -66,7 +69,7 @@ chaos: install
 sim: install
 	$(BIN)/python -m ess.sim --port 8090 --seed-demo
 
-bench: bench-gate bench-detect bench-broker bench-flatten bench-replay
+bench: bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage htmlcov
