@@ -89,16 +89,25 @@ class VenueSnapshot:
 
     ``dust`` lists exposure too small to trade (below the venue's minimum quantity or
     notional): reported, but not counted against "flat", since no order can remove it.
+    ``stranded`` lists exposure of a size that matters but that no order on this venue can
+    remove (a spot asset without a market in the quote currency): it is never "flat", so the
+    flatten keeps reporting it (``stalled``) until a human moves it.
     """
 
     positions: tuple[PositionView, ...] = ()
     orders: tuple[OrderView, ...] = ()
     dust: tuple[PositionView, ...] = ()
+    stranded: tuple[PositionView, ...] = ()
 
     @property
     def flat(self) -> bool:
-        """No open order (regular or conditional) and no position a close could reduce."""
-        return not self.orders and not any(position.quantity for position in self.positions)
+        """No open order (regular or conditional), no position a close could reduce and no
+        stranded exposure."""
+        return (
+            not self.orders
+            and not self.stranded
+            and not any(position.quantity for position in self.positions)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -310,6 +310,20 @@ class BinanceVenue:
         risk, account, orders, conditional = await self._read(
             "positions", "account", "orders", "conditional_orders"
         )
+        hedged = sorted(
+            {
+                str(row.get("symbol"))
+                for row in _rows(risk, "positionRisk")
+                if row.get("positionSide") in {"LONG", "SHORT"}
+            }
+        )
+        if hedged:
+            raise VenueError(
+                VenueErrorKind.UNSUPPORTED,
+                f"the account is in hedge mode (dual-side positions: {', '.join(hedged[:5])}); "
+                "ESS closes one-way positions only: switch it to one-way mode "
+                "(Binance: Preferences > Position Mode)",
+            )
         rows = [
             *_rows(risk, "positionRisk"),
             *_rows(_mapping(account, "account").get("positions"), "account.positions"),
@@ -340,17 +354,28 @@ class BinanceVenue:
         account, orders = await self._read("account", "orders")
         keep = {self._config.quote, *self._config.keep_assets}
         held: dict[str, Decimal] = {}
+        stranded: dict[str, Decimal] = {}
         for row in _rows(_mapping(account, "account").get("balances"), "balances"):
             asset = _text(row, "asset", "balance")
             total = _decimal(row, "free", "balance") + _decimal(row, "locked", "balance")
+            if asset in keep or not total:
+                continue
             symbol = self._spot_symbols.get(asset)
-            if symbol is not None and asset not in keep:
+            if symbol is None:
+                # Held, but no <asset><quote> market to sell it on: exposure all the same,
+                # never "flat" (list it in keep_assets if it is held on purpose).
+                stranded[asset] = stranded.get(asset, Decimal(0)) + total
+            else:
                 held[symbol] = held.get(symbol, Decimal(0)) + total
         views = [
             OrderView(_text(row, "symbol", "order"), _order_id(row, "orderId", "order"))
             for row in _rows(orders, "openOrders")
         ]
-        return self._build(held, views)
+        snapshot = self._build(held, views)
+        return replace(
+            snapshot,
+            stranded=tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items())),
+        )
 
     async def _read(self, *calls: str) -> list[Any]:
         """Make the reads concurrently. The first failure cancels the others (a snapshot

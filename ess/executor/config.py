@@ -154,6 +154,9 @@ class ExecutorSettings(BaseSettings):
     #: flatten). A venue that refuses them (or refuses them during a flatten) is reported as
     #: an ``api_key_invalid`` security event, which trips ESS: better now than in an emergency.
     credential_probe_interval_s: float = Field(default=60.0, gt=0)
+    #: At start, each venue is read once (bounded by this): an account ESS could never
+    #: flatten (Binance futures in hedge mode) makes the executor refuse to start.
+    start_check_timeout_s: float = Field(default=10.0, gt=0)
     #: How often the watchdog checks "while ACTIVE, the current activation is enforced" and
     #: restarts enforcement (counted) if it ever finds it broken.
     watchdog_interval_s: float = Field(default=1.0, gt=0)

@@ -55,7 +55,6 @@ from ess.core.flatten import (
     CloseStep,
     FlattenPlan,
     MarketKind,
-    PositionView,
     SymbolPlan,
     VenueSnapshot,
     plan_flatten,
@@ -157,6 +156,11 @@ class _Backoff:
 
     def reset(self) -> None:
         self._next = self._initial
+
+
+#: Failures no retry can fix (credentials, account set-up): reported as CRITICAL and
+#: retried at the slowest pace until a human fixes them.
+_FATAL_KINDS = frozenset({VenueErrorKind.AUTH, VenueErrorKind.UNSUPPORTED})
 
 
 class VenueFlattener:
@@ -439,14 +443,14 @@ class VenueFlattener:
     def _failure(self, run: _Run, action: str, error: VenueError, **fields: Any) -> None:
         """Report a failed step; bad credentials are critical (nothing works until fixed)."""
         run.last_error = f"{action}: {_text(error)}"
-        level = "CRITICAL" if error.kind is VenueErrorKind.AUTH else "WARNING"
+        level = "CRITICAL" if error.kind in _FATAL_KINDS else "WARNING"
         self._emit(run, action, "failed", level=level, **fields, error=_text(error))
         if error.kind is VenueErrorKind.AUTH and self._on_auth_failure is not None:
             self._on_auth_failure(error)
 
     def _floor(self, error: VenueError) -> float:
         """The shortest pause ``error`` allows before the next call to the venue."""
-        if error.kind is VenueErrorKind.AUTH:
+        if error.kind in _FATAL_KINDS:
             return self._settings.backoff_max_s
         if error.kind in {VenueErrorKind.RATE_LIMITED, VenueErrorKind.BANNED}:
             if error.retry_after is not None:
@@ -617,8 +621,9 @@ class _Reporter:
 
 
 def _positions(snapshot: VenueSnapshot, *, dust: bool = False) -> dict[str, str]:
-    """``{symbol: quantity}`` of the snapshot's positions (or dust), for reports."""
-    views: tuple[PositionView, ...] = snapshot.dust if dust else snapshot.positions
+    """``{symbol: quantity}`` of the snapshot's positions and stranded exposure (or its
+    dust), for reports."""
+    views = snapshot.dust if dust else (*snapshot.positions, *snapshot.stranded)
     return {view.symbol: quantity_text(view.quantity) for view in views}
 
 

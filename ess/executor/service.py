@@ -46,7 +46,12 @@ from ess.core import Activation, EssState
 from ess.core.ids import derive_id
 from ess.core.reader import LogBroken, Trust
 from ess.executor.binance import BinanceVenue
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.executor.config import (
+    ExecutorSettings,
+    VenueConfig,
+    VenueConfigError,
+    VenueCredentials,
+)
 from ess.executor.engine import Phase, VenueFlattener, VenueProgress, enforce_all, keep_countdown
 from ess.executor.ports import VenueError, VenueErrorKind, VenuePort
 from ess.kafka import KafkaSecurity, producer
@@ -548,6 +553,31 @@ class Executor:
             healthy=self.log_reachable,
         )
 
+    async def unsupported_venues(self) -> dict[str, str]:
+        """Venues whose account ESS could never flatten (hedge mode), by name, from one read
+        of each at start (bounded by ``start_check_timeout_s``). A venue that cannot be read
+        now is not held against the start: the flatten and the probes report it later."""
+
+        async def check(venue: VenuePort) -> str | None:
+            try:
+                async with asyncio.timeout(self.settings.start_check_timeout_s):
+                    await venue.open()
+                    await venue.snapshot()
+            except VenueError as exc:
+                if exc.kind is VenueErrorKind.UNSUPPORTED:
+                    return str(exc)
+                logger.bind(venue=venue.name, error=str(exc)).warning(
+                    "start check: venue not readable now; the flatten and probes will retry"
+                )
+            except Exception as exc:
+                logger.bind(venue=venue.name, error=f"{type(exc).__name__}: {exc}").warning(
+                    "start check: venue not readable now; the flatten and probes will retry"
+                )
+            return None
+
+        found = await asyncio.gather(*(check(venue) for venue in self.venues))
+        return {venue.name: why for venue, why in zip(self.venues, found, strict=True) if why}
+
     async def _probe(self, venue: VenuePort, stop: asyncio.Event) -> None:
         """While INACTIVE, read ``venue`` with its credentials every
         ``credential_probe_interval_s``: refused credentials are reported now, not found out
@@ -638,6 +668,12 @@ async def run_executor(
         clock=clock,
         security=security,
     )
+    unsupported = await executor.unsupported_venues()
+    if unsupported:
+        raise VenueConfigError(
+            "the executor refuses to start: "
+            + "; ".join(f"venue {name}: {why}" for name, why in unsupported.items())
+        )
     server = None
     if settings.status_port >= 0:
         server = await serve_status(

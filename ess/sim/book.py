@@ -162,6 +162,9 @@ class Account:
     algo_orders: dict[int, Order] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
     leverage: int = 20
+    #: Futures position mode: in hedge mode Binance reports each position with
+    #: ``positionSide`` LONG or SHORT (and refuses orders without one).
+    hedge_mode: bool = False
 
     def open_orders(
         self, venue: Venue, symbol: str | None = None, *, conditional: bool = False
@@ -327,7 +330,7 @@ class Engine:
             )
         if order_type not in {"MARKET", "LIMIT"}:
             raise ApiError(-1116, "Invalid orderType.")
-        if params.get("positionSide", "BOTH") != "BOTH":
+        if (params.get("positionSide", "BOTH") != "BOTH") != account.hedge_mode:
             raise ApiError(-4061, "Order's position side does not match user's setting.")
         qty = parse_decimal("quantity", params.get("quantity"))
         self._check_qty(market, qty)

@@ -134,14 +134,22 @@ def _unrealized(position: Position, mark: Decimal) -> Decimal:
 
 
 def position_risk(
-    position: Position, market: Market, mark: Decimal, leverage: int, *, v2: bool = False
+    position: Position,
+    market: Market,
+    mark: Decimal,
+    leverage: int,
+    *,
+    v2: bool = False,
+    hedge_mode: bool = False,
 ) -> dict[str, Any]:
-    """One ``positionRisk`` element (v3 by default; ``v2`` adds ``leverage``/``marginType``)."""
+    """One ``positionRisk`` element (v3 by default; ``v2`` adds ``leverage``/``marginType``).
+    In ``hedge_mode`` the side is ``LONG`` or ``SHORT`` instead of ``BOTH``."""
     notional = position.qty * mark
     initial = abs(notional) / leverage
+    side = ("LONG" if position.qty >= 0 else "SHORT") if hedge_mode else "BOTH"
     body: dict[str, Any] = {
         "symbol": position.symbol,
-        "positionSide": "BOTH",
+        "positionSide": side,
         "positionAmt": fmt(position.qty),
         "entryPrice": fmt(position.entry_price),
         "breakEvenPrice": fmt(position.entry_price),

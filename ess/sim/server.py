@@ -314,6 +314,10 @@ class ExchangeSimulator:
         except KeyError:
             raise KeyError(f"unknown account {name!r}") from None
 
+    def set_hedge_mode(self, account: str, hedge_mode: bool = True) -> None:
+        """Switch the futures position mode of ``account`` (Binance's dual-side setting)."""
+        self.account(account).hedge_mode = hedge_mode
+
     def seed_position(
         self, account: str, symbol: str, qty: Decimal | str | float, entry_price: Decimal | str
     ) -> None:
@@ -845,7 +849,11 @@ class ExchangeSimulator:
                 continue
             market = self._markets[Venue.FUTURES][each]
             mark = self._marks[(Venue.FUTURES, each)]
-            rows.append(payloads.position_risk(position, market, mark, account.leverage, v2=v2))
+            rows.append(
+                payloads.position_risk(
+                    position, market, mark, account.leverage, v2=v2, hedge_mode=account.hedge_mode
+                )
+            )
         return rows
 
     async def _position_risk_v3(self, ctx: _Ctx) -> Any:

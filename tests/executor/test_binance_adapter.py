@@ -98,7 +98,7 @@ async def test_futures_snapshot_reads_positions_both_order_books_and_dust(
     ]
 
 
-async def test_spot_snapshot_holds_free_and_locked_of_assets_with_a_quote_market(
+async def test_spot_snapshot_holds_free_and_locked_and_strands_assets_without_a_market(
     sim: ExchangeSimulator, account: str, spot: BinanceVenue
 ) -> None:
     sim.seed_balance(account, "BTC", "0.2")
@@ -109,11 +109,26 @@ async def test_spot_snapshot_holds_free_and_locked_of_assets_with_a_quote_market
     snapshot = await spot.snapshot()
 
     assert sim.spot_balance(account, "BTC") == (D("0.15"), D("0.05"))
+    # Issue 13, item 9: BNB is exposure all the same (it used to be left out: "flat").
     assert snapshot == VenueSnapshot(
         positions=positions((BTC, "0.2")),
         orders=(OrderView(BTC, str(order)),),
         dust=positions((ETH, "0.00005")),
+        stranded=positions(("BNB", "3")),
     )
+    assert not VenueSnapshot(stranded=snapshot.stranded).flat
+
+
+async def test_a_stranded_asset_listed_in_keep_assets_is_held_on_purpose(
+    sim: ExchangeSimulator, account: str, open_venue: OpenVenue
+) -> None:
+    venue = await open_venue("binance", keep_assets=("BNB",))
+    sim.seed_balance(account, "BNB", "3")
+
+    snapshot = await venue.snapshot()
+
+    assert snapshot.stranded == ()
+    assert snapshot.flat
 
 
 async def test_spot_snapshot_skips_kept_assets_and_the_quote(

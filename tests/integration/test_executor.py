@@ -17,8 +17,13 @@ from pydantic import SecretStr
 
 from ess.core.reader import seal_entry
 from ess.executor.binance import BinanceVenue
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
-from ess.executor.service import Countdown, Executor
+from ess.executor.config import (
+    ExecutorSettings,
+    VenueConfig,
+    VenueConfigError,
+    VenueCredentials,
+)
+from ess.executor.service import Countdown, Executor, run_executor
 from ess.kafka import producer, read_to_end
 from ess.sim import ExchangeSimulator, Venue
 from ess.statelog import STATE_KEY
@@ -404,3 +409,45 @@ async def test_a_venue_refusing_the_credentials_is_reported_as_api_key_invalid(
     finally:
         stop.set()
         await task
+
+
+async def test_an_account_in_hedge_mode_is_refused_at_start(
+    kafka_bootstrap: str, registry: TopicRegistry, sim: ExchangeSimulator, account: str
+) -> None:
+    """Issue 13, item 9: ESS closes one-way positions only; a futures account in hedge mode
+    (every close would need a positionSide) would leave every position open in an
+    emergency, so the executor refuses to start and says how to fix it."""
+    sim.set_hedge_mode(account)
+    configs = [
+        (
+            VenueConfig(name="futures", exchange="binanceusdm", base_url=sim.url),
+            VenueCredentials(api_key=SecretStr(KEY), secret=SecretStr(SECRET)),
+        )
+    ]
+    with pytest.raises(VenueConfigError, match="hedge mode") as refused:
+        await run_executor(
+            registry,
+            kafka_bootstrap,
+            configs,
+            SETTINGS,
+            asyncio.Event(),
+            trust=trust(registry.state.name),
+        )
+    assert "one-way mode" in str(refused.value)
+    assert "venue futures" in str(refused.value)
+
+    sim.set_hedge_mode(account, False)  # the same account in one-way mode starts
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_executor(
+            registry,
+            kafka_bootstrap,
+            configs,
+            SETTINGS,
+            stop,
+            trust=trust(registry.state.name),
+        )
+    )
+    await asyncio.sleep(0)
+    stop.set()
+    await task
