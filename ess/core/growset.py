@@ -51,7 +51,10 @@ class GrowSet(Set[T]):
         return GrowSet._of((*levels, merged))
 
     def __contains__(self, item: object) -> bool:
-        return any(item in level for level in self._levels)
+        for level in self._levels:  # noqa: SIM110 - a loop is twice as fast as any(genexpr)
+            if item in level:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[T]:
         return chain.from_iterable(self._levels)

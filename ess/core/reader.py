@@ -55,9 +55,11 @@ deployment configures (``Trust.unsigned_before``), with the old rules: first wri
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -219,6 +221,35 @@ def fold_records(
     authorization does not verify; everything else (forgeries, garbage, copies) is reported,
     never raised.
     """
+    if len(records) < _PAUSE_GC_FROM:
+        return _fold_records(records, trust, start)
+    with _gc_paused():
+        return _fold_records(records, trust, start)
+
+
+#: Batches at least this long are folded with the cyclic garbage collector paused.
+_PAUSE_GC_FROM: Final = 1000
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a synchronous fold of a long batch (a restart's
+    catch-up). The fold allocates several objects per entry that all stay alive (entries,
+    state, logged entries), and the collector's full passes over them took a third of the
+    time (100,000 entries: 2.9 s, 1.9 s paused); nothing in the fold creates reference
+    cycles, so there is nothing for it to find. Reference counting frees memory as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _fold_records(
+    records: Sequence[RawRecord], trust: Trust, start: Folded | None
+) -> tuple[Folded, BatchReport]:
     fold = _Fold(start or Folded(), trust.scope)
     if not records:
         return fold.folded, BatchReport()
