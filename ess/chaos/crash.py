@@ -9,6 +9,11 @@ separate ``python -m ess.cli worker --role X`` processes (``detect``, ``command`
 ``execute``, ``project``; the projector writes a SQLite PolicyStore). Each process logs to
 ``<role>.log`` in the temporary directory.
 
+Detection runs as several ``ess worker --role detect`` processes in one consumer group
+(``QUICK_DETECT_WORKERS`` 2, ``FULL_DETECT_WORKERS`` 3, each in its own directory): they
+split the input partitions, and when one is killed the survivors take its partitions over
+and rebuild its windows from the changelogs.
+
 Two things happen at once:
 
 * **Scenarios**, one after another, each meant to trip one reason code with fresh keys (rules
@@ -34,7 +39,18 @@ Figures
 -------
 * ``scenarios``: scenarios played; ``kills`` (total) and ``kills_by_role``.
 * ``missed_trips`` (failure): scenarios whose reason never reached ``ess.state`` within
-  ``TRIP_TIMEOUT_S``.
+  ``TRIP_TIMEOUT_S``; ``missed_trips_on_rebalance`` (failure): those of them during which a
+  detection worker was killed while another ran. ``rebalances``: group membership changes
+  the driver caused that way (a kill and the restart's join: 2 each);
+  ``detect_kills_with_survivors``.
+* The command processor is also stopped (SIGSTOP, ``STOP_S``) and fenced, and produce
+  answers are lost (see the constants): ``processor_faults``, ``exit_codes``,
+  ``lost_answers``. ``trips_never_applied`` (failure): trips on ``ess.commands`` whose id
+  never reached the log. ``gate_open_while_active_s`` (failure): time a gate over the
+  projector's PolicyStore (sampled every ``GATE_POLL_S``) allowed trading more than
+  ``ACTIVE_BOUND_S`` after the log said ACTIVE or ``WRITER_BOUND_S`` after the processor
+  went (killed, stopped, fenced); ``gate_open_s``/``gate_closed_s`` say how much it was
+  open at all.
 * ``duplicate_activations`` (failure): applied ``activated`` entries for a command id that was
   already activated, or while the folded state was already ACTIVE (no reset between). The
   state machine forbids both, so this counts what the log actually shows.
@@ -133,6 +149,7 @@ FAILURES: Final[tuple[str, ...]] = (
     "driver_errors",
     "gate_open_while_active_s",
     "trips_never_applied",
+    "missed_trips_on_rebalance",
 )
 
 ROLES: Final = ("detect", "command", "execute", "project")
@@ -174,6 +191,11 @@ ACTIVE_BOUND_S: Final = MAX_RECORD_AGE_S + GATE_TOLERANCE_S
 WRITER_BOUND_S: Final = PROCESSOR_TIMEOUT_S + MAX_RECORD_AGE_S + GATE_TOLERANCE_S
 #: How long the end of the run waits for the processor to reach every trip on the topic.
 DRAIN_TIMEOUT_S: Final = 60.0
+#: Detection workers in the one consumer group: they split the input partitions, and
+#: killing one makes the survivors take its partitions over and rebuild its windows from the
+#: changelogs (a rebalance).
+QUICK_DETECT_WORKERS: Final = 2
+FULL_DETECT_WORKERS: Final = 3
 #: Full run: play scenarios until both targets are reached (or the time budget is spent).
 FULL_MIN_KILLS: Final = 60
 FULL_MIN_SCENARIOS: Final = 12
@@ -216,15 +238,20 @@ class RoleProcess:
     role: str
     env: dict[str, str]
     cwd: Path
+    #: Unique per process (``detect-2``); the role's name when it runs once.
+    name: str = ""
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     starts: int = 0
     #: True while the driver is restarting it on purpose (the supervisor leaves it alone).
     restarting: bool = False
 
+    def __post_init__(self) -> None:
+        self.name = self.name or self.role
+
     @property
     def log(self) -> Path:
-        return self.cwd / f"{self.role}.log"
+        return self.cwd / f"{self.name}.log"
 
     @property
     def alive(self) -> bool:
@@ -278,6 +305,10 @@ class Figures:
     exit_codes: Counter[str] = field(default_factory=Counter)
     processor_faults: Counter[str] = field(default_factory=Counter)
     lost_answers_armed: int = 0
+    #: When (monotonic) a detection worker was killed while another one of the group ran:
+    #: the survivors must take over its partitions (a rebalance).
+    detect_kills: list[float] = field(default_factory=list)
+    rebalances: int = 0
     gate_open_beyond_bound_s: float = 0.0
     gate_open_s: float = 0.0
     gate_closed_s: float = 0.0
@@ -378,12 +409,20 @@ class Campaign:
                 continue
             self.maybe_lose_an_answer()
             victim = self.rng.choice(eligible)
+            detectors = [p for p in eligible if p.role == "detect"]
             if self.first_faults and self.procs["command"] in eligible:
                 victim = self.procs["command"]
+            elif not self.figures.detect_kills and len(detectors) > 1:
+                victim = detectors[0]  # a rebalance early, so that even a short run has one
             if victim.role == "command" and not await self.processor_fault(victim):
                 continue
             victim.restarting = True
             try:
+                if victim.role == "detect" and any(
+                    p.alive for p in self.procs.values() if p.role == "detect" and p is not victim
+                ):
+                    self.figures.detect_kills.append(time.monotonic())
+                    self.figures.rebalances += 2  # the member leaves, and joins again
                 victim.kill()
                 self.figures.kills[victim.role] += 1
                 if victim.role == "command":
@@ -620,6 +659,7 @@ class Campaign:
         result["book_seeded"] = await self.settle_book()
         start = len(self.entries)
         began = time.monotonic()
+        result["_window"] = (began, began + TRIP_TIMEOUT_S)
         await scenario.fire(self, tag)
 
         def tripped(logged: LoggedEntry) -> bool:
@@ -631,6 +671,7 @@ class Campaign:
 
         hit = await self.wait_entry(tripped, start, TRIP_TIMEOUT_S)
         result["tripped"] = hit is not None
+        result["_window"] = (began, time.monotonic())
         if hit is None:
             self.figures.missed_trips += 1
             logger.bind(scenario=scenario.name).error("chaos: trip never reached ess.state")
@@ -885,6 +926,7 @@ def _env(
         "ESS_PROCESSOR_KEY_FILE": str(work / "processor.key"),
         "ESS_PROCESSOR_KEYS_DIR": str(work / "processors"),
         "ESS_COMMAND_STATUS_PORT": "-1",
+        "ESS_DETECT_STATUS_PORT": "-1",  # several detection workers on one host
         "ESS_PROCESSOR_TIMEOUT_SEC": str(PROCESSOR_TIMEOUT_S),
         "ESS_COMMAND_BACKLOG_TIMEOUT_SEC": str(PROCESSOR_TIMEOUT_S),
         "ESS_PROCESSOR_BEAT_INTERVAL_SEC": str(BEAT_INTERVAL_S),
@@ -1052,7 +1094,7 @@ async def _wait_ready(c: Campaign) -> None:
         while (
             await _projected(store) is None
             or not c.sim.countdowns(c.account)
-            or not c.procs["detect"].ready()
+            or not all(p.ready() for p in c.procs.values() if p.role == "detect")
         ):
             if time.monotonic() > deadline:
                 raise TimeoutError("ESS roles not ready (see the role logs)")
@@ -1149,7 +1191,15 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
             await ensure_topics(bootstrap, registry)
             account = seed_demo(sim)
             env = _env(bootstrap, registry, work, sim.url, f"chaos-detect-{uuid.uuid4().hex[:8]}")
-            procs.update({role: RoleProcess(role, env, work) for role in ROLES})
+            workers = QUICK_DETECT_WORKERS if quick else FULL_DETECT_WORKERS
+            for role in ROLES:
+                names = (
+                    [f"detect-{n}" for n in range(1, workers + 1)] if role == "detect" else [role]
+                )
+                for name in names:
+                    cwd = work / name if role == "detect" else work  # Faust's data dir
+                    cwd.mkdir(exist_ok=True)
+                    procs[name] = RoleProcess(role, env, cwd, name=name)
             out = producer(bootstrap, read_to_end_safe=True)
             await out.start()
             try:
@@ -1212,7 +1262,20 @@ def processor_keys(work: Path, registry: TopicRegistry) -> tuple[SigningKey, Tru
     )
 
 
+def _rebalance_misses(f: Figures) -> int:
+    """Missed trips of scenarios during which a detection worker was killed."""
+    missed = 0
+    for result in f.scenario_results:
+        began, ended = result.get("_window", (0.0, 0.0))
+        if not result.get("tripped", True) and any(began <= at <= ended for at in f.detect_kills):
+            missed += 1
+    return missed
+
+
 def _driver_figures(f: Figures) -> dict[str, Any]:
+    on_rebalance = _rebalance_misses(f)
+    for result in f.scenario_results:
+        result.pop("_window", None)  # internal: monotonic times mean nothing outside
     return {
         "scenarios": len(f.scenario_results),
         "kills": sum(f.kills.values()),
@@ -1225,6 +1288,9 @@ def _driver_figures(f: Figures) -> dict[str, Any]:
         "gate_open_s": round(f.gate_open_s, 1),
         "gate_closed_s": round(f.gate_closed_s, 1),
         "gate_bounds_s": {"active": ACTIVE_BOUND_S, "writer_gone": WRITER_BOUND_S},
+        "rebalances": f.rebalances,
+        "detect_kills_with_survivors": len(f.detect_kills),
+        "missed_trips_on_rebalance": on_rebalance,
         "missed_trips": f.missed_trips,
         "not_flat_at_end": f.not_flat,
         "reset_failures": f.reset_failures,

@@ -1,5 +1,6 @@
 """The crash campaign, shortened: a few scenarios while ESS processes are SIGKILLed and
-restarted, the command processor is also stopped and fenced, and produce answers are lost.
+restarted (detection as two workers of one group: a kill is a rebalance), the command
+processor is also stopped and fenced, and produce answers are lost.
 Every trip must land, the venues must go flat, nothing may reset ESS but a signed reset, no
 gate may allow trading beyond its bound, and the end state must equal the folded log and its
 audit replay."""
@@ -24,5 +25,6 @@ async def test_quick_crash_campaign_keeps_every_guarantee() -> None:
     assert figures["exit_codes"].get("command:3", 0) >= 1, summary  # the fenced one left
     assert figures["lost_answers"] >= 1, summary
     assert figures["gate_open_s"] > 0, summary  # the gate did open: the bound was tested
+    assert figures["rebalances"] >= 2, summary  # a detection worker left the group, and came back
     assert {name: figures[name] for name in FAILURES} == dict.fromkeys(FAILURES, 0), figures
     assert figures["final_state_matches_replay"] is True, summary
