@@ -996,7 +996,7 @@ async def _unapplied_trips(c: Campaign) -> dict[str, Any]:
     ``DRAIN_TIMEOUT_S`` for the processor to get there; what is still missing then is
     ``trips_never_applied``."""
     records = await read_to_end(c.bootstrap, c.registry.commands.name)
-    trips: set[str] = set()
+    sent: Counter[str] = Counter()
     undecodable = 0
     for rec in records:
         try:
@@ -1005,7 +1005,8 @@ async def _unapplied_trips(c: Campaign) -> dict[str, Any]:
             undecodable += 1
             continue
         if isinstance(command, TripCommand):
-            trips.add(command.command_id)
+            sent[command.command_id] += 1
+    trips = set(sent)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
         missing = trips - {logged.entry.command_id for logged in c.entries}
@@ -1017,6 +1018,9 @@ async def _unapplied_trips(c: Campaign) -> dict[str, Any]:
     return {
         "trips_on_command_topic": len(trips),
         "trips_never_applied": len(missing),
+        # Sent more than once (a detector re-read its input after a kill or a rebalance, or
+        # a lost produce answer): harmless, the processor applies a trip id once per epoch.
+        "trip_commands_sent_again": sum(n - 1 for n in sent.values()),
         "undecodable_commands": undecodable,
     }
 
