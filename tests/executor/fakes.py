@@ -28,9 +28,19 @@ from ess.core.flatten import (
     PositionView,
     VenueSnapshot,
 )
+from ess.executor.config import ExecutorSettings
 from ess.executor.ports import VenueError, VenueErrorKind
 
 __all__ = ["Call", "FakeOrder", "FakeVenue", "call_depths"]
+
+#: Executor settings for tests without a broker: fast rounds, no status server.
+FAST_SETTINGS = ExecutorSettings(
+    flatten_deadline_s=5.0,
+    enforce_interval_s=0.01,
+    backoff_initial_s=0.01,
+    backoff_max_s=0.05,
+    status_port=-1,
+)
 
 
 @dataclass(frozen=True, slots=True)

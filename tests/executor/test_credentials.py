@@ -7,23 +7,15 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from ess.executor.config import ExecutorSettings
 from ess.executor.ports import VenueError, VenueErrorKind
 from ess.executor.service import Executor
 from schemas import SecurityEvent, SecurityEventKind, decode, topic_registry
-from tests.executor.fakes import FakeVenue
+from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.helpers import eventually
 from tests.statelog_support import LogBuilder, trust
 
 REGISTRY = topic_registry("ess")
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    enforce_interval_s=0.01,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.05,
-    credential_probe_interval_s=60.0,
-    status_port=-1,
-)
+SETTINGS = FAST_SETTINGS.model_copy(update={"credential_probe_interval_s": 60.0})
 REFUSED = VenueError(VenueErrorKind.AUTH, "Invalid API-key, IP, or permissions", code=-2015)
 
 

@@ -16,20 +16,13 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ess.executor.config import ExecutorSettings
 from ess.executor.service import Executor
 from schemas import topic_registry
-from tests.executor.fakes import FakeVenue
+from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.statelog_support import LogBuilder, trust
 
 SCOPE = "ess.state"
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    enforce_interval_s=0.01,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.05,
-    status_port=-1,
-)
+SETTINGS = FAST_SETTINGS
 
 
 def executor_for(venue: FakeVenue) -> Executor:

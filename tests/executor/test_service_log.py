@@ -17,20 +17,13 @@ from decimal import Decimal
 import pytest
 
 from ess.core.reader import RawRecord
-from ess.executor.config import ExecutorSettings
 from ess.executor.service import Executor
 from schemas import ReasonCode, ResetEntry, TriggerRef, encode, topic_registry
-from tests.executor.fakes import FakeVenue
+from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.helpers import eventually
 from tests.statelog_support import T0, LogBuilder, trust
 
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    enforce_interval_s=0.01,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.05,
-    status_port=-1,
-)
+SETTINGS = FAST_SETTINGS
 SCOPE = "ess.state"
 
 Make = Callable[[FakeVenue], Executor]
