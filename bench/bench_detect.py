@@ -25,7 +25,7 @@ fetches get slower as it fills (``bench/bench_broker.py``). With ``KAFKA_BOOTSTR
 set, every phase uses that cluster instead, under topics of its own.
 
 Everything (broker, worker, load generator, measuring consumer) shares this machine's cores,
-as in the notes of ``shared/notes/faust-on-embedded-broker.md``.
+as in the measurements of ``docs/embedded-broker.md`` ("Measurements").
 """
 
 from __future__ import annotations

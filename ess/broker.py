@@ -10,12 +10,13 @@ Three things live here:
 * :func:`kafka_target` and :func:`run_broker` choose between an existing cluster and the
   embedded broker, for services and for the ``ess broker`` command.
 
-Tansu 0.6.0 has known defects (``shared/DESIGN.md``); the client-side workarounds live in
-:mod:`ess.kafka`. One more matters here: Tansu creates any topic a client merely *names* in a
-metadata request (a producer's first send, a consumer's assignment, an admin "describe"), with
-4 partitions. A ``commands`` topic born that way silently breaks the single-writer, total-order
-guarantee, so topics must be ensured before any client touches them, and
-:func:`ensure_topics` itself only ever describes topics it has seen listed.
+Tansu 0.6.0 has known defects (``docs/embedded-broker.md``); the client-side workarounds live
+in :mod:`ess.kafka`. One more matters here (``docs/embedded-broker.md``, "Auto-created
+topics"): Tansu creates any topic a client merely *names* in a metadata request (a producer's
+first send, a consumer's assignment, an admin "describe"), with 4 partitions. A ``commands``
+topic born that way silently breaks the single-writer, total-order guarantee, so topics must be
+ensured before any client touches them, and :func:`ensure_topics` itself only ever describes
+topics it has seen listed.
 """
 
 from __future__ import annotations

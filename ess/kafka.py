@@ -2,7 +2,7 @@
 
 Every ESS component builds its clients here, so the broker-specific knobs live in one place.
 The defaults are chosen for the embedded Tansu 0.6.0 broker *and* stay correct on real Kafka;
-the measurements behind them are in ``shared/notes/faust-on-embedded-broker.md``:
+the defects and the measurements behind them are in ``docs/embedded-broker.md``:
 
 * Tansu does not answer a waiting fetch early when data arrives: a fetch on an idle partition
   is held for its full ``fetch_max_wait_ms``, so delivery latency is spread from 0 to about

@@ -8,7 +8,7 @@ a record that does not verify never moves the epoch.
 
 Correct on the embedded broker: "caught up" is judged by the high watermark of fetch responses
 and an empty poll, never by ``end_offsets()`` alone (Tansu 0.6.0 under-reports it after a
-multi-record batch, see ``shared/DESIGN.md``).
+multi-record batch, see ``docs/embedded-broker.md``, "End offsets").
 
 Fail-safe rather than fail-closed: a log that cannot be folded is logged as an error and the
 last good epoch is kept. A detector that stops detecting because the log it only

@@ -3,8 +3,8 @@
 Trips do not go through Faust's producer, for two reasons:
 
 * ``ess.commands`` is read to its end by the command processor, and on the embedded broker a
-  reader by end offset misses the tail of a multi-record batch (``shared/DESIGN.md``, Tansu
-  defects). Trips are sent one record per batch (:func:`ess.kafka.producer` with
+  reader by end offset misses the tail of a multi-record batch (``docs/embedded-broker.md``, "End
+  offsets"). Trips are sent one record per batch (:func:`ess.kafka.producer` with
   ``read_to_end_safe``), awaited, which also gives the lowest latency for the rare record
   that matters most.
 * Faust's producer then carries only changelog records, so its linger can favour throughput

@@ -2,7 +2,8 @@
 
 This is the glue between ccxt and :class:`~ess.sim.ExchangeSimulator`, and the same pattern
 production configuration uses for a base-URL override (a gateway, a recorder, a venue's
-test host). Three things are needed (``shared/notes/ccxt-loopback.md`` §1, §5, §7):
+test host). Three things are needed (``docs/ccxt-loopback.md``: "URL rewrite", "Hidden
+requests", "Error tables"):
 
 * **URL rewrite.** ccxt builds each request as ``urls['api'][section] + '/' + path``; replacing
   the scheme and host of every section while keeping its path sends ``/fapi/v1``, ``/fapi/v3``,

@@ -1,7 +1,7 @@
 """Markets the simulator lists, and the ``exchangeInfo`` documents ccxt builds them from.
 
 A :class:`Market` is one tradable symbol on one venue (USD-M futures or spot). Only the fields
-ccxt actually reads are modelled (``shared/notes/ccxt-loopback.md`` §3): without
+ccxt actually reads are modelled (``docs/ccxt-loopback.md``, "Fields ccxt reads"): without
 ``contractType``/``marginAsset`` a futures symbol would be parsed as spot, without ``"MARKET"`` in
 ``orderTypes`` ccxt refuses market orders on the client side, and ``LOT_SIZE.stepSize`` is what
 ``amount_to_precision`` truncates to.

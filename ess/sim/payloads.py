@@ -1,6 +1,6 @@
 """The JSON documents the simulator answers with, in the shapes ccxt parses.
 
-Field choices that ccxt depends on (``shared/notes/ccxt-loopback.md`` §3):
+Field choices that ccxt depends on (``docs/ccxt-loopback.md``, "Fields ccxt reads"):
 
 * positionRisk: ccxt drops entries whose ``entryPrice`` is not positive and takes the side from
   the sign of ``notional``, so flat symbols are left out (v3) or carry ``entryPrice "0"`` (v2),

@@ -1,5 +1,6 @@
 """Signature checks and injected faults, seen through real ccxt clients: each fault kind must
-produce the exception (or the silent non-error) ``shared/notes/ccxt-loopback.md`` predicts."""
+produce the exception (or the silent non-error) ``docs/ccxt-loopback.md`` ("Error tables")
+predicts."""
 
 from __future__ import annotations
 
