@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart chaos sim
+.PHONY: install lint fmt schemas test test-unit test-integration check-alerts demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart chaos sim
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ fmt: install
 schemas: install
 	$(BIN)/python -m schemas.export
 
-test: lint
+test: lint check-alerts
 	$(BIN)/pytest $(PYTEST_FLAGS) --cov --cov-report=term-missing:skip-covered --cov-fail-under=85
+
+# Prometheus alerting rules: promtool check + unit tests; fetches promtool once into .venv/bin
+# (Debian/Ubuntu), or says it skipped the check where it cannot.
+check-alerts:
+	@.ci/check-alerts
 
 test-unit: install
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/property

@@ -112,6 +112,9 @@ class EssSettings(BaseSettings):
     command_backlog_timeout_sec: float = Field(default=3.0, gt=0)
     #: How often the command processor publishes its signed liveness beat.
     processor_beat_interval_sec: float = Field(default=0.5, gt=0)
+    #: The command processor's ``/healthz`` fails once one command has been in hand longer
+    #: than this (wedged: an orchestrator should restart it).
+    command_wedged_after_sec: float = Field(default=30.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

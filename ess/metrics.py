@@ -1,5 +1,5 @@
-"""Prometheus metrics of the projector (``project``) and the command processor (``command``),
-each in a registry of the caller's.
+"""Prometheus metrics of the projector (``project``), the command processor (``command``) and
+the detection worker (``detect``), each in a registry of the caller's.
 
 Every metric lives in a :class:`~prometheus_client.CollectorRegistry` passed in (or a fresh
 one), never in prometheus-client's global default: two projectors in one process (tests, or
@@ -25,17 +25,22 @@ the fetch responses, which are right on Tansu too) minus the next offset the pro
 apply. Records rather than seconds, because "seconds since the last applied entry" is large
 and meaningless on a healthy idle log (ESS trips rarely), while records-behind is 0 when all
 is well and grows while the projector stalls or, after a fault, refuses to apply.
+
+The detection worker's inputs are busy topics instead, so its lag is exported per partition
+both in records and as the *age* of the oldest record still waiting
+(:class:`DetectMetrics`): "detection is late" is a question of seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ess.core import EssState
@@ -47,7 +52,16 @@ from schemas import (
     TripRecordedEntry,
 )
 
-__all__ = ["LogTally", "ProcessorMetrics", "ProjectorMetrics", "tally_entries"]
+__all__ = [
+    "DETECT_LATENCY_BUCKETS",
+    "DetectGauges",
+    "DetectMetrics",
+    "LogTally",
+    "PartitionLag",
+    "ProcessorMetrics",
+    "ProjectorMetrics",
+    "tally_entries",
+]
 
 
 def _bump(counts: Mapping[str, int], key: str) -> Mapping[str, int]:
@@ -357,6 +371,30 @@ class ProcessorMetrics:
             registry=reg,
         )
         self.last_seq.set(-1)
+        # Liveness as the processor itself sees it (the projector's view of the same beats is
+        # ess_command_processor_up): a beat that cannot be published is invisible to the
+        # projector, which then stops vouching for INACTIVE.
+        self.beats = Counter(
+            "ess_command_processor_beats",
+            "Signed liveness beats this processor published to ess.liveness.",
+            registry=reg,
+        )
+        self.beat_errors = Counter(
+            "ess_command_processor_beat_errors",
+            "Liveness beats that could not be published.",
+            registry=reg,
+        )
+        self.last_beat = Gauge(
+            "ess_command_processor_last_beat_timestamp_seconds",
+            "Unix time of the last liveness beat the broker acknowledged.",
+            registry=reg,
+        )
+        self.lag = Gauge(
+            "ess_command_processor_lag_records",
+            "Commands on ess.commands not processed yet (high watermark - next command "
+            "offset), while this processor owns the partition.",
+            registry=reg,
+        )
 
     def command_outcome(self, kind: str, outcome: str) -> None:
         self.commands.labels(kind=kind, outcome=outcome).inc()
@@ -373,7 +411,224 @@ class ProcessorMetrics:
 
     def observe_owner(self, owner: bool) -> None:
         self.owner.set(1 if owner else 0)
+        if not owner:
+            self.lag.set(0)  # a standby's old figure would look like a stuck backlog
 
     def observe_position(self, next_command: int, last_seq: int | None) -> None:
         self.next_command.set(next_command)
         self.last_seq.set(-1 if last_seq is None else last_seq)
+
+    def beat_published(self, at: datetime) -> None:
+        self.beats.inc()
+        self.last_beat.set(at.timestamp())
+
+    def beat_failed(self) -> None:
+        self.beat_errors.inc()
+
+    def observe_lag(self, records: int) -> None:
+        self.lag.set(max(records, 0))
+
+
+#: Buckets of the detection latency histograms, in seconds: about 10 ms at idle on the embedded
+#: broker (BENCHMARKS.md), up to seconds while a backlog drains.
+DETECT_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Where a detection worker stands on one assigned input partition.
+
+    ``lag`` is records on the broker not processed yet (``None`` while the partition's end is
+    not known: no fetch answered yet), ``lag_seconds`` how long the oldest of them has been
+    waiting (0 without lag), and ``stalled_seconds`` how long the partition has had a backlog
+    without any progress (0 without lag; time in a rebalance does not count).
+    """
+
+    topic: str
+    partition: int
+    next_offset: int | None
+    highwater: int | None
+    lag: int | None
+    lag_seconds: float
+    stalled_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DetectGauges:
+    """What the detection worker's gauges show, read at scrape time (never stale)."""
+
+    ready: bool = False
+    wedged: bool = False
+    partitions: tuple[PartitionLag, ...] = ()
+
+
+class _DetectCollector(Collector):
+    """``ess_detect_{ready,wedged}`` and the per-partition lag, from :attr:`DetectMetrics.view`."""
+
+    def __init__(self, owner: DetectMetrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(DetectGauges())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._owner.view())
+
+    @staticmethod
+    def _families(gauges: DetectGauges) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "ess_detect_ready",
+            "1 once the worker joined its group, recovered its tables and runs its agents.",
+            value=float(gauges.ready),
+        )
+        yield GaugeMetricFamily(
+            "ess_detect_wedged",
+            "1 while an assigned partition has had records waiting and no progress for longer "
+            "than ESS_DETECT_WEDGED_AFTER_SEC (/healthz answers 503).",
+            value=float(gauges.wedged),
+        )
+        records = GaugeMetricFamily(
+            "ess_detect_consumer_lag_records",
+            "Records of an assigned input partition not processed yet (high watermark - next "
+            "offset to process).",
+            labels=["topic", "partition"],
+        )
+        seconds = GaugeMetricFamily(
+            "ess_detect_consumer_lag_seconds",
+            "How long the oldest record not processed yet has waited, per assigned partition "
+            "(0 without lag).",
+            labels=["topic", "partition"],
+        )
+        for item in gauges.partitions:
+            labels = [item.topic, str(item.partition)]
+            if item.lag is not None:
+                records.add_metric(labels, item.lag)
+            seconds.add_metric(labels, item.lag_seconds)
+        yield from (records, seconds)
+
+
+class DetectMetrics:
+    """The detection worker's metrics, registered in ``registry`` (a fresh one when omitted).
+
+    Counters are process counters, incremented by the shell around the pure detector
+    (:mod:`streams.observe`) once what they count has happened: a trip once the broker
+    acknowledged it, a record once its batch was processed. Gauges are rendered at scrape time
+    from :attr:`view`, which the worker sets. Labelled children are cached: these are called
+    once per batch on the detection hot path.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.view: Callable[[], DetectGauges] = DetectGauges
+        self.records = Counter(
+            "ess_detect_records",
+            "Records of an input topic processed by this worker (valid or not), by topic.",
+            labelnames=["topic"],
+            registry=reg,
+        )
+        self.rule_records = Counter(
+            "ess_detect_rule_records",
+            "Valid records each rule evaluated, by rule.",
+            labelnames=["rule"],
+            registry=reg,
+        )
+        self.trips = Counter(
+            "ess_detect_trips",
+            "Trip commands this worker sent (broker-acknowledged), by rule and reason.",
+            labelnames=["rule", "reason"],
+            registry=reg,
+        )
+        self.dead_letters = Counter(
+            "ess_detect_dead_letters",
+            "Records sent to ess.deadletter, by topic and reason (invalid, decode_failed, "
+            "future_ts, rule_failed).",
+            labelnames=["topic", "reason"],
+            registry=reg,
+        )
+        self.batch_errors = Counter(
+            "ess_detect_batch_errors",
+            "Batches and silence ticks that failed (a bug: logged, and the batch acked).",
+            labelnames=["topic"],
+            registry=reg,
+        )
+        self.fetch_to_trip = Histogram(
+            "ess_detect_fetch_to_trip_seconds",
+            "From the consumer fetch that brought the triggering record to the broker's ack "
+            "of the trip command.",
+            buckets=DETECT_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_seconds = Histogram(
+            "ess_detect_batch_seconds",
+            "From a consumer fetch to its batch being done (trips acknowledged, states "
+            "written, dead letters sent), by topic.",
+            labelnames=["topic"],
+            buckets=DETECT_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        reg.register(_DetectCollector(self))
+        self._counters: dict[tuple[int, tuple[str, ...]], Counter] = {}
+        self._batch_seconds: dict[str, Histogram] = {}
+
+    def declare(
+        self, topics: Iterable[str], rules: Iterable[str], dead_letter_reasons: Iterable[str]
+    ) -> None:
+        """Create every series at 0 up front: Prometheus's ``increase()`` misses what a series
+        counted before its first scrape, so a first burst of dead letters on a topic would
+        otherwise never reach an alert."""
+        reasons = tuple(dead_letter_reasons)
+        for topic in topics:
+            self._counter(self.records, topic)
+            self._counter(self.batch_errors, topic)
+            for reason in reasons:
+                self._counter(self.dead_letters, topic, reason)
+        for rule in rules:
+            self._counter(self.rule_records, rule)
+
+    def _counter(self, metric: Counter, *labels: str) -> Counter:
+        key = (id(metric), labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metric.labels(*labels)
+        return child
+
+    def batch_done(self, topic: str, records: int, seconds: float) -> None:
+        """A batch of ``records`` done ``seconds`` after its fetch."""
+        self._counter(self.records, topic).inc(records)
+        histogram = self._batch_seconds.get(topic)
+        if histogram is None:
+            histogram = self._batch_seconds[topic] = self.batch_seconds.labels(topic)
+        histogram.observe(seconds)
+
+    def rule_evaluated(self, rule: str, records: int) -> None:
+        if records:
+            self._counter(self.rule_records, rule).inc(records)
+
+    def trip_sent(self, rule: str, reason: str, seconds: float | None) -> None:
+        """A trip the broker acknowledged; ``seconds`` since its record's fetch (``None`` for
+        a silence tick, which no fetch brought)."""
+        self._counter(self.trips, rule, reason).inc()
+        if seconds is not None:
+            self.fetch_to_trip.observe(seconds)
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        self._counter(self.dead_letters, topic, reason).inc()
+
+    def batch_failed(self, topic: str) -> None:
+        self._counter(self.batch_errors, topic).inc()

@@ -56,6 +56,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -387,11 +388,20 @@ class ProcessorStatus:
     key_id: str
     stats: dict[str, int] = field(default_factory=dict)
     failure: str | None = None
+    #: How long the command in hand has been processed (``None``: idle).
+    busy_s: float | None = None
+    wedged_after_s: float = 30.0
+
+    @property
+    def wedged(self) -> bool:
+        """One command has been in hand longer than ``wedged_after_s`` (Kafka retries that
+        never end, a stuck broker): a restart is the remedy, so ``/healthz`` fails."""
+        return self.busy_s is not None and self.busy_s > self.wedged_after_s
 
     @property
     def healthy(self) -> bool:
-        """Running (an owner or a standby) and not failed."""
-        return self.running and self.failure is None
+        """Running (an owner or a standby), not failed and not wedged."""
+        return self.running and self.failure is None and not self.wedged
 
     @property
     def checks(self) -> Mapping[str, str]:
@@ -399,6 +409,7 @@ class ProcessorStatus:
             "owner": "yes" if self.owner else "standby",
             "state_log": "ok" if self.log_trusted else "untrusted",
             "failure": self.failure or "none",
+            "progress": "wedged" if self.wedged else "ok",
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -461,6 +472,7 @@ class CommandProcessor:
         security: KafkaSecurity | None = None,
         beat_interval: float = 0.5,
         metrics: ProcessorMetrics | None = None,
+        wedged_after: float = 30.0,
     ) -> None:
         if signing_key.key_id not in trust.processor_keys:
             raise ValueError("the processor's own key must be among the trusted processor keys")
@@ -478,6 +490,9 @@ class CommandProcessor:
         self._join_group = join_group
         self._fault = fault
         self._beat_interval = beat_interval
+        self._wedged_after = wedged_after
+        #: Since when (monotonic) the command in hand is being processed; None when idle.
+        self._busy_since: float | None = None
         self._commands = TopicPartition(registry.commands.name, 0)
         self._state_tp = TopicPartition(registry.state.name, 0)
         self._log = KafkaStateLog(bootstrap, registry.state.name, security=security)
@@ -535,6 +550,8 @@ class CommandProcessor:
             key_id=self._key.key_id,
             stats={name: getattr(self.stats, name) for name in ProcessorStats.__dataclass_fields__},
             failure=str(self._failure) if self._failure is not None else None,
+            busy_s=None if self._busy_since is None else time.monotonic() - self._busy_since,
+            wedged_after_s=self._wedged_after,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -753,6 +770,7 @@ class CommandProcessor:
             except KafkaError as exc:
                 raise _critical(ProcessorError, f"consuming commands failed: {exc!r}") from exc
             generation = self._generation
+            self._observe_lag()
             for record in batches.get(self._commands, ()):
                 if stop.is_set():
                     break  # uncommitted records are fetched again by the next owner
@@ -767,6 +785,18 @@ class CommandProcessor:
                         break  # assignment changed: the consumer re-fetches from the new seek
                     await self._process(record)
 
+    def _observe_lag(self) -> None:
+        """Export the commands waiting (the fetch responses keep the high watermark fresh,
+        so this costs no request)."""
+        if not self._owned:
+            return
+        try:
+            highwater = self._io.commands.highwater(self._commands)
+        except AssertionError:  # not assigned (any more): aiokafka asserts it
+            return
+        if highwater is not None:
+            self.metrics.observe_lag(highwater - self._next_command)
+
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
         offset: int = record.offset
         if offset < self._next_command:
@@ -774,6 +804,7 @@ class CommandProcessor:
             logger.bind(command_offset=offset).debug("command already applied (tracked offset)")
             return
         self.stats.commands_seen += 1
+        self._busy_since = time.monotonic()
         try:
             await self._absorb_tail()
             await self._handle(record)
@@ -784,6 +815,8 @@ class CommandProcessor:
                 f"Kafka failed while processing command at offset {offset}: {exc!r}",
                 command_offset=offset,
             ) from exc
+        finally:
+            self._busy_since = None
         self._next_command = offset + 1
         self.metrics.observe_position(self._next_command, self.state.last_seq)
         await self._commit(offset + 1)
@@ -1103,7 +1136,10 @@ class CommandProcessor:
                     self._registry.liveness.name, value, key=SOURCE.encode()
                 )
         except (KafkaError, TimeoutError) as exc:
+            self.metrics.beat_failed()
             logger.bind(error=repr(exc)).warning("liveness beat not published")
+        else:
+            self.metrics.beat_published(beat.ts)
 
     # ------------------------------------------------------------------ logging
 
@@ -1220,6 +1256,7 @@ async def run_processor(
         fault=fault,
         security=settings.kafka_security(),
         beat_interval=settings.processor_beat_interval_sec,
+        wedged_after=settings.command_wedged_after_sec,
     )
     port = settings.command_status_port if status_port is None else status_port
     server = None

@@ -139,6 +139,7 @@ def _jobs(
             settings.kafka_bootstrap_servers,
             settings.registry(),
             security=settings.kafka_security(),
+            status_host=settings.status_host,
         )
         jobs["detect"] = run_detector(detector, stop, trust=trust)
     return jobs

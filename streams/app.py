@@ -27,7 +27,9 @@ states, await the trip sends, then write, and must not interleave across that aw
 
 The ESS epoch comes from an :class:`~streams.epoch.EpochFollower` (every worker follows
 ``ess.state``), and outputs go through a :class:`~streams.outputs.Outputs` (ESS's own
-producers), both injected.
+producers), both injected. What was done is reported to a
+:class:`~streams.observe.DetectObserver` (metrics, ``/status``, ``/healthz``) once it is
+done: trips after the broker's ack, a batch after its ack.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from ess.rules.catalog import RECORD_TYPE, build_rules
 from schemas import DeadLetter, TripCommand
 from streams.detect import BatchOutcome, TopicDetector
 from streams.faust_compat import DetectApp, DetectTable, LeanMonitor, ack_batch, current_batch
+from streams.observe import DetectObserver
 from streams.settings import DetectorSettings
 
 __all__ = ["ContextSource", "Outputs", "build_detectors", "create_app"]
@@ -110,10 +113,17 @@ class _Lane:
     lock: asyncio.Lock
 
 
-async def _perform(out: BatchOutcome, lane: _Lane, outputs: Outputs) -> None:
+async def _perform(
+    out: BatchOutcome,
+    lane: _Lane,
+    outputs: Outputs,
+    observer: DetectObserver,
+    fetched_at: float | None,
+) -> None:
     if out.detections:
         commands = [trip_command(detection) for detection in out.detections]
         await outputs.send_trips(commands)
+        observer.trips_sent(out.detections, fetched_at)
         for command in commands:
             logger.bind(
                 command_id=command.command_id,
@@ -137,8 +147,12 @@ def create_app(
     epoch: ContextSource,
     clock: Clock | None = None,
     detectors: Sequence[TopicDetector] | None = None,
+    observer: DetectObserver | None = None,
 ) -> Any:
     """A configured, unstarted Faust app (a :class:`~streams.faust_compat.DetectApp`).
+
+    ``observer`` receives what the agents and the timer did (a fresh one when omitted); it is
+    attached to the app (``app.ess_observer``) to follow its consumer.
 
     Every topic of ``settings.registry`` must already exist with its partition count
     (:func:`ess.broker.ensure_topics`; :func:`streams.runner.run_detector` does it): Faust
@@ -146,6 +160,8 @@ def create_app(
     auto-created by the broker on first use would get the broker's default count.
     """
     clock = clock or SystemClock()
+    if observer is None:
+        observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_s)
     registry = settings.registry
     input_partitions = {spec.partitions for spec in registry.inputs()}
     app = DetectApp(
@@ -192,15 +208,21 @@ def create_app(
             internal=False,
         )
         app.agent(app.deliver_batches(topic), name=f"detect-{detector.logical}")(
-            _agent_body(app, lane, outputs=outputs, epoch=epoch, clock=clock)
+            _agent_body(app, lane, outputs=outputs, epoch=epoch, clock=clock, observer=observer)
         )
 
     ticking = [lane for lane in lanes if lane.detector.ticks]
     if ticking:
         app.timer(interval=settings.tick_interval_s, name="detect-silence-tick")(
-            _tick_body(app, ticking, outputs, epoch, clock)
+            _tick_body(app, ticking, outputs, epoch, clock, observer)
         )
     app.ess_lanes = lanes
+    observer.attach(
+        app,
+        [lane.detector.topic for lane in lanes],
+        [rule.name for lane in lanes for rule in lane.detector.rules],
+    )
+    app.ess_observer = observer
     return app
 
 
@@ -211,6 +233,7 @@ def _agent_body(
     outputs: Outputs,
     epoch: ContextSource,
     clock: Clock,
+    observer: DetectObserver,
 ) -> Callable[[Any], Any]:
     detector = lane.detector
 
@@ -231,28 +254,36 @@ def _agent_body(
         async for batch in stream:
             if not current_batch(app, batch):
                 continue  # fetched before a rebalance: refetched from the committed offset
+            out: BatchOutcome | None = None
             try:
                 async with lane.lock:
                     out = detector.process(
                         batch.records, lane.table.data, epoch.context, clock.now()
                     )
-                    await _perform(out, lane, outputs)
+                    await _perform(out, lane, outputs, observer, batch.fetched_at)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Never let an exception escape: the agent would stop. What can land here is
                 # a bug (process() refuses bad input, trips are retried until delivered):
                 # logged, and the batch is acked so the worker goes on.
+                out = None
                 logger.bind(topic=detector.topic, events=len(batch.records)).exception(
                     "detection batch failed"
                 )
             ack_batch(app, batch)
+            observer.batch_done(detector, len(batch.records), batch.offsets, batch.fetched_at, out)
 
     return detect
 
 
-def _tick_body(
-    app: Any, lanes: Sequence[_Lane], outputs: Outputs, epoch: ContextSource, clock: Clock
+def _tick_body(  # noqa: PLR0917 - private; create_app's one call passes its parts
+    app: Any,
+    lanes: Sequence[_Lane],
+    outputs: Outputs,
+    epoch: ContextSource,
+    clock: Clock,
+    observer: DetectObserver,
 ) -> Callable[[], Any]:
     async def tick() -> None:
         if app.rebalancing:
@@ -274,10 +305,11 @@ def _tick_body(
                         watermark=clock.now(),
                         ctx=epoch.context,
                     )
-                    await _perform(out, lane, outputs)
+                    await _perform(out, lane, outputs, observer, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                observer.tick_failed(lane.detector.topic)
                 logger.bind(topic=lane.detector.topic).exception("silence tick failed")
 
     return tick

@@ -7,7 +7,7 @@ Faust has no typed API here, so ``Any`` stays in this module.
    (``AIOKafkaConsumerThread._create_worker_consumer``), and no setting reaches it. The
    embedded Tansu broker holds an idle fetch for the whole wait, and aiokafka allows one fetch
    in flight per node, so an untouched worker sees a record ~0.5 s late at idle and ~1.4 s at
-   1k records/s (``shared/notes/faust-on-embedded-broker.md`` section 2). The subclass sets
+   1k records/s (``docs/embedded-broker.md``, "Idle fetches"). The subclass sets
    the value on the consumer it builds; aiokafka reads it when its Fetcher starts. 5-20 ms
    all give ~10 ms idle detection latency.
 2. **High watermarks** (:meth:`DetectConsumerThread._highwaters`). Table recovery stops at
@@ -36,6 +36,7 @@ Faust has no typed API here, so ``Any`` stays in this module.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Final, cast
 
 import aiokafka
@@ -367,7 +368,15 @@ class FetchedBatch:
     is tracked while unacknowledged (a rebalance waits for it, ``wait_empty``) and acked
     once, for all its offsets (:func:`ack_batch`)."""
 
-    __slots__ = ("__weakref__", "acked", "generation_id", "offsets", "records", "topic")
+    __slots__ = (
+        "__weakref__",
+        "acked",
+        "fetched_at",
+        "generation_id",
+        "offsets",
+        "records",
+        "topic",
+    )
 
     #: Read by Faust's ``wait_empty`` when it logs what it is still waiting for.
     refcount = 1
@@ -375,6 +384,9 @@ class FetchedBatch:
     def __init__(self, topic: str, generation_id: int) -> None:
         self.topic = topic
         self.generation_id = generation_id
+        #: When the fetch was read (monotonic seconds): the start of the fetch-to-trip and
+        #: batch latencies (:mod:`streams.observe`).
+        self.fetched_at = time.monotonic()
         self.records: list[RawRecord] = []
         self.offsets: dict[Any, list[int]] = {}
         self.acked = False
@@ -436,6 +448,8 @@ class DetectApp(faust.App):
     ess_batch_max: int = 2000
     #: The detection lanes (detector, table, lock per input topic), for tests and tools.
     ess_lanes: list[Any]
+    #: What the agents report to (:class:`streams.observe.DetectObserver`).
+    ess_observer: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

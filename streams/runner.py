@@ -11,6 +11,10 @@ Start-up order matters:
 4. the Faust app starts: it joins its group, recovers its tables from their changelogs and
    only then starts its agents and timers; ``ready`` is set at that point.
 
+The status server (``/status``, ``/metrics``, ``/healthz``; :mod:`streams.observe`) starts
+before all of that, so an orchestrator sees "starting" (503) rather than nothing during the
+group join and table recovery, and it stops last.
+
 Faust's ``Worker`` class is not used: it installs signal handlers, reconfigures the root
 logger (at ``-l warn`` it even sets it to DEBUG, costing ~10-15 % throughput: notes section 2)
 and owns the event loop, none of which an embedding process wants. The app is a ``mode``
@@ -24,7 +28,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from loguru import logger
 
@@ -33,13 +37,19 @@ from ess.clock import Clock
 from ess.config import EssSettings
 from ess.core.reader import Trust
 from ess.logging import configure_logging
+from ess.status import StatusServer, serve_status
 from streams.app import create_app
 from streams.detect import TopicDetector
 from streams.epoch import EpochFollower
+from streams.observe import DetectObserver, sampling
 from streams.outputs import KafkaOutputs
 from streams.settings import DetectorSettings
 
 __all__ = ["main", "run_detector"]
+
+#: How often the observer samples the consumer between scrapes: the resolution of the lag
+#: age and of the wedged bound.
+_SAMPLE_INTERVAL_S: Final = 0.5
 
 
 async def run_detector(
@@ -50,12 +60,37 @@ async def run_detector(
     ready: asyncio.Event | None = None,
     clock: Clock | None = None,
     detectors: Sequence[TopicDetector] | None = None,
+    observer: DetectObserver | None = None,
 ) -> None:
     """Run one detection worker until ``stop`` is set (or the Faust app crashes, which is
     re-raised as ``RuntimeError``). ``ready`` is set once the worker has joined its group,
     recovered its tables and started its agents. ``trust`` is what the epoch follower trusts
     in ``ess.state``. ``detectors`` replaces the catalog's (the benchmark passes instrumented
-    ones)."""
+    ones). ``observer`` (a fresh one when omitted) is what the status server on
+    ``settings.status_port`` serves."""
+    observer = observer or DetectObserver(settings.app_id, wedged_after=settings.wedged_after_s)
+    server: StatusServer | None = None
+    if settings.status_port >= 0:
+        server = await serve_status(
+            observer, observer.metrics.registry, settings.status_host, settings.status_port
+        )
+        observer.status_url = server.url
+    try:
+        await _run(settings, stop, trust, ready, clock, detectors, observer)
+    finally:
+        if server is not None:
+            await server.stop()
+
+
+async def _run(  # noqa: PLR0917 - private; run_detector passes its arguments on
+    settings: DetectorSettings,
+    stop: asyncio.Event,
+    trust: Trust,
+    ready: asyncio.Event | None,
+    clock: Clock | None,
+    detectors: Sequence[TopicDetector] | None,
+    observer: DetectObserver,
+) -> None:
     from ess.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
 
     await ensure_topics(settings.bootstrap, settings.registry, security=settings.security)
@@ -70,9 +105,17 @@ async def run_detector(
     app: Any = None
     try:
         await outputs.start()
-        app = create_app(settings, outputs=outputs, epoch=epoch, clock=clock, detectors=detectors)
+        app = create_app(
+            settings,
+            outputs=outputs,
+            epoch=epoch,
+            clock=clock,
+            detectors=detectors,
+            observer=observer,
+        )
 
         async def started() -> None:
+            observer.ready = True
             logger.bind(app_id=settings.app_id, prefix=settings.registry.prefix).info(
                 "detection worker ready"
             )
@@ -81,16 +124,18 @@ async def run_detector(
 
         app.on_startup_finished = started
         await app.start()
-        stopping = asyncio.ensure_future(stop.wait())
-        crashed = asyncio.ensure_future(app._crashed.wait())
-        try:
-            await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            crashed.cancel()
+        async with sampling(observer, _SAMPLE_INTERVAL_S):
+            stopping = asyncio.ensure_future(stop.wait())
+            crashed = asyncio.ensure_future(app._crashed.wait())
+            try:
+                await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                crashed.cancel()
         if app._crashed.is_set():
             raise RuntimeError(f"detection app {settings.app_id} crashed: {app._crash_reason!r}")
     finally:
+        observer.ready = False
         if app is not None:
             await app.stop()
         await outputs.stop()
@@ -124,7 +169,9 @@ async def _amain() -> None:
     registry = ess.registry()
     security = ess.kafka_security()
     async with kafka_target(registry, security=security) as bootstrap:
-        settings = DetectorSettings.from_env(bootstrap, registry, security=security)
+        settings = DetectorSettings.from_env(
+            bootstrap, registry, security=security, status_host=ess.status_host
+        )
         logger.bind(bootstrap=bootstrap, app_id=settings.app_id, prefix=registry.prefix).info(
             "starting detection worker"
         )

@@ -15,6 +15,10 @@ Environment (all optional):
 * ``ESS_DETECT_FETCH_MAX_WAIT_MS``, ``ESS_DETECT_BATCH_MAX``,
   ``ESS_DETECT_TICK_INTERVAL_SEC``, ``ESS_DETECT_PRODUCER_LINGER_MS``, ``ESS_DETECT_STORE``,
   ``ESS_DETECT_STANDBY_REPLICAS``, ``ESS_DETECT_REPLICATION_FACTOR``: tuning (see the fields).
+* ``ESS_DETECT_STATUS_PORT`` (default 9467; ``-1``: off): the worker's ``/status``,
+  ``/metrics`` and ``/healthz``, on ``ESS_STATUS_HOST`` like every role's.
+  ``ESS_DETECT_WEDGED_AFTER_SEC`` (default 30): ``/healthz`` fails once an assigned partition
+  has had records waiting this long without progress (:mod:`streams.observe`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class DetectEnv(BaseSettings):
     store: str = "memory://"
     standby_replicas: int = Field(default=1, ge=0, le=10)
     replication_factor: int = Field(default=1, ge=1, le=10)
+    status_port: int = Field(default=9467, ge=-1, le=65535)
+    wedged_after_sec: float = Field(default=30.0, gt=0, le=3600)
 
 
 def load_detection_config(path: Path | None) -> DetectionConfig:
@@ -91,6 +97,14 @@ class DetectorSettings:
     #: TLS/SASL of every Kafka client of the worker: Faust's (``broker_credentials``) and
     #: ESS's own (epoch follower, trip and dead-letter producers, topic setup).
     security: KafkaSecurity = PLAINTEXT
+    #: ``/status``, ``/metrics`` and ``/healthz`` (:func:`ess.status.serve_status`): ``-1``
+    #: (the default here, for tests and tools that build settings directly) serves none, 0 a
+    #: free port; :meth:`from_env` reads ``ESS_DETECT_STATUS_PORT`` (default 9467).
+    status_host: str = "127.0.0.1"
+    status_port: int = -1
+    #: ``/healthz`` fails once an assigned partition has had records waiting and no progress
+    #: for this long (:mod:`streams.observe`).
+    wedged_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         # The silence rules point a never-seen required key's trigger at the physical topic.
@@ -109,9 +123,11 @@ class DetectorSettings:
         registry: TopicRegistry,
         *,
         security: KafkaSecurity = PLAINTEXT,
+        status_host: str = "127.0.0.1",
     ) -> DetectorSettings:
         """Settings from ``ESS_DETECT_*`` for a known Kafka, registry and connection security
-        (``EssSettings.kafka_security()``; the Kafka settings are read once, by the caller)."""
+        (``EssSettings.kafka_security()``; the Kafka settings are read once, by the caller),
+        serving the status page on ``status_host`` (``EssSettings.status_host``)."""
         env = DetectEnv()
         return cls(
             bootstrap=bootstrap,
@@ -126,6 +142,9 @@ class DetectorSettings:
             store=env.store,
             standby_replicas=env.standby_replicas,
             replication_factor=env.replication_factor,
+            status_host=status_host,
+            status_port=env.status_port,
+            wedged_after_s=env.wedged_after_sec,
         )
 
     def with_group(self, app_id: str) -> DetectorSettings:

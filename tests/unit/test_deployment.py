@@ -309,21 +309,35 @@ def test_the_default_settings_of_every_role_validate(
 def test_status_servers_are_reachable_and_scraped(services: dict[str, dict[str, Any]]) -> None:
     project = _env(services["ess-project"])
     execute = _env(services["ess-execute"])
-    # Both status servers bind ESS_STATUS_HOST (default 127.0.0.1: unreachable from another
-    # container); the executor gets it from the same setting (ess.worker passes it).
-    assert project["ESS_STATUS_HOST"] == "0.0.0.0"
-    assert execute["ESS_STATUS_HOST"] == "0.0.0.0"
+    command = _env(services["ess-command"])
+    detect = {name: _env(services[name]) for name in ("ess-detect-a", "ess-detect-b")}
+    # Every status server binds ESS_STATUS_HOST (default 127.0.0.1: unreachable from another
+    # container); the executor and the detector get it from the same setting (ess.worker).
+    for env in (project, execute, command, *detect.values()):
+        assert env["ESS_STATUS_HOST"] == "0.0.0.0"
     prometheus = _load_yaml(DOCKER / "prometheus.yml")
+    # Static targets, and DNS-discovered ones (the scalable detector services) as name:port.
     targets = {
-        job["job_name"]: [t for config in job["static_configs"] for t in config["targets"]]
+        job["job_name"]: [
+            *(t for config in job.get("static_configs", []) for t in config["targets"]),
+            *(
+                f"{name}:{config['port']}"
+                for config in job.get("dns_sd_configs", [])
+                for name in config["names"]
+            ),
+        ]
         for job in prometheus["scrape_configs"]
     }
     assert targets == {
         "ess-projector": [f"ess-project:{project['ESS_STATUS_PORT']}"],
         "ess-executor": [f"ess-execute:{execute['ESS_EXECUTOR_STATUS_PORT']}"],
+        "ess-command": [f"ess-command:{command['ESS_COMMAND_STATUS_PORT']}"],
+        "ess-detect": [f"{name}:{env['ESS_DETECT_STATUS_PORT']}" for name, env in detect.items()],
     }
     assert EssSettings.model_fields["status_port"].default == 9464
     assert ExecutorSettings.model_fields["status_port"].default == 9465
+    assert EssSettings.model_fields["command_status_port"].default == 9466
+    assert DetectEnv.model_fields["status_port"].default == 9467
 
 
 def test_projector_uses_the_compose_redis(services: dict[str, dict[str, Any]]) -> None:

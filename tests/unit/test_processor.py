@@ -17,6 +17,7 @@ from ess.deadletter import MAX_ERROR_CHARS, MAX_RAW_BYTES, build_dead_letter
 from ess.processor import (
     SOURCE,
     Fault,
+    ProcessorStatus,
     StartupRefused,
     decode_command,
     default_group_id,
@@ -393,3 +394,25 @@ def test_run_processor_refuses_without_its_key(tmp_path: Path) -> None:
 
     with pytest.raises(StartupRefused, match="no command processor key"):
         asyncio.run(run_processor(settings, asyncio.Event()))
+
+
+def test_a_processor_holding_one_command_too_long_is_wedged_and_unhealthy() -> None:
+    """Issue 13, item 7: ``/healthz`` fails when the processor makes no progress."""
+    base = {
+        "owner": True,
+        "running": True,
+        "next_command_offset": 3,
+        "state_next_offset": 2,
+        "seq": 1,
+        "status": "INACTIVE",
+        "log_trusted": True,
+        "idempotent": False,
+        "key_id": "k",
+        "wedged_after_s": 30.0,
+    }
+    idle = ProcessorStatus(**base, busy_s=None)  # type: ignore[arg-type]
+    busy = ProcessorStatus(**base, busy_s=5.0)  # type: ignore[arg-type]
+    stuck = ProcessorStatus(**base, busy_s=31.0)  # type: ignore[arg-type]
+    assert (idle.healthy, busy.healthy, stuck.healthy) == (True, True, False)
+    assert stuck.checks["progress"] == "wedged"
+    assert busy.checks["progress"] == "ok"
