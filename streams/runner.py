@@ -16,7 +16,7 @@ before all of that, so an orchestrator sees "starting" (503) rather than nothing
 group join and table recovery, and it stops last.
 
 Faust's ``Worker`` class is not used: it installs signal handlers, reconfigures the root
-logger (at ``-l warn`` it even sets it to DEBUG, costing ~10-15 % throughput: notes section 2)
+logger (at ``-l warn`` it even sets it to DEBUG, costing ~10-15 % throughput)
 and owns the event loop, none of which an embedding process wants. The app is a ``mode``
 service, started and stopped directly.
 """
@@ -160,7 +160,7 @@ async def _amain() -> None:
     ess = EssSettings()
     configure_logging(ess.log_level, json=ess.log_json)
     # Faust and aiokafka are chatty at INFO; WARNING keeps the JSON log readable. Not DEBUG:
-    # every debug() call would then build a LogRecord per event (notes section 2).
+    # every debug() call would then build a LogRecord per event.
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
