@@ -39,6 +39,7 @@ from ess.core.projection import event_for, policy_record
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from schemas import (
     IDENT_MAX,
+    TEXT_MAX,
     ActivatedEntry,
     ReasonCode,
     ResetCommand,
@@ -52,6 +53,12 @@ from schemas import (
 
 #: Steps of an activation, in execution order.
 STEPS = ("policy_store", "event_bus", "cancel_orders", "close_positions")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` as valid UTF-8 (a lone surrogate, which no store, log or id hash can encode,
+    becomes ``?``), cut to ``limit`` characters."""
+    return clip(text.encode("utf-8", "replace").decode("utf-8"), limit)
 
 
 class ResetRejected(PermissionError):
@@ -160,9 +167,9 @@ class EmergencyStopController:
         """
         code, parsed_detail = parse_reason(str(reason), default_code)
         # Whatever the caller passed, the trip must fit the record: a stop is never refused
-        # for the length of its explanation.
-        text = clip("; ".join(part for part in (parsed_detail, str(detail)) if part))
-        source = clip(str(source).strip() or "operator:local", IDENT_MAX)
+        # for the length of its explanation, nor for text no store can encode.
+        text = _fit("; ".join(part for part in (parsed_detail, str(detail)) if part), TEXT_MAX)
+        source = _fit(str(source).strip() or "operator:local", IDENT_MAX)
         async with self._lock:
             now = self._clock.now()
             command = TripCommand(

@@ -7,18 +7,34 @@ means "stop" too (``policy_store_stale``: Redis restarted without persistence, a
 wrong namespace all look like that), unless the caller says this is the first start
 (``first_start=True``): then an INACTIVE record is written.
 
-The loop never dies: whatever an evaluator raises or returns, whatever its name, it counts
-as a trip with a reason that fits the record; an exception anywhere else in a check is a
+The loop never dies: whatever an evaluator raises (``BaseException`` included, and
+exceptions whose text cannot even be printed) or returns, whatever its name, it counts as a
+trip with a reason that fits the record; an exception anywhere else in a check is a
 ``system_critical`` trip, and the loop goes on. Resets signed before a restart cannot clear
 the restored activation: a reset is bound to the activation it clears (its ``seq`` and
 command id), and the restored activation is a new one.
+
+Nor does it stall on an evaluator. A check that does not answer within the timeout is
+abandoned, not awaited: an ``async`` check is cancelled but never waited for (one that
+swallows the cancellation cannot hold the loop), a synchronous one runs in its own daemon
+thread (one that hangs forever cannot exhaust the event loop's default executor, which the
+SQLite PolicyStore needs for its writes). While an evaluator's abandoned check is still
+running, its next checks are trips without starting another one, so a hung evaluator holds
+one thread or task, not one per interval. What ESS cannot bound is attribute access on the
+evaluator itself (``name``, ``reason_code``, ``check``): it runs in the loop and must not
+block.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
+import reprlib
+import threading
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from loguru import logger
@@ -36,7 +52,7 @@ def evaluator_name(evaluator: object) -> str:
     trip's ``source``. Never raises, whatever ``name`` is."""
     try:
         name = str(getattr(evaluator, "name", None) or type(evaluator).__name__)
-    except Exception:  # a name property that raises is still an evaluator to run
+    except BaseException:  # a name that raises (anything) is still an evaluator to run
         name = type(evaluator).__name__
     return clip(name.strip() or type(evaluator).__name__, _NAME_MAX)
 
@@ -45,17 +61,93 @@ def _default_code(evaluator: object) -> ReasonCode:
     """The evaluator's ``reason_code`` when it is one, else ``system_critical``."""
     try:
         return ReasonCode(getattr(evaluator, "reason_code", ReasonCode.SYSTEM_CRITICAL))
-    except Exception:
+    except BaseException:
         return ReasonCode.SYSTEM_CRITICAL
+
+
+def _text(value: object) -> str:
+    """``str(value)``, or a placeholder when that raises: an exception whose message cannot
+    be printed is still a trip, and building its detail must not fail in turn."""
+    try:
+        return str(value)
+    except BaseException:
+        return f"<unprintable {_type_name(value)}>"
+
+
+def _shown(value: object) -> str:
+    """A short ``repr`` of what an evaluator returned (bounded in size, never raising)."""
+    try:
+        return clip(reprlib.repr(value), 200)
+    except BaseException:
+        return f"<unprintable {_type_name(value)}>"
+
+
+def _type_name(value: object) -> str:
+    try:
+        return str(type(value).__name__)
+    except BaseException:
+        return "object"
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is the cancellation of the running task (which must propagate), not a
+    ``CancelledError`` an evaluator raised or ended with."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class _Failed(Exception):
+    """An evaluator's check raised (anything) or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What a check ended with: its value, or what it raised (``BaseException`` included:
+    an evaluator's ``SystemExit`` must not reach the event loop)."""
+
+    value: object = None
+    error: BaseException | None = None
+
+
+async def _answer_of(awaitable: Awaitable[object]) -> _Answer:
+    try:
+        return _Answer(value=await awaitable)
+    except BaseException as exc:  # this task is abandoned on a timeout; nothing re-raises
+        return _Answer(error=exc)
+
+
+def _in_thread(check: Callable[[], object]) -> asyncio.Future[_Answer]:
+    """Run a synchronous check in a daemon thread of its own; the future is resolved when
+    the check returns, however late (so "still running" is known)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_Answer] = loop.create_future()
+
+    def deliver(answer: _Answer) -> None:
+        if not future.done():
+            future.set_result(answer)
+
+    def run() -> None:
+        try:
+            answer = _Answer(value=check())
+        except BaseException as exc:
+            answer = _Answer(error=exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, answer)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name="ess-evaluator", daemon=True).start()
+    return future
 
 
 class EmergencyStopSystem:
     """Runs evaluators every ``check_interval_sec`` seconds.
 
-    Triggers are edge-detected per evaluator: an evaluator that stays triggered is recorded
-    once, not every interval; if it recovers and trips again, that is a new trip. Each check
-    is bounded by ``evaluation_timeout_sec`` (default: the interval); a check that times out
-    counts as triggered.
+    Triggers are edge-detected per evaluator (per object: two evaluators may share a name):
+    an evaluator that stays triggered is recorded once, not every interval; if it recovers
+    and trips again, that is a new trip. Each check is bounded by ``evaluation_timeout_sec``
+    (default: the interval); a check that times out counts as triggered.
     """
 
     def __init__(
@@ -81,7 +173,10 @@ class EmergencyStopSystem:
         self._timeout = evaluation_timeout_sec or check_interval_sec
         self._first_start = first_start
         self._sleep = sleep
-        self._triggered: set[str] = set()
+        #: Evaluators (by ``id``: two may share a name) whose trip has been recorded.
+        self._triggered: set[int] = set()
+        #: The latest check of each evaluator (by ``id``), possibly abandoned and still running.
+        self._running: dict[int, asyncio.Future[_Answer]] = {}
         self._stopping = asyncio.Event()
         self.checks = 0
 
@@ -93,21 +188,30 @@ class EmergencyStopSystem:
         """Restore, then check every interval until :meth:`stop`. Never raises (but for
         cancellation): a failing evaluator, store or exchange is logged and becomes a trip
         or a retry, and an exception escaping a check is a ``system_critical`` trip."""
-        await self._guarded("restore", self.restore)
-        while not self._stopping.is_set():
-            await self._guarded("check", self.check_once)
-            if self._stopping.is_set():
-                break
-            await self._sleep(self.check_interval_sec)
+        try:
+            await self._guarded("restore", self.restore)
+            while not self._stopping.is_set():
+                await self._guarded("check", self.check_once)
+                if self._stopping.is_set():
+                    break
+                await self._sleep(self.check_interval_sec)
+        finally:
+            for running in self._running.values():
+                if isinstance(running, asyncio.Task):
+                    running.cancel()  # abandoned async checks: asked to stop, not awaited
 
     async def _guarded(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
         try:
             await step()
-        except Exception as exc:  # the loop is the last line of defence: it must not die
-            logger.bind(step=what, error=repr(exc)).exception("ESS loop step failed; stopping")
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the process is being stopped
+        except BaseException as exc:  # the loop is the last line of defence: it must not die
+            if _cancelled(exc):
+                raise
+            logger.bind(step=what, error=_shown(exc)).exception("ESS loop step failed; stopping")
             await self._trip(
                 ReasonCode.SYSTEM_CRITICAL.value,
-                f"ESS {what} failed: {type(exc).__name__}: {exc}",
+                f"ESS {what} failed: {_type_name(exc)}: {_text(exc)}",
                 "evaluator:ess",
             )
 
@@ -163,11 +267,11 @@ class EmergencyStopSystem:
             name = evaluator_name(evaluator)
             triggered, reason = await self._evaluate(evaluator, name)
             if not triggered:
-                self._triggered.discard(name)
+                self._triggered.discard(id(evaluator))
                 continue
-            if name in self._triggered:
+            if id(evaluator) in self._triggered:
                 continue
-            self._triggered.add(name)
+            self._triggered.add(id(evaluator))
             newly.append(name)
             default = _default_code(evaluator)
             await self._trip(reason or default.value, "", f"evaluator:{name}", default)
@@ -178,27 +282,57 @@ class EmergencyStopSystem:
         self, evaluator: EmergencyConditionEvaluator, name: str
     ) -> tuple[bool, str | None]:
         """``(triggered, reason)``; anything but a clean ``(bool, str | None)`` answer in time
-        is a trip (fail closed). The reason may be any length: the controller fits it."""
+        is a trip (fail closed), ``(False, 42)`` included. The reason may be any length: the
+        controller fits it."""
         default = _default_code(evaluator)
         try:
-            if inspect.iscoroutinefunction(evaluator.check):
-                result = await asyncio.wait_for(evaluator.check(), self._timeout)
-            else:
-                result = await asyncio.wait_for(asyncio.to_thread(evaluator.check), self._timeout)
+            result = await self._ask(evaluator)
             if not (isinstance(result, tuple) and len(result) == 2):
-                raise TypeError(f"check() returned {result!r:.200}, expected (bool, str | None)")
+                raise TypeError(f"check() returned {_shown(result)}, expected (bool, str | None)")
             triggered, reason = cast(tuple[object, object], result)
-            if not isinstance(triggered, bool):
-                raise TypeError(f"check() returned {result!r:.200}, expected (bool, str | None)")
-        except Exception as exc:
-            detail = f"{name} could not evaluate: {type(exc).__name__}: {exc}"
-            logger.bind(evaluator=name, error=clip(str(exc), 500)).error(
+            if not isinstance(triggered, bool) or not (reason is None or isinstance(reason, str)):
+                raise TypeError(f"check() returned {_shown(result)}, expected (bool, str | None)")
+        except BaseException as exc:  # whatever the evaluator did, it is a trip
+            if _cancelled(exc):
+                raise
+            error = _text(exc) if isinstance(exc, _Failed) else f"{_type_name(exc)}: {_text(exc)}"
+            logger.bind(evaluator=name, error=clip(error, 500)).error(
                 "evaluator failed; failing closed"
             )
-            return True, f"{default}: {detail}"
-        if reason is not None and not isinstance(reason, str):
-            reason = f"{default}: {name} gave a non-text reason {reason!r:.200}"
+            return True, f"{default}: {name} could not evaluate: {error}"
         return triggered, reason
+
+    async def _ask(self, evaluator: EmergencyConditionEvaluator) -> object:
+        """The evaluator's answer within the timeout, or :class:`_Failed`. A check that does
+        not answer in time is abandoned (see the module notes); while it still runs, the
+        evaluator is not asked again."""
+        key = id(evaluator)
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            raise _Failed(
+                f"TimeoutError: its check of an earlier interval is still running "
+                f"(timeout {self._timeout:g}s)"
+            )
+        check = evaluator.check
+        future: asyncio.Future[_Answer]
+        if inspect.iscoroutinefunction(check):
+            future = asyncio.ensure_future(_answer_of(check()))
+        else:
+            future = _in_thread(check)
+        self._running[key] = future
+        try:
+            done, _ = await asyncio.wait({future}, timeout=self._timeout)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not done:
+            if isinstance(future, asyncio.Task):
+                future.cancel()  # asked to stop; a check that ignores it is left behind
+            raise _Failed(f"TimeoutError: no answer within {self._timeout:g}s")
+        answer = future.result()
+        if answer.error is not None:
+            raise _Failed(f"{_type_name(answer.error)}: {_text(answer.error)}")
+        return answer.value
 
     async def _trip(
         self,

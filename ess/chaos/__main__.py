@@ -29,7 +29,15 @@ from rich.table import Table
 
 from ess.logging import configure_logging
 
-CAMPAIGNS: tuple[str, ...] = ("crash", "venue", "broker_loss", "writer_loss", "fuzz", "forgery")
+CAMPAIGNS: tuple[str, ...] = (
+    "crash",
+    "venue",
+    "broker_loss",
+    "writer_loss",
+    "fuzz",
+    "forgery",
+    "inprocess",
+)
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
 #: The figures repeated at the top level of the results, and the campaign each comes from.
 HEADLINE: dict[str, str] = {

@@ -38,6 +38,27 @@ Figures (per level under ``pure`` / ``live``, and summed at the top level)
 * ``rule_errors``: dead letters caused by a rule raising on a decoded record, plus rule or
   silence-tick failures logged by the detector (pure level; live: rule-failure letters).
 
+Valid but adversarial values (``adversarial``, pure level only: the silence cases need the
+silence timeout to pass, which a live worker cannot fake). Records the contract accepts,
+each with the broker timestamp it is logged with, through the same detectors, per case
+(:data:`ADVERSARIAL_CASES`); every case must still fire the rules named:
+
+* ``future_beat``: a health beat stamped up to ``max_future_skew_sec`` after its broker
+  timestamp, then silence: ``heartbeat_lost`` must fire once the timeout has passed since
+  the *broker* timestamp (a watermark still short of ``ts + timeout``).
+* ``future_market_tick``: the same for a market tick and ``data_feed_stale``.
+* ``first_equity_zero`` / ``_negative`` / ``_negative_zero`` (``-0.0``): the day's first pnl
+  tick has no equity, then a real loss: ``daily_loss`` (the day re-anchors on the first
+  positive tick) and ``equity_drawdown`` must fire.
+* ``future_stamp_<topic>``: one quiet valid record of the key stamped up to the skew in the
+  future, then the topic's valid trip sequence stamped (and logged) now: what the sequence
+  trips alone must still fire.
+
+Figures (top level, and by case under ``adversarial``): ``adversarial_cases`` played,
+``adversarial_trips_expected``, ``adversarial_trips_missed`` (failure) and
+``adversarial_dead_lettered`` (failure: a valid record refused); ``missed_by_case``,
+``missed_examples``.
+
 Generation: a seeded :class:`random.Random` drives the mutators here, so a campaign is
 reproducible from ``seed`` and costs microseconds per record (20,000 records in seconds).
 ``tests/chaos/test_fuzz.py`` drives the *same* mutators from Hypothesis
@@ -73,11 +94,14 @@ from schemas.codec import MAX_RECORD_BYTES
 from streams.detect import RawRecord, TopicDetector
 
 __all__ = [
+    "ADVERSARIAL_CASES",
     "CATEGORIES",
     "CONFIG",
     "FAILURES",
     "Hostile",
+    "adversarial_cases",
     "hostile_record",
+    "run_adversarial",
     "run_campaign",
     "run_pure",
     "valid_sequences",
@@ -88,6 +112,8 @@ FAILURES: Final[tuple[str, ...]] = (
     "worker_crashes",
     "valid_trips_missed",
     "valid_dead_lettered",
+    "adversarial_trips_missed",
+    "adversarial_dead_lettered",
 )
 
 #: Small thresholds so that a handful of valid records trips each topic's rules; silence
@@ -690,6 +716,201 @@ def _interleave(
     return items
 
 
+# --------------------------------------------------------------------------- adversarial values
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """A valid record and the broker timestamp (Kafka CreateTime) it is logged with."""
+
+    value: bytes
+    logged: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Adversarial:
+    """One adversarial case: records of one topic, the ``(rule, key)`` detections they must
+    still produce, and a silence tick to run after them (``None``: none needed)."""
+
+    case: str
+    topic: str
+    records: tuple[Logged, ...]
+    expected: frozenset[tuple[str, str]]
+    watermark: datetime | None = None
+
+
+#: Topics of the ``future_stamp_<topic>`` cases: every topic whose valid sequence can be
+#: preceded by a quiet record of its key (a security event is a trip by itself).
+_FUTURE_STAMP_TOPICS: Final = (
+    "fills",
+    "pnl",
+    "orders",
+    "order_errors",
+    "health",
+    "latency",
+    "market",
+)
+#: A record of the key that trips nothing by itself (changes to :func:`_base`'s record).
+_QUIET: Final[dict[str, dict[str, Any]]] = {
+    "fills": {},
+    "pnl": {"equity": 1000.0},
+    "orders": {},
+    "order_errors": {},
+    "health": {"status": "HEALTHY"},
+    "latency": {"latency_ms": 5.0},
+    "market": {},
+}
+#: Every case name (the first-equity cases by their equity).
+_FIRST_EQUITY: Final = {"zero": 0.0, "negative": -250.0, "negative_zero": -0.0}
+ADVERSARIAL_CASES: Final[tuple[str, ...]] = (
+    "future_beat",
+    "future_market_tick",
+    *(f"first_equity_{name}" for name in _FIRST_EQUITY),
+    *(f"future_stamp_{topic}" for topic in _FUTURE_STAMP_TOPICS),
+)
+
+
+def _logged(record: dict[str, Any], logged: datetime) -> Logged:
+    return Logged(orjson.dumps(record), logged)
+
+
+def adversarial_cases(
+    t0: datetime, rng: random.Random, tag: str, *, exact: bool = False
+) -> list[Adversarial]:
+    """Every case of :data:`ADVERSARIAL_CASES` from ``t0`` (keys carry ``tag``). ``exact``:
+    the edge values (a stamp one second inside the skew, a one-second margin); otherwise
+    stamps anywhere in the second half of the skew and margins of up to five seconds."""
+    skew = CONFIG.max_future_skew_sec
+    ahead = timedelta(seconds=skew - 1 if exact else rng.uniform(skew / 2, skew - 0.5))
+    margin = timedelta(seconds=1 if exact else rng.uniform(0.1, 5.0))
+    cases: list[Adversarial] = []
+    # Silence measured from the broker timestamp, not from a ts in the future.
+    for case, topic, rule, timeout in (
+        ("future_beat", "health", "heartbeat_lost", CONFIG.heartbeat_timeout_sec),
+        ("future_market_tick", "market", "data_feed_stale", CONFIG.data_feed_stale_sec),
+    ):
+        key = f"a-{case}-{tag}"
+        record = _base(topic, key, t0 + ahead, rng)
+        cases.append(
+            Adversarial(
+                case,
+                topic,
+                (_logged(record, t0),),
+                frozenset({(rule, key)}),
+                watermark=t0 + timedelta(seconds=timeout) + margin,
+            )
+        )
+    # No equity at the start of the day, then a real loss: 12 % below the day's first
+    # positive tick (daily loss 10 %), 30 % below the peak (drawdown 25 %).
+    base = 1000.0 if exact else rng.uniform(100.0, 1_000_000.0)
+    for name, first in _FIRST_EQUITY.items():
+        key = f"a-equity-{name}-{tag}"
+        ticks = [(0, first), (60, base), (180, 0.95 * base), (300, 0.88 * base), (420, 0.7 * base)]
+        records = []
+        for seconds, equity in ticks:
+            at = t0 + timedelta(seconds=seconds)
+            records.append(_logged({**_base("pnl", key, at, rng), "equity": equity}, at))
+        cases.append(
+            Adversarial(
+                f"first_equity_{name}",
+                "pnl",
+                tuple(records),
+                frozenset({("daily_loss", key), ("equity_drawdown", key)}),
+            )
+        )
+    # A quiet record stamped in the future, then the valid trip sequence of its key.
+    detectors = _detectors()
+    for topic in _FUTURE_STAMP_TOPICS:
+        pairs = valid_sequences(topic, t0, rng, f"a-{tag}")
+        key = pairs[0][0]
+        values = [orjson.dumps(record) for _key, record in pairs]
+        expected = {
+            hit for hits in _expected(detectors[topic], values, t0).values() for hit in hits
+        }
+        quiet = {**_base(topic, key, t0 + ahead, rng), **_QUIET[topic]}
+        records = [_logged(quiet, t0)]
+        records += [
+            Logged(value, datetime.fromisoformat(record["ts"]))
+            for value, (_key, record) in zip(values, pairs, strict=True)
+        ]
+        cases.append(
+            Adversarial(f"future_stamp_{topic}", topic, tuple(records), frozenset(expected))
+        )
+    return cases
+
+
+def _play_case(
+    detector: TopicDetector, case: Adversarial, rng: random.Random
+) -> tuple[set[tuple[str, str]], int]:
+    """Feed the case in random batches (each record with its broker timestamp), then run its
+    silence tick. Returns the detections and how many records were dead-lettered."""
+    table: dict[str, Any] = {}
+    found: set[tuple[str, str]] = set()
+    letters = 0
+    records = case.records
+    now = max(record.logged for record in records)  # stamps dead letters only
+    start = 0
+    while start < len(records):
+        size = rng.randint(1, len(records))
+        batch = [
+            RawRecord(
+                0, offset, records[offset].value, int(records[offset].logged.timestamp() * 1000)
+            )
+            for offset in range(start, min(start + size, len(records)))
+        ]
+        start += size
+        out = detector.process(batch, table, Context(), now)
+        for write in out.writes:
+            table[write.key] = write.slot
+        letters += len(out.dead_letters)
+        found |= {(hit.rule, hit.key) for hit in out.detections}
+    if case.watermark is not None:
+        ticked = detector.tick(
+            table,
+            owns=lambda _p: True,
+            partition_of=lambda _k: 0,
+            watermark=case.watermark,
+            ctx=Context(),
+        )
+        found |= {(hit.rule, hit.key) for hit in ticked.detections}
+    return found, letters
+
+
+def run_adversarial(rounds: int, *, seed: int = 0) -> dict[str, Any]:
+    """Every adversarial case ``rounds`` times (the first round at the edge values, the
+    others drawn from ``seed``) through the live detectors. Returns figures."""
+    rng = random.Random(seed + 2)  # noqa: S311 - reproducible fuzzing, not crypto
+    detectors = _detectors()
+    expected = missed = letters = played = 0
+    missed_by_case: dict[str, int] = {}
+    examples: list[str] = []
+    for number in range(rounds):
+        # A day whose first seven minutes hold the equity cases: 10:00 UTC on some day.
+        t0 = datetime(2026, 1, 1, 10, tzinfo=UTC) + timedelta(days=rng.randrange(365))
+        for case in adversarial_cases(t0, rng, f"{seed}-{number}", exact=number == 0):
+            played += 1
+            found, dead = _play_case(detectors[case.topic], case, rng)
+            letters += dead
+            expected += len(case.expected)
+            lost = sorted(case.expected - found)
+            if lost:
+                missed += len(lost)
+                missed_by_case[case.case] = missed_by_case.get(case.case, 0) + len(lost)
+                if len(examples) < 8:
+                    examples.append(f"{case.case}: {lost}")
+            if not case.expected:  # a case expecting nothing tests nothing
+                missed += 1
+                missed_by_case[case.case] = missed_by_case.get(case.case, 0) + 1
+    return {
+        "cases": played,
+        "trips_expected": expected,
+        "trips_missed": missed,
+        "dead_lettered": letters,
+        "missed_by_case": dict(sorted(missed_by_case.items())),
+        "missed_examples": examples,
+    }
+
+
 # --------------------------------------------------------------------------- live level
 
 
@@ -887,14 +1108,16 @@ async def run_live(hostile_total: int, *, seed: int = 0, timeout_s: float = 60.0
 
 
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
-    """Pure (quick ~200, full ~20,000 hostile records) and live (quick ~50, full ~2,000)
-    fuzzing; see the module notes for the figures."""
+    """Pure (quick ~200, full ~20,000 hostile records), adversarial (quick: every case once at
+    the edge values; full: 25 rounds) and live (quick ~50, full ~2,000) fuzzing; see the
+    module notes for the figures."""
     started = time.monotonic()
     pure_per_topic = 25 if quick else 2500
     pure = await asyncio.to_thread(
         run_pure, pure_per_topic, seed=seed, rounds=1 if quick else max(1, pure_per_topic // 250)
     )
     pure_s = time.monotonic() - started
+    adversarial = await asyncio.to_thread(run_adversarial, 1 if quick else 25, seed=seed)
     live = await run_live(
         8 * len(_CATEGORY_NAMES) if quick else 2000, seed=seed, timeout_s=40 if quick else 120
     )
@@ -917,8 +1140,13 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     }
     return {
         **summed,
+        "adversarial_cases": adversarial["cases"],
+        "adversarial_trips_expected": adversarial["trips_expected"],
+        "adversarial_trips_missed": adversarial["trips_missed"],
+        "adversarial_dead_lettered": adversarial["dead_lettered"],
         "by_topic": by_topic,
         "pure": pure,
+        "adversarial": adversarial,
         "live": live,
         "pure_s": round(pure_s, 1),
         "duration_s": round(time.monotonic() - started, 1),

@@ -31,14 +31,42 @@ Figures (``run_campaign``):
   the start of the activation to the moment the flat state that lasted began.
 * ``faults_fired``: fault hits by kind, summed over all runs; ``fault_rate``; ``deadline_s``;
   ``duration_s``: wall time of the whole campaign.
+
+Multi-entry runs. The executor service (:class:`~ess.executor.service.Executor`, over the same
+faulty simulator and adapters) is handed a signed state log several entries per fetch, the way
+its follower hands it a fetch: through its verified reader (``_reader.feed`` then
+``_apply``), with no broker. A run's fetches come from :data:`MULTI_SCENARIOS` (``T`` a trip,
+``R`` a reset; e.g. ``TRT``: trip, reset and trip in one fetch; ``T`` then ``RT``: a reset and
+the next activation together while the first flatten is under way, ``!RT`` while it is still
+opening the venue) or are drawn from the seed (two to four fetches of two to five entries,
+resets included where they are refused, a third of the later fetches at once). Before
+every fetch after the first the account trades again (fresh positions and an order), so a
+later activation has something of its own to flatten. After every fetch, and while the event
+loop runs the executor's own tasks, the invariant must hold: ACTIVE means an enforcement of the
+current activation is running (not stopped, not ended); INACTIVE means none. At the end: the
+executor's folded state is the log's; every enforcement of an earlier activation has ended;
+ACTIVE means every venue verified flat (and the simulator's books flat) for ``SETTLE_S``
+within ``deadline_s``. The executor's watchdog is not running, so nothing repairs a lapse.
+
+* ``multi_entry_runs``, ``multi_entry_scenarios``; ``multi_entry_entries``: state entries
+  delivered; ``multi_entry_max_per_fetch``; ``multi_entry_active_at_end``.
+* ``multi_entry_lapses``: invariant checks that failed, earlier enforcements still running at
+  the end, and runs whose folded state differs from the log's (must be 0).
+* ``multi_entry_not_flat``: runs ACTIVE at the end but not flat within the deadline (must be
+  0). ``multi_entry_time_to_flat_s``: ``{p50, p99, max}`` from the last fetch to the lasting
+  flat state, over the runs ACTIVE at the end. ``multi_entry_examples``: the first lapses and
+  not-flat runs, with each venue's phase and rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import secrets
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,19 +77,30 @@ from pydantic import SecretStr
 
 from ess.chaos.support import percentile, rounded
 from ess.clock import SystemClock
-from ess.core import Activation
+from ess.core import INITIAL_STATE, Activation, EssState, ResetPolicy, decide, evolve
+from ess.core.attestation import SigningKey, trusted_keys
+from ess.core.reader import RawRecord, Trust, digest, seal_entry
+from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from ess.executor.binance import BinanceVenue
 from ess.executor.budget import RateBudget
 from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
 from ess.executor.engine import Phase, VenueFlattener, enforce_all
+from ess.executor.service import Executor
 from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
 from ess.sim.demo import seed_demo_book, seed_many
-from schemas import ActionReport, ReasonCode
+from schemas import (
+    ActionReport,
+    ReasonCode,
+    ResetCommand,
+    TopicRegistry,
+    TripCommand,
+    topic_registry,
+)
 
-__all__ = ["FAILURES", "FAULT_RATE", "run_campaign"]
+__all__ = ["FAILURES", "FAULT_RATE", "MULTI_SCENARIOS", "run_campaign"]
 
 #: Figures that must be 0.
-FAILURES: Final = ("not_flat", "positions_flipped")
+FAILURES: Final = ("not_flat", "positions_flipped", "multi_entry_lapses", "multi_entry_not_flat")
 
 #: Probability that a request meets a fault (and, separately, that an order fills partially
 #: and that a cancel turns into a late fill).
@@ -272,17 +311,22 @@ def _venue(sim: ExchangeSimulator, exchange: str) -> BinanceVenue:
     return BinanceVenue(config, credentials, budget=budget)
 
 
-async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
-    """One run (see the module docstring), cleaned up whatever happens."""
+def _simulator(seed: int) -> ExchangeSimulator:
+    """A seeded simulator with 1 s rate-limit windows (not started)."""
     limits = {
         Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
         Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
     }
-    sim = ExchangeSimulator(
+    return ExchangeSimulator(
         markets=default_markets(extra_futures=_EXTRA_FUTURES, extra_spot=_EXTRA_SPOT),
         rate_limits=limits,
         seed=seed,
     )
+
+
+async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
+    """One run (see the module docstring), cleaned up whatever happens."""
+    sim = _simulator(seed)
     await sim.start()
     venues: list[BinanceVenue] = []
     stop = asyncio.Event()
@@ -338,6 +382,261 @@ async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
         await sim.stop()
 
 
+# --------------------------------------------------------------------------- multi-entry runs
+
+#: Fixed multi-entry runs: the fetches, each a string of entries (``T`` trip, ``R`` reset); a
+#: fetch marked ``!`` lands at once after the previous one (its flatten has barely started:
+#: the venue is still being opened), the others :data:`BETWEEN_FETCHES_S` later.
+MULTI_SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
+    "trip_reset_trip": ("TRT",),
+    "trip_reset": ("TR",),
+    "then_reset_trip": ("T", "RT"),
+    "then_reset_trip_at_once": ("T", "!RT"),
+    "then_reset_trip_reset": ("T", "RTR"),
+    "trips_and_resets": ("TTRTT", "RTRT"),
+}
+#: Between fetches: how long the previous one's flatten runs before the next fetch lands.
+BETWEEN_FETCHES_S: Final = 0.3
+#: A fetch marked ``!``: a few event-loop turns, less than any venue round trip.
+AT_ONCE_S: Final = 0.005
+#: How long an enforcement a fetch ended may take to finish stopping.
+ENDED_WITHIN_S: Final = 10.0
+_OPERATOR: Final = "chaos-venue-operator"
+
+
+class SignedLog:
+    """A state log as the command processor writes it: trips and resets decided by the real
+    core, each entry chained and sealed with a processor key of this log; resets signed by
+    this log's operator for the activation they clear."""
+
+    def __init__(self, registry: TopicRegistry) -> None:
+        self.scope = registry.state.name
+        self._processor = SigningKey(generate_private_key())
+        self._operator = generate_private_key()
+        self._policy = ResetPolicy(operators={_OPERATOR: public_bytes(self._operator)})
+        self.state: EssState = INITIAL_STATE
+        self._head: str | None = None
+        self.values: list[bytes] = []
+
+    def trust(self) -> Trust:
+        """What the executor trusts: this log's processor and operator keys."""
+        return Trust(
+            scope=self.scope,
+            processor_keys=trusted_keys([self._processor.public]),
+            operator_keys={_OPERATOR: public_bytes(self._operator)},
+        )
+
+    def add(self, operation: str) -> None:
+        """Append what the processor appends for a trip (``T``) or a reset (``R``; refused,
+        and recorded as such, while INACTIVE)."""
+        now = datetime.now(UTC)
+        nonce = secrets.token_hex(8)
+        command: TripCommand | ResetCommand
+        if operation == "T":
+            command = TripCommand(
+                command_id=f"chaos-trip-{nonce}",
+                reason=ReasonCode.MANUAL,
+                detail="venue campaign multi-entry trip",
+                source="operator:chaos",
+                ts=now,
+            )
+        else:
+            activation = self.state.activation
+            command = sign_reset(
+                self._operator,
+                command_id=f"chaos-reset-{nonce}",
+                operator=_OPERATOR,
+                ts=now,
+                nonce=nonce,
+                activation_seq=activation.seq if activation else None,
+                activation_command_id=activation.command_id if activation else None,
+            )
+        for entry in decide(self.state, command, now=now, policy=self._policy):
+            sealed, value = seal_entry(entry, self._processor, scope=self.scope, prev=self._head)
+            self.state = evolve(self.state, sealed)
+            self._head = digest(value)
+            self.values.append(value)
+
+    def records(self, start: int) -> list[RawRecord]:
+        return [RawRecord(offset, self.values[offset]) for offset in range(start, len(self.values))]
+
+
+def _holds(executor: Executor) -> bool:
+    """The executor's invariant right now: ACTIVE means an enforcement of the current
+    activation is running; INACTIVE means none."""
+    state, current = executor.state, executor._enforcement
+    if state.active:
+        return (
+            current is not None
+            and state.activation is not None
+            and current.activation.seq == state.activation.seq
+            and not current.stop.is_set()
+            and not current.task.done()
+        )
+    return current is None
+
+
+def random_fetches(rng: random.Random) -> tuple[str, ...]:
+    """Two to four fetches of two to five entries, trips and resets alike; a later fetch
+    lands at once (``!``) one time in three."""
+    fetches = []
+    for number in range(rng.randint(2, 4)):
+        mark = "!" if number and rng.random() < 1 / 3 else ""
+        fetches.append(mark + "".join(rng.choice("TR") for _ in range(rng.randint(2, 5))))
+    return tuple(fetches)
+
+
+def _trade_again(sim: ExchangeSimulator, account: str, round_: int) -> None:
+    """The account trades while the log is in flight: positions and a resting order."""
+    sim.seed_position(account, "BTCUSDT", "0.05" if round_ % 2 else "-0.04", "60000")
+    sim.seed_position(account, "ETHUSDT", str(Decimal("0.5") + round_), "3000")
+    sim.seed_order(account, "SOLUSDT", "BUY", "1", "90")
+
+
+@dataclass(frozen=True)
+class MultiResult:
+    """One multi-entry run."""
+
+    scenario: str
+    entries: int
+    max_per_fetch: int
+    lapses: int
+    active: bool
+    time_to_flat_s: float | None
+    examples: tuple[str, ...]
+
+
+async def run_multi(
+    seed: int, scenario: str, fetches: Sequence[str], *, deadline_s: float = DEADLINE_S
+) -> MultiResult:
+    """One multi-entry run (see the module docstring), cleaned up whatever happens."""
+    sim = _simulator(seed)
+    await sim.start()
+    venues: list[BinanceVenue] = []
+    executor: Executor | None = None
+    try:
+        account = sim.add_account(_API_KEY, _SECRET, name=_ACCOUNT, spot={_QUOTE: "1000"})
+        seed_book(sim, account, seed)
+        arm_faults(sim)
+        venues = [_venue(sim, "binanceusdm"), _venue(sim, "binance")]
+        registry = topic_registry(f"chaos-venue-{seed}")
+        log = SignedLog(registry)
+        executor = Executor(
+            "unused:9092", registry, venues, SETTINGS, trust=log.trust(), clock=SystemClock()
+        )
+        lapses, seen = await _deliver(executor, log, sim, account, fetches)
+        landed = time.monotonic()
+        await _bounded_gather(executor._background)
+        if (executor.state.active, executor.state.activation) != (
+            log.state.active,
+            log.state.activation,
+        ):
+            lapses.append("folded state differs from the log's")
+        for earlier in seen:
+            if earlier is not executor._enforcement and not await _ended(earlier.task):
+                lapses.append(f"enforcement of seq {earlier.activation.seq} still running")
+        flat_after: float | None = None
+        notes = [f"{scenario} {list(fetches)}: {what}" for what in lapses[:3]]
+        if log.state.active:
+            flat_after = await _lasting_flat(sim, account, executor, landed, deadline_s)
+            if flat_after is None:
+                notes += [
+                    f"{scenario} {list(fetches)}: not flat; {p.venue} phase {p.phase.value}, "
+                    f"{p.rounds} rounds for seq {p.activation_seq}"
+                    for p in (f.progress for f in executor.flatteners)
+                ]
+        if not _holds(executor):
+            lapses.append("at the end")
+        return MultiResult(
+            scenario=scenario,
+            entries=len(log.values),
+            max_per_fetch=max(len(fetch.lstrip("!")) for fetch in fetches),
+            lapses=len(lapses),
+            active=log.state.active,
+            time_to_flat_s=flat_after,
+            examples=tuple(notes),
+        )
+    finally:
+        if executor is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10.0):
+                    await executor._stop_enforcement("campaign over")
+            await _bounded_gather(executor._background)
+        for venue in venues:
+            await venue.aclose()
+        await sim.stop()
+
+
+async def _deliver(
+    executor: Executor,
+    log: SignedLog,
+    sim: ExchangeSimulator,
+    account: str,
+    fetches: Sequence[str],
+) -> tuple[list[str], list[Any]]:
+    """Hand the executor each fetch as its follower would, checking the invariant after it
+    and while the executor's own tasks run. Returns the lapses and every enforcement seen."""
+    lapses: list[str] = []
+    seen: list[Any] = []
+    delivered = 0
+    for number, fetch in enumerate(fetches):
+        if number:
+            # The previous flatten is under way (or, at once, still opening the venue).
+            await asyncio.sleep(AT_ONCE_S if fetch.startswith("!") else BETWEEN_FETCHES_S)
+            _trade_again(sim, account, number)
+        for operation in fetch.lstrip("!"):
+            log.add(operation)
+        records = log.records(delivered)
+        delivered = len(log.values)
+        executor._reader.feed(records)
+        executor._apply()
+        if executor._enforcement is not None:
+            seen.append(executor._enforcement)
+        if not _holds(executor):
+            lapses.append(f"after fetch {number} ({fetch})")
+        for turn in range(3):  # the executor's own tasks (a reset's stop) run
+            await asyncio.sleep(0)
+            if not _holds(executor):
+                lapses.append(f"turn {turn} after fetch {number} ({fetch})")
+    return lapses, seen
+
+
+async def _bounded_gather(tasks: set[asyncio.Task[None]]) -> None:
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=ENDED_WITHIN_S)
+
+
+async def _ended(task: asyncio.Task[None]) -> bool:
+    """Whether ``task`` ends within :data:`ENDED_WITHIN_S`."""
+    done, _ = await asyncio.wait({task}, timeout=ENDED_WITHIN_S)
+    return bool(done)
+
+
+async def _lasting_flat(
+    sim: ExchangeSimulator, account: str, executor: Executor, since: float, deadline_s: float
+) -> float | None:
+    """Seconds from ``since`` to a flat state that lasted ``SETTLE_S`` (every venue verified
+    flat for the current activation, the simulator's books flat), or ``None``."""
+    activation = executor.state.activation
+    seq = activation.seq if activation else None
+    flat_since: float | None = None
+    while True:
+        now = time.monotonic()
+        flat = all(
+            f.progress.phase is Phase.FLAT and f.progress.activation_seq == seq
+            for f in executor.flatteners
+        ) and really_flat(sim, account)
+        if not flat:
+            flat_since = None
+        elif flat_since is None:
+            flat_since = now
+        elif now - flat_since >= SETTLE_S:
+            return flat_since - since
+        if now - since > deadline_s and flat_since is None:
+            return None
+        await asyncio.sleep(0.02)
+
+
 def _fault_hits(sim: ExchangeSimulator) -> dict[str, int]:
     hits: Counter[str] = Counter()
     for fault in sim.faults:
@@ -346,7 +645,9 @@ def _fault_hits(sim: ExchangeSimulator) -> dict[str, int]:
 
 
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
-    """Run the campaign (quick: 3 runs; full: 30) and return its figures (module docstring).
+    """Run the campaign (quick: 3 runs, and one multi-entry run per scenario plus one drawn
+    from the seed; full: 30, and every scenario twice plus 10 drawn) and return its figures
+    (module docstring).
 
     Each run has its own simulator seeded ``seed + run`` (reproducible up to scheduling:
     timeouts race the event loop). Up to :data:`CONCURRENCY` runs share the event loop at
@@ -356,6 +657,9 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     runs = 3 if quick else 30
     began = time.monotonic()
     gate = asyncio.Semaphore(CONCURRENCY)
+    rng = random.Random(seed)  # noqa: S311 - reproducible scenarios, not crypto
+    scenarios = [*MULTI_SCENARIOS.items()] * (1 if quick else 2)
+    scenarios += [(f"random_{n}", random_fetches(rng)) for n in range(1 if quick else 10)]
 
     async def one(index: int) -> RunResult:
         async with gate:
@@ -368,11 +672,26 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
         ).info("venue campaign run done")
         return result
 
-    results = await asyncio.gather(*(one(index) for index in range(runs)))
+    async def multi(index: int, scenario: str, fetches: Sequence[str]) -> MultiResult:
+        async with gate:
+            result = await run_multi(seed + runs + index, scenario, fetches)
+        logger.bind(
+            scenario=scenario,
+            fetches=list(fetches),
+            lapses=result.lapses,
+            time_to_flat_s=result.time_to_flat_s,
+        ).info("venue campaign multi-entry run done")
+        return result
+
+    results, multis = await asyncio.gather(
+        asyncio.gather(*(one(index) for index in range(runs))),
+        asyncio.gather(*(multi(i, name, fetches) for i, (name, fetches) in enumerate(scenarios))),
+    )
     times = [r.time_to_flat_s for r in results if r.time_to_flat_s is not None]
     fired: Counter[str] = Counter()
     for result in results:
         fired.update(result.faults)
+    multi_times = [m.time_to_flat_s for m in multis if m.time_to_flat_s is not None]
     return {
         "runs": runs,
         "flat_within_deadline": len(times),
@@ -390,6 +709,19 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
         "settle_s": SETTLE_S,
         "concurrency": CONCURRENCY,
         "reports": sum(r.reports for r in results),
+        "multi_entry_runs": len(multis),
+        "multi_entry_scenarios": sorted({m.scenario for m in multis}),
+        "multi_entry_entries": sum(m.entries for m in multis),
+        "multi_entry_max_per_fetch": max((m.max_per_fetch for m in multis), default=0),
+        "multi_entry_active_at_end": sum(m.active for m in multis),
+        "multi_entry_lapses": sum(m.lapses for m in multis),
+        "multi_entry_not_flat": sum(m.active and m.time_to_flat_s is None for m in multis),
+        "multi_entry_time_to_flat_s": {
+            "p50": rounded(percentile(multi_times, 0.5)),
+            "p99": rounded(percentile(multi_times, 0.99)),
+            "max": rounded(max(multi_times, default=None)),
+        },
+        "multi_entry_examples": [e for m in multis for e in m.examples][:6],
         "duration_s": round(time.monotonic() - began, 1),
     }
 

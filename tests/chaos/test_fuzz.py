@@ -1,5 +1,7 @@
 """Input fuzzing: hostile records through the live detectors (Hypothesis drives the campaign's
-mutators) and the quick campaign (pure + a real worker on the embedded broker)."""
+mutators), valid but adversarial values (future stamps within the skew, no equity at the start
+of the day) that must still trip, and the quick campaign (pure + a real worker on the
+embedded broker)."""
 
 from __future__ import annotations
 
@@ -103,13 +105,98 @@ def test_every_must_refuse_category_is_refused_on_every_topic() -> None:
                 assert len(out.dead_letters) == 1, (topic, item)
 
 
+#: Known detection defect (reported, not fixed here): one valid record stamped in the future
+#: (within ``max_future_skew_sec``) moves a window rule's ``newest`` event time ahead, so the
+#: key's real records fall behind the lateness horizon and are ignored for up to the skew.
+BLINDED_BY_A_FUTURE_STAMP = frozenset(
+    {
+        "future_stamp_fills",
+        "future_stamp_pnl",
+        "future_stamp_order_errors",
+        "future_stamp_latency",
+    }
+)
+ADVERSARIAL_T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def _adversarial_case(name: str, rng: random.Random, *, exact: bool) -> fuzz.Adversarial:
+    [case] = [
+        case
+        for case in fuzz.adversarial_cases(ADVERSARIAL_T0, rng, "t", exact=exact)
+        if case.case == name
+    ]
+    return case
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True, reason="a future stamp within the skew blinds window rules"
+            ),
+        )
+        if name in BLINDED_BY_A_FUTURE_STAMP
+        else name
+        for name in fuzz.ADVERSARIAL_CASES
+    ],
+)
+def test_valid_adversarial_values_still_trip(name: str) -> None:
+    case = _adversarial_case(name, random.Random(1), exact=True)
+    found, dead = fuzz._play_case(DETECTORS[case.topic], case, random.Random(2))
+
+    assert dead == 0, "a valid record was dead-lettered"
+    assert case.expected
+    assert case.expected <= found
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(
+        [name for name in fuzz.ADVERSARIAL_CASES if name not in BLINDED_BY_A_FUTURE_STAMP]
+    ),
+    rng=st.randoms(use_true_random=False),
+)
+def test_valid_adversarial_values_still_trip_anywhere_in_the_skew(
+    name: str, rng: random.Random
+) -> None:
+    """Stamps anywhere in the second half of the skew, silence margins of up to 5 s, any
+    day-start equity base: the silence and first-equity cases fire."""
+    fuzz.EVENT_IDS.reset()
+    case = _adversarial_case(name, rng, exact=False)
+    found, dead = fuzz._play_case(DETECTORS[case.topic], case, rng)
+
+    assert dead == 0
+    assert case.expected <= found
+
+
+def test_the_silence_cases_would_not_fire_on_the_stamped_time() -> None:
+    """The silence cases test something: judged from the record's own (future) ``ts``, the
+    key would not yet be silent at the case's watermark."""
+    for name in ("future_beat", "future_market_tick"):
+        case = _adversarial_case(name, random.Random(3), exact=True)
+        assert case.watermark is not None
+        stamped = datetime.fromisoformat(orjson.loads(case.records[0].value)["ts"])
+        timeout = fuzz.CONFIG.heartbeat_timeout_sec  # the data feed's is the same here
+        assert case.watermark - stamped < timedelta(seconds=timeout)
+        assert case.watermark - case.records[0].logged > timedelta(seconds=timeout)
+
+
 @pytest.mark.integration
 async def test_quick_campaign_figures() -> None:
     figures = await fuzz.run_campaign(quick=True, seed=0)
 
-    assert {name: figures[name] for name in fuzz.FAILURES} == dict.fromkeys(fuzz.FAILURES, 0)
+    checked = [name for name in fuzz.FAILURES if name != "adversarial_trips_missed"]
+    assert {name: figures[name] for name in checked} == dict.fromkeys(checked, 0), figures
+    assert figures["adversarial_cases"] == len(fuzz.ADVERSARIAL_CASES)
+    assert figures["adversarial_trips_expected"] >= len(fuzz.ADVERSARIAL_CASES)
+    missed = figures["adversarial"]["missed_by_case"]
+    assert set(missed) <= BLINDED_BY_A_FUTURE_STAMP, missed  # anything else is a regression
     assert figures["dead_lettered"] == figures["records"] >= 200
     assert figures["live"]["records"] >= 50
     assert set(figures["by_topic"]) == set(fuzz.TOPICS)
     assert all(count > 0 for count in figures["by_topic"].values())
     assert figures["valid_trips_expected"] >= 2 * len(fuzz.TOPICS)
+    if figures["adversarial_trips_missed"]:
+        pytest.xfail(f"known detection defect, future stamps within the skew: {missed}")
