@@ -29,14 +29,16 @@ _PEM_PRIVATE = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL
 )
 _SECRET_PAIR = re.compile(
-    r"(?P<key>[\w.-]*(?:secret|passw(?:or)?d|passphrase|api_?key|apikey|token|signature)"
+    # The key starts at a word boundary (lookbehind): without it the engine retries the
+    # unbounded [\w.-]* run from every position of a long word, quadratic in its length.
+    r"(?P<key>(?<![\w.-])[\w.-]*(?:secret|passw(?:or)?d|passphrase|api_?key|apikey|token|signature)"
     r"[\w.-]*)(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',&}]+)",
     re.IGNORECASE,
 )
 
 
 #: ``scheme://user:password@host``: the password of a URL's userinfo (Redis, Kafka, proxies).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@/]+(?P<at>@)")
+_URL_PASSWORD = re.compile(r"(?P<head>(?<![\w+.-])[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@/]+(?P<at>@)")
 #: URL query parameters that carry credentials under short names (``?key=``, ``&sig=``...).
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&](?:key|sig|auth|session|access|code|x-mbx-apikey)[\w.-]*=)[^&\s\"'#]+",
