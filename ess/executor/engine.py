@@ -235,7 +235,18 @@ class VenueFlattener:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._report_stalls(run, stop))
                 loop = group.create_task(self._keep_flat(run, stop))
-                await stop.wait()
+                stopped = group.create_task(stop.wait())
+                while True:
+                    await asyncio.wait({loop, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if stop.is_set():
+                        break
+                    # The loop ended while ESS is ACTIVE (a cancellation that was not ours,
+                    # a bug): enforcement must not lapse on this venue, so it starts again.
+                    self._log.bind(activation_seq=run.activation.seq).critical(
+                        "venue flatten loop ended while ACTIVE; restarting it"
+                    )
+                    await asyncio.wait({stopped}, timeout=self._settings.backoff_max_s)
+                    loop = group.create_task(self._keep_flat(run, stop))
                 # Abandon a call still in flight (or queued for rate budget): a read cut short
                 # is harmless, and a close cut short is a timeout, safe by reduce-only.
                 loop.cancel()
@@ -572,6 +583,14 @@ async def _guarded(call: Awaitable[_T], log: Logger) -> _T | VenueError:
         return await call
     except VenueError as exc:
         return exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this flatten is being stopped
+        # Not ours: a request shared with another caller (ccxt loads markets once for every
+        # concurrent caller) was cancelled with *that* caller. A failed call, not the end.
+        log.warning("venue call cancelled by another caller of a shared request; retrying")
+        return VenueError(VenueErrorKind.UNAVAILABLE, "call cancelled by another caller")
     except Exception as exc:
         log.opt(exception=exc).error("venue adapter raised an untranslated error")
         return VenueError(VenueErrorKind.MALFORMED, f"untranslated {type(exc).__name__}: {exc}")

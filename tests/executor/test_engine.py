@@ -664,3 +664,30 @@ async def test_keep_countdown_does_nothing_without_a_switch_or_symbols(
         )
     assert venue.counts["arm_countdown"] == 0
     assert not reports
+
+
+async def test_a_call_cancelled_by_another_caller_is_a_failed_call_not_the_end() -> None:
+    """Issue 13 (found by the venue campaign): ccxt shares one in-flight request between
+    concurrent callers; cancelling it with one caller must not end another's flatten."""
+    from loguru import logger  # noqa: PLC0415
+
+    from ess.executor.engine import _guarded  # noqa: PLC0415
+
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def call() -> None:
+        await shared
+
+    waiting = asyncio.create_task(_guarded(call(), logger))
+    await asyncio.sleep(0)
+    shared.cancel()  # the other caller's cancellation
+    result = await waiting
+    assert isinstance(result, VenueError)
+    assert result.kind is VenueErrorKind.UNAVAILABLE
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ours = asyncio.create_task(_guarded(never, logger))
+    await asyncio.sleep(0)
+    ours.cancel()  # this flatten being stopped: that cancellation propagates
+    with pytest.raises(asyncio.CancelledError):
+        await ours
