@@ -248,6 +248,7 @@ class TopicDetector:
             if skew is not None:
                 self._refuse(out, live, table, raw, coords, skew, ctx, now)
                 continue
+            record = _not_after_logged(record, raw)
             out.valid += 1
             for rule, prefix in self._plan:
                 try:
@@ -416,3 +417,20 @@ class TopicDetector:
                     out.detections.append(hit)
         out.writes = self._writes(live)
         return out
+
+
+def _not_after_logged(record: Any, raw: RawRecord) -> Any:
+    """``record`` with its event time no later than when the broker logged it.
+
+    Nothing happens after it is written down: a ``ts`` ahead of the Kafka timestamp (accepted
+    up to ``max_future_skew``, for producers whose clocks run ahead) is taken as the Kafka
+    timestamp. Otherwise one record stamped minutes ahead would move its key's newest event
+    time forward, and every window rule (``trade_rate``, ``flash_crash``, ``order_rejects``,
+    ``latency_spike``...) would drop the key's real records as late for that long. Replays
+    see the same Kafka timestamps and decide the same."""
+    if raw.timestamp_ms is None:
+        return record
+    logged = datetime.fromtimestamp(raw.timestamp_ms / 1000, UTC)
+    if record.ts <= logged:
+        return record
+    return record.model_copy(update={"ts": logged})
