@@ -310,6 +310,9 @@ def _seq(record: PolicyRecord | None) -> str:
 # ====================================================================== feeds
 
 
+#: How long :meth:`PolicyStoreGateFeed.stop` waits for its tasks to end.
+_STOP_TIMEOUT_S = 5.0
+
 class PolicyStoreGateFeed:
     """Keeps a gate's view current by polling any PolicyStore.
 
@@ -358,14 +361,20 @@ class PolicyStoreGateFeed:
         self._log.bind(poll_interval=self.poll_interval).info("gate feed started")
 
     async def stop(self) -> None:
-        """Stop reading. The gate keeps its view, which then ages until it goes stale."""
+        """Stop reading. The gate keeps its view, which then ages until it goes stale.
+
+        Bounded by ``_STOP_TIMEOUT_S``: a client library that swallows a cancellation (seen
+        with a Redis pub/sub connection closing) must not hang the caller's shutdown; such a
+        task is left behind and logged."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
+            if pending:
+                self._log.bind(tasks=[task.get_name() for task in pending]).error(
+                    "gate feed task did not stop when cancelled; left behind"
+                )
             self._log.info("gate feed stopped")
 
     async def __aenter__(self) -> Self:

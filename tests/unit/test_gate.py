@@ -545,3 +545,28 @@ async def test_gate_feed_when_redis_store_then_pubsub_variant_else_polling() -> 
     assert isinstance(chosen, RedisGateFeed)
     assert type(plain) is PolicyStoreGateFeed
     await redis_store.close()
+
+
+async def test_stopping_a_feed_is_bounded_when_a_task_swallows_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in the full test run: a Redis pub/sub listener that did not end when cancelled
+    hung ``stop()`` (and with it every shutdown) for good. Now it is left behind, logged."""
+    monkeypatch.setattr("ess.gate._STOP_TIMEOUT_S", 0.2)
+    feed = PolicyStoreGateFeed(InMemoryPolicyStore(), TradingGate(), poll_interval=0.05)
+    await feed.start()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # what a misbehaving client library does
+
+    feed._tasks.append(asyncio.create_task(stubborn(), name="stubborn"))
+    try:
+        await asyncio.wait_for(feed.stop(), timeout=5)
+        assert not feed.running
+    finally:
+        release.set()
