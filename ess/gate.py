@@ -313,6 +313,7 @@ def _seq(record: PolicyRecord | None) -> str:
 #: How long :meth:`PolicyStoreGateFeed.stop` waits for its tasks to end.
 _STOP_TIMEOUT_S = 5.0
 
+
 class PolicyStoreGateFeed:
     """Keeps a gate's view current by polling any PolicyStore.
 
