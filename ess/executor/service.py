@@ -265,12 +265,12 @@ class Executor:
         self._log_fault: str | None = None
         self._enforcement: _Enforcement | None = None
         #: Records waiting for the publisher: action reports and security events.
-        self._reports: deque[_Outgoing] = deque()
+        self._outbox: deque[_Outgoing] = deque()
         #: When each venue's refused credentials were last reported (monotonic).
         self._auth_reported: dict[str, float] = {}
-        self._reports_ready = asyncio.Event()
-        self._reports_drained = asyncio.Event()
-        self._reports_drained.set()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_drained = asyncio.Event()
+        self._outbox_drained.set()
         self._dropped = 0
         self._background: set[asyncio.Task[None]] = set()
         self._last_contact: float | None = None
@@ -319,7 +319,7 @@ class Executor:
             caught_up=self._caught_up,
             log_trusted=self._log_fault is None,
             venues=progress,
-            reports_pending=len(self._reports),
+            reports_pending=len(self._outbox),
             reports_dropped=self._dropped,
             checks=checks,
         )
@@ -331,13 +331,13 @@ class Executor:
         self._queue(_Outgoing(self.topics.actions.name, key, encode(report)))
 
     def _queue(self, item: _Outgoing) -> None:
-        if len(self._reports) >= _QUEUE_LIMIT:
-            self._reports.popleft()
+        if len(self._outbox) >= _QUEUE_LIMIT:
+            self._outbox.popleft()
             self._dropped += 1
             self.metrics.reports_dropped.inc()
-        self._reports.append(item)
-        self._reports_drained.clear()
-        self._reports_ready.set()
+        self._outbox.append(item)
+        self._outbox_drained.clear()
+        self._outbox_ready.set()
 
     def _credentials_refused(self, venue: VenuePort) -> Callable[[VenueError], None]:
         """What to do when ``venue`` refuses the credentials: an ``api_key_invalid`` security
@@ -393,19 +393,19 @@ class Executor:
             await stop.wait()
         finally:
             await self._stop_enforcement("shutdown")
-            await self._drain_reports()
+            await self._drain_outbox()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             for venue in self.venues:
                 await venue.aclose()
-            logger.bind(reports_unsent=len(self._reports)).info("executor stopped")
+            logger.bind(reports_unsent=len(self._outbox)).info("executor stopped")
 
-    async def _drain_reports(self) -> None:
+    async def _drain_outbox(self) -> None:
         """Give the publisher a moment to send the last reports (``stopped``) on shutdown."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_DRAIN_S):
-                await self._reports_drained.wait()
+                await self._outbox_drained.wait()
 
     async def _follow(self, stop: asyncio.Event) -> None:
         """Catch up on ``ess.state``, then follow it; reconnect after any failure."""
@@ -614,15 +614,15 @@ class Executor:
             try:
                 await sender.start()
                 while True:
-                    if not self._reports:
-                        self._reports_drained.set()
-                        self._reports_ready.clear()
-                        await self._reports_ready.wait()
+                    if not self._outbox:
+                        self._outbox_drained.set()
+                        self._outbox_ready.clear()
+                        await self._outbox_ready.wait()
                         continue
-                    item = self._reports[0]
+                    item = self._outbox[0]
                     await sender.send_and_wait(item.topic, item.value, key=item.key)
-                    if self._reports and self._reports[0] is item:
-                        self._reports.popleft()
+                    if self._outbox and self._outbox[0] is item:
+                        self._outbox.popleft()
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "cannot publish to ess.actions / ess.security; retrying"

@@ -26,7 +26,7 @@ def executor_for(venue: FakeVenue) -> Executor:
 def security_events(executor: Executor) -> list[SecurityEvent]:
     return [
         decode(SecurityEvent, item.value)
-        for item in executor._reports
+        for item in executor._outbox
         if item.topic == REGISTRY.security.name
     ]
 
