@@ -34,6 +34,7 @@ from loguru import logger
 from bench.bench_detect import BACKLOG, MIX, SPAN_S, make_mix
 from ess.audit.recording import RecordingWriter
 from ess.audit.replay import replay
+from ess.core.reader import Trust
 from schemas import topic_registry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
@@ -41,6 +42,8 @@ RUNS = int(os.environ.get("BENCH_REPLAY_RUNS", "3"))
 TARGET_RPS = 100_000
 #: A fixed start: the run is reproducible and independent of today's date.
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+#: The recording's state log is empty (the run never tripped), so no key needs trusting.
+TRUST = Trust(scope=topic_registry("ess").state.name)
 
 
 def write_recording(directory: Path, n: int) -> dict[str, int]:
@@ -68,7 +71,7 @@ def write_recording(directory: Path, n: int) -> dict[str, int]:
 def measure(directory: Path, workers: int | None) -> dict[str, Any]:
     gc.collect()
     wall0 = time.perf_counter()
-    result = replay(directory, workers=workers)
+    result = replay(directory, trust=TRUST, workers=workers)
     wall = time.perf_counter() - wall0
     return {
         "workers": result.workers,
