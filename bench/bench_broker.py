@@ -38,8 +38,8 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _phase(consumer: str | None) -> list[dict[str, Any]]:
     """One run on a fresh broker; ``consumer``: None, ``"plain"`` or ``"worker"``."""
-    from ess.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
-    from ess.kafka import producer  # noqa: PLC0415
+    from ess.kafka.broker import EmbeddedBroker, ensure_topics  # noqa: PLC0415
+    from ess.kafka.clients import producer  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
     async with EmbeddedBroker() as broker:

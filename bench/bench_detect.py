@@ -10,7 +10,7 @@ What is measured
   input topics (see ``MIX``), from its 5,000th record to the last. The worker runs in its
   own process (as in production), reporting progress through a pipe.
 * ``baseline_plain_eps``: the same backlog read by a plain aiokafka consumer loop in its own
-  process, running the *same* :class:`streams.detect.TopicDetector` batches over an
+  process, running the *same* :class:`ess.detection.detector.TopicDetector` batches over an
   in-memory dict instead of Faust tables (no changelog): the cost floor of the rule code.
 * ``trip_latency_ms``: from just before producing a triggering record (a ``SecurityEvent``,
   which trips at once) to the ``TripCommand`` arriving at a consumer of ``ess.commands``
@@ -192,7 +192,7 @@ def _counting(detectors: Sequence[Any], conn: Connection, *, report: bool = True
     """The detectors, wrapped so that processed batches report progress (at most every 20 ms,
     and when the count reaches the backlog): ``("progress", monotonic, records so far)``.
     ``report=False``: count only (nobody reads the pipe during a latency phase)."""
-    from streams.detect import TopicDetector  # noqa: PLC0415
+    from ess.detection.detector import TopicDetector  # noqa: PLC0415
 
     state = {"n": 0, "last": 0.0}
 
@@ -236,10 +236,10 @@ def faust_worker(bootstrap: str, prefix: str, app_id: str, report: bool, conn: C
     import uvloop  # noqa: PLC0415
 
     from ess.core.reader import Trust  # noqa: PLC0415
+    from ess.detection import build_detectors  # noqa: PLC0415
+    from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
-    from streams.app import build_detectors  # noqa: PLC0415
     from streams.runner import run_detector  # noqa: PLC0415
-    from streams.settings import DetectorSettings  # noqa: PLC0415
 
     _quiet_logs()
 
@@ -247,7 +247,9 @@ def faust_worker(bootstrap: str, prefix: str, app_id: str, report: bool, conn: C
         settings = DetectorSettings(
             bootstrap=bootstrap, registry=topic_registry(prefix), app_id=app_id
         )
-        detectors = _counting(build_detectors(settings), conn, report=report)
+        detectors = _counting(
+            build_detectors(settings.detection, settings.registry), conn, report=report
+        )
         stop, ready = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
@@ -277,20 +279,23 @@ def plain_worker(bootstrap: str, prefix: str, total: int, conn: Connection) -> N
     """Child process: the backlog through a plain aiokafka loop and the same rule code."""
     import uvloop  # noqa: PLC0415
 
-    from ess.kafka import consumer  # noqa: PLC0415
+    from ess.detection import build_detectors  # noqa: PLC0415
+    from ess.detection.detector import RawRecord  # noqa: PLC0415
+    from ess.kafka.clients import consumer  # noqa: PLC0415
+    from ess.roles.detect.outputs import KafkaOutputs  # noqa: PLC0415
+    from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415
     from ess.rules.base import Context, trip_command  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
-    from streams.app import build_detectors  # noqa: PLC0415
-    from streams.detect import RawRecord  # noqa: PLC0415
-    from streams.outputs import KafkaOutputs  # noqa: PLC0415
-    from streams.settings import DetectorSettings  # noqa: PLC0415
 
     _quiet_logs()
 
     async def main() -> None:
         registry = topic_registry(prefix)
         settings = DetectorSettings(bootstrap=bootstrap, registry=registry)
-        detectors = {d.topic: d for d in _counting(build_detectors(settings), conn)}
+        detectors = {
+            d.topic: d
+            for d in _counting(build_detectors(settings.detection, settings.registry), conn)
+        }
         tables: dict[str, dict[str, Any]] = {name: {} for name in detectors}
         outputs = KafkaOutputs(bootstrap, registry)
         await outputs.start()
@@ -385,7 +390,7 @@ class Child:
 
 
 async def produce_backlog(bootstrap: str, registry: Any, records: list[Any]) -> float:
-    from ess.kafka import producer  # noqa: PLC0415
+    from ess.kafka.clients import producer  # noqa: PLC0415
 
     out = producer(bootstrap, linger_ms=20, max_batch_size=256 * 1024)
     await out.start()
@@ -408,7 +413,7 @@ async def measure_trips(
     load_eps: int = LOAD_EPS,
 ) -> dict[str, Any]:
     """Closed-loop trips; with ``load``, stream it at ``load_eps`` meanwhile."""
-    from ess.kafka import consumer, producer  # noqa: PLC0415
+    from ess.kafka.clients import consumer, producer  # noqa: PLC0415
     from schemas import TripCommand, decode  # noqa: PLC0415
 
     arrivals: dict[tuple[int, int], float] = {}
@@ -531,7 +536,7 @@ async def measure_hops(bootstrap: str, registry: Any, count: int) -> dict[str, f
     """The broker's share of a trip: produce one record and see it arrive at a plain aiokafka
     consumer assigned to every input partition (as the worker's consumer is), fetch wait
     5 ms. A trip makes two such hops (input topic to worker, worker to ``ess.commands``)."""
-    from ess.kafka import consumer, producer  # noqa: PLC0415
+    from ess.kafka.clients import consumer, producer  # noqa: PLC0415
 
     reader = consumer(bootstrap, group_id=None, fetch_max_wait_ms=5)
     await reader.start()
@@ -599,7 +604,7 @@ async def latency_phase(load_eps: int | None) -> dict[str, Any]:
     producing alone costs it ~0.2): a phase run after the 200k-record backlog would measure
     the broker's history, not the worker.
     """
-    from ess.broker import kafka_target  # noqa: PLC0415
+    from ess.kafka.broker import kafka_target  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
     prefix = f"lat{uuid.uuid4().hex[:6]}"
@@ -622,7 +627,7 @@ async def latency_phase(load_eps: int | None) -> dict[str, Any]:
 
 async def throughput_phase() -> tuple[float, float]:
     """``(plain loop, faust worker)`` records/s over the same pre-produced backlog."""
-    from ess.broker import kafka_target  # noqa: PLC0415
+    from ess.kafka.broker import kafka_target  # noqa: PLC0415
     from schemas import topic_registry  # noqa: PLC0415
 
     prefix = f"bench{uuid.uuid4().hex[:6]}"

@@ -12,8 +12,8 @@ and 25 spot balances (50 positions), each symbol with 4 resting orders (200 orde
 venues (Binance USD-M futures and Binance spot, both through the unmodified ccxt clients over
 real HTTP).
 
-* ``flatten_s``: the executor (:class:`ess.executor.engine.VenueFlattener` per venue, run by
-  :func:`~ess.executor.engine.enforce_all` over :class:`ess.executor.binance.BinanceVenue`)
+* ``flatten_s``: the executor (:class:`ess.roles.execute.engine.VenueFlattener` per venue, run by
+  :func:`~ess.roles.execute.engine.enforce_all` over :class:`ess.venues.binance.BinanceVenue`)
   from the start of the activation to both venues reporting ``verified_flat`` (a complete,
   fresh read showing nothing). Clients are opened (markets loaded) beforehand, as in a running
   executor.
@@ -52,12 +52,12 @@ from pydantic import SecretStr
 
 from ess.clock import SystemClock
 from ess.core import Activation
-from ess.executor.binance import BinanceVenue
-from ess.executor.ccxt_client import make_exchange
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
-from ess.executor.engine import VenueFlattener, enforce_all
+from ess.roles.execute.engine import VenueFlattener, enforce_all
 from ess.sim import ExchangeSimulator, Venue, default_markets
 from ess.sim.demo import seed_many
+from ess.venues.binance import BinanceVenue
+from ess.venues.ccxt_client import make_exchange
+from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
 from schemas import ActionReport, ReasonCode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "flatten.json"

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_detect import run_and_report
-from ess.broker import kafka_target
 from ess.core import INITIAL_STATE, ResetPolicy, decide, evolve
 from ess.core.attestation import SigningKey, trusted_keys
 from ess.core.decider import TRIP_RECORDS_PER_ACTIVATION
 from ess.core.reader import RawRecord, Trust, digest, fold_records, seal_entry
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
-from ess.kafka import producer
+from ess.kafka.broker import kafka_target
+from ess.kafka.clients import producer
 from ess.statelog import STATE_KEY, KafkaStateLog, StateLogReader
 from schemas import ReasonCode, TripCommand, topic_registry
 

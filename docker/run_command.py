@@ -3,10 +3,10 @@ supervisor contract that a restart policy alone cannot express.
 
 A command processor that finds an entry it did not write in ``ess.state`` is *fenced*: a
 second writer exists, and the processor stops rather than write a diverging history
-(:class:`ess.processor.FencedError`, ``python -m ess.processor`` exits 3). Restarting it
-blindly would put the two writers back in a race, so the container must not be restarted
-for that, while any other failure (broker gone, crash) should be. Docker's restart policies
-cannot single out one exit status, hence this wrapper:
+(:class:`ess.roles.command.processor.FencedError`, ``python -m ess.roles.command.processor`` exits
+3). Restarting it blindly would put the two writers back in a race, so the container must not be
+restarted for that, while any other failure (broker gone, crash) should be. Docker's restart
+policies cannot single out one exit status, hence this wrapper:
 
 * graceful stop: exit 0; any other failure: exit 1 (``restart: unless-stopped`` restarts it);
 * fenced: log CRITICAL, create :data:`FENCED_MARKER` (the compose healthcheck turns the
@@ -26,9 +26,9 @@ from typing import Final
 from loguru import logger
 
 from ess.config import EssSettings
-from ess.logging import configure_logging
-from ess.processor import EXIT_FENCED, FencedError
-from ess.worker import WorkerError, run_worker
+from ess.observability.logging import configure_logging
+from ess.roles.command.processor import EXIT_FENCED, FencedError
+from ess.roles.worker import WorkerError, run_worker
 
 #: Present while this container holds a fenced processor; the healthcheck looks for it.
 FENCED_MARKER: Final = Path("/tmp/ess-command-fenced")  # noqa: S108 - container-private /tmp

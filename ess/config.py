@@ -16,7 +16,7 @@ from ess.core import ResetPolicy
 from ess.core.attestation import SigningKey, trusted_keys
 from ess.core.reader import Trust
 from ess.core.signing import KeyMaterialError, load_private_key, parse_public_key
-from ess.kafka import KafkaSecurity, SaslMechanism, SecurityProtocol
+from ess.kafka.clients import KafkaSecurity, SaslMechanism, SecurityProtocol
 from schemas import TopicRegistry, topic_registry
 
 #: Sub-directory of ``ESS_OPERATOR_KEYS_DIR`` for keys that may no longer sign resets but
@@ -48,7 +48,7 @@ class EssSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ESS_KAFKA_BOOTSTRAP_SERVERS"),
     )
     #: Connection security of every Kafka client (``KAFKA_SECURITY_PROTOCOL``, ...; see
-    #: :class:`ess.kafka.KafkaSecurity` for the rules). PLAINTEXT by default: the embedded
+    #: :class:`ess.kafka.clients.KafkaSecurity` for the rules). PLAINTEXT by default: the embedded
     #: broker and the compose stack speak nothing else.
     kafka_security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT", validation_alias=_kafka_env("SECURITY_PROTOCOL")

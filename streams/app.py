@@ -7,11 +7,11 @@ Per input topic ``T`` (``ess.fills``, ``ess.pnl``, ...):
   consumer turns the records of ``T`` from each fetch into one stream event, a
   :class:`~streams.faust_compat.FetchedBatch`, through an in-memory channel
   (:meth:`~streams.faust_compat.DetectApp.deliver_batches`; per-record events cost more
-  than the rules). It hands the batch to :meth:`TopicDetector.process` (:mod:`streams.detect`,
-  pure), sends the detections as ``TripCommand`` s and waits for the broker's ack, writes the
-  changed states (once per key per batch), sends dead letters, and only then acks the batch.
-  Any exception is caught inside the loop: an exception escaping a Faust agent would stop
-  it (faust-streaming B1, #315).
+  than the rules). It hands the batch to :meth:`TopicDetector.process`
+  (:mod:`ess.detection.detector`, pure), sends the detections as ``TripCommand`` s and waits for
+  the broker's ack, writes the changed states (once per key per batch), sends dead letters, and
+  only then acks the batch. Any exception is caught inside the loop: an exception escaping a Faust
+  agent would stop it (faust-streaming B1, #315).
 * **table** ``detect-<logical>``: per-(rule, key) state, changelogged (``<app id>-detect-
   <logical>-changelog``) with exactly ``T``'s partition count, and written with ``T``'s
   partition of the record: state for partition ``p`` is recovered on whichever worker owns
@@ -25,10 +25,10 @@ Per input topic ``T`` (``ess.fills``, ``ess.pnl``, ...):
 An ``asyncio.Lock`` per topic serializes a batch and a tick of the same table: both read
 states, await the trip sends, then write, and must not interleave across that await.
 
-The ESS epoch comes from an :class:`~streams.epoch.EpochFollower` (every worker follows
-``ess.state``), and outputs go through a :class:`~streams.outputs.Outputs` (ESS's own
+The ESS epoch comes from an :class:`~ess.roles.detect.epoch.EpochFollower` (every worker follows
+``ess.state``), and outputs go through a :class:`~ess.roles.detect.outputs.Outputs` (ESS's own
 producers), both injected. What was done is reported to a
-:class:`~streams.observe.DetectObserver` (metrics, ``/status``, ``/healthz``) once it is
+:class:`~ess.roles.detect.observe.DetectObserver` (metrics, ``/status``, ``/healthz``) once it is
 done: trips after the broker's ack, a batch after its ack.
 """
 
@@ -37,26 +37,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 from loguru import logger
 
 from ess.clock import Clock, SystemClock
+from ess.detection.detector import BatchOutcome, TopicDetector, build_detectors
+from ess.roles.detect.observe import DetectObserver
+from ess.roles.detect.settings import DetectorSettings
 from ess.rules.base import Context, trip_command
-from ess.rules.catalog import RECORD_TYPE, build_rules
 from schemas import DeadLetter, TripCommand
-from streams.detect import BatchOutcome, TopicDetector
 from streams.faust_compat import DetectApp, DetectTable, LeanMonitor, ack_batch, current_batch
-from streams.observe import DetectObserver
-from streams.settings import DetectorSettings
 
-__all__ = ["ContextSource", "Outputs", "build_detectors", "create_app"]
+__all__ = ["ContextSource", "Outputs", "create_app"]
 
 
 class ContextSource(Protocol):
-    """Where rules get the ESS epoch from (:class:`~streams.epoch.EpochFollower`)."""
+    """Where rules get the ESS epoch from (:class:`~ess.roles.detect.epoch.EpochFollower`)."""
 
     @property
     def context(self) -> Context: ...
@@ -70,27 +68,6 @@ class Outputs(Protocol):
         ...
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
-
-
-def build_detectors(settings: DetectorSettings) -> list[TopicDetector]:
-    """One :class:`TopicDetector` per input topic of the registry, with the catalog's rules
-    for ``settings.detection``. Topics without enabled rules still get one: their records
-    are validated and bad ones dead-lettered."""
-    rules = build_rules(settings.detection)
-    detectors = []
-    for logical, record_type in RECORD_TYPE.items():
-        spec = getattr(settings.registry, logical)
-        detectors.append(
-            TopicDetector(
-                logical=logical,
-                topic=spec.name,
-                record_type=record_type,
-                rules=rules.get(logical, []),
-                key_field=spec.key,
-                max_future_skew=timedelta(seconds=settings.detection.max_future_skew_sec),
-            )
-        )
-    return detectors
 
 
 def _partitioner(partitions: int) -> Callable[[str], int]:
@@ -155,7 +132,7 @@ def create_app(
     attached to the app (``app.ess_observer``) to follow its consumer.
 
     Every topic of ``settings.registry`` must already exist with its partition count
-    (:func:`ess.broker.ensure_topics`; :func:`streams.runner.run_detector` does it): Faust
+    (:func:`ess.kafka.broker.ensure_topics`; :func:`streams.runner.run_detector` does it): Faust
     only creates its own internal topics (changelogs, the leader topic), and a source topic
     auto-created by the broker on first use would get the broker's default count.
     """
@@ -193,7 +170,11 @@ def create_app(
     app.ess_batch_max = settings.batch_max
 
     lanes: list[_Lane] = []
-    for detector in detectors if detectors is not None else build_detectors(settings):
+    for detector in (
+        detectors
+        if detectors is not None
+        else build_detectors(settings.detection, settings.registry)
+    ):
         spec = getattr(registry, detector.logical)
         # Keys and values go to the changelog as JSON (Faust's table default serializers).
         table = app.Table(f"detect-{detector.logical}", partitions=spec.partitions)

@@ -49,7 +49,7 @@ from faust.types.tuples import ack_lock
 from loguru import logger
 from mode.utils.futures import notify
 
-from streams.detect import RawRecord
+from ess.detection.detector import RawRecord
 
 __all__ = [
     "DetectApp",
@@ -306,7 +306,8 @@ class DetectTable(faust.Table[str, Any]):
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key`` locally; its changelog record is sent by the next :meth:`flush`.
-        ``value`` must have ``partition`` and ``stored()`` (a :class:`streams.detect.Slot`)."""
+        ``value`` must have ``partition`` and ``stored()`` (a
+        :class:`ess.detection.detector.Slot`)."""
         self.data[key] = value
         self._dirty.add(key)
 
@@ -385,7 +386,7 @@ class FetchedBatch:
         self.topic = topic
         self.generation_id = generation_id
         #: When the fetch was read (monotonic seconds): the start of the fetch-to-trip and
-        #: batch latencies (:mod:`streams.observe`).
+        #: batch latencies (:mod:`ess.roles.detect.observe`).
         self.fetched_at = time.monotonic()
         self.records: list[RawRecord] = []
         self.offsets: dict[Any, list[int]] = {}
@@ -448,7 +449,7 @@ class DetectApp(faust.App):
     ess_batch_max: int = 2000
     #: The detection lanes (detector, table, lock per input topic), for tests and tools.
     ess_lanes: list[Any]
-    #: What the agents report to (:class:`streams.observe.DetectObserver`).
+    #: What the agents report to (:class:`ess.roles.detect.observe.DetectObserver`).
     ess_observer: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

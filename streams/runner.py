@@ -3,7 +3,7 @@ future ``ess worker --role detect``) and :func:`main` (``python -m streams``).
 
 Start-up order matters:
 
-1. every registry topic exists with its partition count (:func:`ess.broker.ensure_topics`),
+1. every registry topic exists with its partition count (:func:`ess.kafka.broker.ensure_topics`),
    before any client names a topic (the embedded broker would auto-create it with 4);
 2. the epoch follower has read ``ess.state`` to its end, so the first batch already sees the
    current epoch;
@@ -11,7 +11,7 @@ Start-up order matters:
 4. the Faust app starts: it joins its group, recovers its tables from their changelogs and
    only then starts its agents and timers; ``ready`` is set at that point.
 
-The status server (``/status``, ``/metrics``, ``/healthz``; :mod:`streams.observe`) starts
+The status server (``/status``, ``/metrics``, ``/healthz``; :mod:`ess.roles.detect.observe`) starts
 before all of that, so an orchestrator sees "starting" (503) rather than nothing during the
 group join and table recovery, and it stops last.
 
@@ -32,18 +32,18 @@ from typing import Any, Final
 
 from loguru import logger
 
-from ess.broker import kafka_target
 from ess.clock import Clock
 from ess.config import EssSettings
 from ess.core.reader import Trust
-from ess.logging import configure_logging
-from ess.status import StatusServer, serve_status
+from ess.detection.detector import TopicDetector
+from ess.kafka.broker import kafka_target
+from ess.observability.logging import configure_logging
+from ess.observability.status import StatusServer, serve_status
+from ess.roles.detect.epoch import EpochFollower
+from ess.roles.detect.observe import DetectObserver, sampling
+from ess.roles.detect.outputs import KafkaOutputs
+from ess.roles.detect.settings import DetectorSettings
 from streams.app import create_app
-from streams.detect import TopicDetector
-from streams.epoch import EpochFollower
-from streams.observe import DetectObserver, sampling
-from streams.outputs import KafkaOutputs
-from streams.settings import DetectorSettings
 
 __all__ = ["main", "run_detector"]
 
@@ -91,7 +91,7 @@ async def _run(  # noqa: PLR0917 - private; run_detector passes its arguments on
     detectors: Sequence[TopicDetector] | None,
     observer: DetectObserver,
 ) -> None:
-    from ess.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
+    from ess.kafka.broker import ensure_topics  # noqa: PLC0415 - keeps `import streams` light
 
     await ensure_topics(settings.bootstrap, settings.registry, security=settings.security)
     epoch = EpochFollower(
@@ -180,7 +180,7 @@ async def _amain() -> None:
 
 def main() -> None:
     """``python -m streams``: one detection worker until SIGINT/SIGTERM (see
-    :mod:`streams.settings` for the environment it reads)."""
+    :mod:`ess.roles.detect.settings` for the environment it reads)."""
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up (a ccxt dependency here)
     except ImportError:  # pragma: no cover

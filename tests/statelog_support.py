@@ -22,7 +22,7 @@ from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, evolve
 from ess.core.attestation import SigningKey, seal, trusted_keys
 from ess.core.reader import RawRecord, Trust, digest, seal_entry
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
-from ess.kafka import producer
+from ess.kafka.clients import producer
 from ess.statelog import STATE_KEY
 from schemas import (
     ProcessorBeat,

@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 def load_config(path: Path | None) -> DetectionConfig:
     """The :class:`DetectionConfig` the live detector used: from ``path`` (TOML or JSON, as
     ``ESS_DETECT_CONFIG``), else from ``ESS_DETECT_CONFIG``, else the defaults."""
-    from streams.settings import DetectEnv, load_detection_config  # noqa: PLC0415
+    from ess.roles.detect.settings import DetectEnv, load_detection_config  # noqa: PLC0415
 
     if path is None:
         try:

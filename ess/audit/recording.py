@@ -24,7 +24,7 @@ Format (``ess-recording``, version 1): one directory holding
 
 Reading to the end: every partition is read up to the high watermark of the first fetch
 response (the snapshot), never to ``end_offsets()`` alone, which Tansu under-reports after
-multi-record batches (see :mod:`ess.kafka`). Records appended while recording are left out.
+multi-record batches (see :mod:`ess.kafka.clients`). Records appended while recording are left out.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from aiokafka import TopicPartition
 from loguru import logger
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ess.kafka import KafkaSecurity, consumer
+from ess.kafka.clients import KafkaSecurity, consumer
 from schemas import TopicRegistry, TopicSpec
 
 __all__ = [
@@ -546,7 +546,7 @@ async def _check_topics(
     probe = consumer(bootstrap, group_id=None, client_id="ess-recorder", security=security)
     async with _started(probe):
         # topics() asks for all topics' metadata, which never auto-creates one (Tansu
-        # creates a topic that a client merely names, see ess.broker).
+        # creates a topic that a client merely names, see ess.kafka.broker).
         existing = await probe.topics()
     missing = [spec.name for spec in specs if spec.name not in existing]
     if missing:

@@ -1,8 +1,8 @@
 """Audit replay: a recording through the live detection and command-processing code, in
 process, with no broker, no exchange and no PolicyStore.
 
-What runs is the live code itself: one :class:`streams.detect.TopicDetector` per input topic
-(built by :func:`streams.app.build_detectors`, so decoding, dead-lettering, the rules and
+What runs is the live code itself: one :class:`ess.detection.detector.TopicDetector` per input topic
+(built by :func:`ess.detection.build_detectors`, so decoding, dead-lettering, the rules and
 their per-key tables are exactly the worker's), :func:`ess.rules.base.trip_command` for the
 command ids, and :func:`ess.core.decide` / :func:`ess.core.evolve` for the state machine.
 
@@ -26,7 +26,7 @@ sent the record, which is also when the live system saw it, give or take its lat
   the last record's time plus the timeout.
 * Each ``reset`` entry of the recorded ``ess.state`` is applied at its log time: every topic
   is replayed up to it, the silence rules tick there, then the epoch moves on (with
-  ``epoch_started`` = the entry's ``ts``, as :class:`streams.epoch.EpochFollower` does), so
+  ``epoch_started`` = the entry's ``ts``, as :class:`ess.roles.detect.epoch.EpochFollower` does), so
   latches re-arm and baselines re-anchor where they did live.
 
 Given the resets and the end of the recording, input topics are independent of each other
@@ -66,6 +66,7 @@ from ess.audit.recording import (
 from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, evolve
 from ess.core.reader import ForeignRecord, LogBroken, Trust, fold_records
 from ess.core.reader import RawRecord as StateRecord
+from ess.detection import RawRecord, TopicDetector, build_detectors
 from ess.rules.base import Context, Detection, trip_command
 from ess.rules.catalog import TOPICS
 from ess.rules.config import DetectionConfig
@@ -78,7 +79,6 @@ from schemas import (
     TripRecordedEntry,
     topic_registry,
 )
-from streams.detect import RawRecord
 
 __all__ = [
     "DEFAULT_TICK_INTERVAL",
@@ -244,20 +244,15 @@ def _ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _detectors(prefix: str, config: DetectionConfig) -> dict[str, Any]:
-    """The live worker's detectors by logical topic (:func:`streams.app.build_detectors`)."""
-    from streams.app import build_detectors  # noqa: PLC0415 - Faust is heavy, import late
-    from streams.settings import DetectorSettings  # noqa: PLC0415
-
-    # DetectorSettings also points the silence rules' never-seen triggers at this prefix's
-    # topics, exactly as for the live worker. Names and key fields are all the detectors
-    # take from the registry.
-    settings = DetectorSettings(bootstrap="", registry=topic_registry(prefix), detection=config)
-    return {detector.logical: detector for detector in build_detectors(settings)}
+def _detectors(prefix: str, config: DetectionConfig) -> dict[str, TopicDetector]:
+    """The live worker's detectors by logical topic: the same :func:`build_detectors`, which
+    also points the silence rules' never-seen triggers at this prefix's topics."""
+    detectors = build_detectors(config, topic_registry(prefix))
+    return {detector.logical: detector for detector in detectors}
 
 
 class _TopicReplay:
-    """One input topic through its live :class:`~streams.detect.TopicDetector`."""
+    """One input topic through its live :class:`~ess.detection.detector.TopicDetector`."""
 
     def __init__(self, job: _TopicJob) -> None:
         self.job = job

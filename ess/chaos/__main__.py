@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ess.logging import configure_logging
+from ess.observability.logging import configure_logging
 
 CAMPAIGNS: tuple[str, ...] = (
     "crash",

@@ -2,16 +2,17 @@
 
 One *run* sets up, in this process:
 
-* an embedded Tansu broker (:class:`~ess.broker.EmbeddedBroker`) with a fresh topic prefix;
-* the command processor (:func:`~ess.processor.run_processor`): the projector vouches for an
+* an embedded Tansu broker (:class:`~ess.kafka.broker.EmbeddedBroker`) with a fresh topic prefix;
+* the command processor (:func:`~ess.roles.command.processor.run_processor`): the projector vouches
+for an
   INACTIVE record only while its signed beats arrive;
 * the projector exactly as ``ess worker --role project`` runs it
-  (:func:`~ess.projector.run_projector`), writing the ``emergency_stop`` record to an
+  (:func:`~ess.roles.project.projector.run_projector`), writing the ``emergency_stop`` record to an
   :class:`~ess.policystore.InMemoryPolicyStore` every :data:`REFRESH_S`;
 * a :class:`~ess.gate.TradingGate` (``max_record_age`` :data:`MAX_RECORD_AGE_S`) fed by a
   :class:`~ess.gate.PolicyStoreGateFeed` polling every :data:`POLL_S`; the run waits for it to
   open (an inactive, fresh record);
-* the executor (:class:`~ess.executor.service.Executor`) with one Binance futures venue on the
+* the executor (:class:`~ess.roles.execute.service.Executor`) with one Binance futures venue on the
   exchange simulator, keeping ``countdownCancelAll`` armed on :data:`SYMBOLS` with
   :data:`COUNTDOWN_MS` (the minimum Binance allows); resting limit orders on those symbols.
 
@@ -50,19 +51,19 @@ from typing import Any, Final
 from loguru import logger
 from pydantic import SecretStr
 
-from ess.broker import EmbeddedBroker, ensure_topics
 from ess.chaos.support import bounded, first_true, percentile, rounded, until
 from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.signing import generate_private_key
-from ess.executor.binance import BinanceVenue
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
-from ess.executor.service import Countdown, Executor
 from ess.gate import PolicyStoreGateFeed, TradingGate
+from ess.kafka.broker import EmbeddedBroker, ensure_topics
 from ess.policystore import InMemoryPolicyStore
-from ess.processor import run_processor
-from ess.projector import run_projector
+from ess.roles.command.processor import run_processor
+from ess.roles.execute.service import Countdown, Executor
+from ess.roles.project.projector import run_projector
 from ess.sim import ExchangeSimulator, Venue
+from ess.venues.binance import BinanceVenue
+from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
 
 __all__ = ["FAILURES", "run_campaign"]
 

@@ -5,7 +5,7 @@ What runs
 One embedded broker (unique topic prefix), the exchange simulator with the demo account (a
 futures and a spot venue on loopback), operator keys and a small-threshold
 :class:`~ess.rules.config.DetectionConfig` in a temporary directory, and the four roles as
-separate ``python -m ess.cli worker --role X`` processes (``detect``, ``command``,
+separate ``python -m ess.operator.cli worker --role X`` processes (``detect``, ``command``,
 ``execute``, ``project``; the projector writes a SQLite PolicyStore). Each process logs to
 ``<role>.log`` in the temporary directory.
 
@@ -108,7 +108,6 @@ from loguru import logger
 from ess.audit.compare import compare
 from ess.audit.recording import record
 from ess.audit.replay import replay
-from ess.broker import ensure_topics
 from ess.chaos.proxy import KafkaFaultProxy, proxied_embedded_broker
 from ess.clock import SystemClock
 from ess.core import ResetPolicy, decide
@@ -116,10 +115,11 @@ from ess.core.attestation import SigningKey
 from ess.core.reader import Trust, fold_records, seal_entry
 from ess.core.signing import generate_private_key, write_key_pair
 from ess.gate import PolicyStoreGateFeed, TradingGate
-from ess.kafka import producer, read_to_end
-from ess.operator import manual_trip, send_command, signed_reset
+from ess.kafka.broker import ensure_topics
+from ess.kafka.clients import producer, read_to_end
+from ess.operator.commands import manual_trip, send_command, signed_reset
 from ess.policystore import SQLitePolicyStore
-from ess.processor import decode_command
+from ess.roles.command.processor import decode_command
 from ess.rules.config import AccountLimits, DetectionConfig
 from ess.sim import ExchangeSimulator
 from ess.sim.demo import DEMO_API_KEY, DEMO_POSITIONS, DEMO_SECRET, seed_demo, seed_demo_book
@@ -276,7 +276,7 @@ class RoleProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "ess.cli", "worker", "--role", self.role],
+                [sys.executable, "-m", "ess.operator.cli", "worker", "--role", self.role],
                 env=self.env,
                 cwd=self.cwd,  # Faust writes its data directory here
                 stdout=out,

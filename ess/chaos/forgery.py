@@ -4,7 +4,7 @@ every log line for secrets.
 What runs
 ---------
 An embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``) with a unique topic prefix, and the
-command processor as production starts it (:func:`ess.processor.run_processor` with
+command processor as production starts it (:func:`ess.roles.command.processor.run_processor` with
 :class:`ess.config.EssSettings`): operators ``alice``, ``bob`` and ``carol`` (key pairs written
 to a temporary directory, private keys as PKCS#8 PEM), quorum 2, max age 300 s, max skew 30 s.
 
@@ -116,7 +116,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from pydantic import SecretStr
 
-from ess.broker import kafka_target
 from ess.chaos import tamper
 from ess.clock import SystemClock
 from ess.config import EssSettings
@@ -124,9 +123,10 @@ from ess.core import Activation
 from ess.core.attestation import SigningKey
 from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, sign_reset, write_key_pair
-from ess.kafka import producer, read_to_end
-from ess.logging import redact_text, redact_value
-from ess.operator import COMMAND_KEY, manual_trip, read_state, signed_reset, wait_for_entry
+from ess.kafka.broker import kafka_target
+from ess.kafka.clients import producer, read_to_end
+from ess.observability.logging import redact_text, redact_value
+from ess.operator.commands import COMMAND_KEY, manual_trip, read_state, signed_reset, wait_for_entry
 from ess.statelog import LoggedEntry, fold_log
 from schemas import (
     DeadLetter,
@@ -243,10 +243,10 @@ class LogCapture:
 
     loguru records are kept twice: ``raw`` (message, every bound field, exception and
     traceback, as handed to the logger) and ``lines`` (the same after ESS's redaction,
-    :func:`ess.logging.redact_text` / :func:`~ess.logging.redact_value`, i.e. what a
-    production sink writes). stdlib records (aiokafka, Faust, ccxt) reach both; their level
-    filtering is left as the process configured it. ``extra`` adds other text to scan (log
-    files, exception texts).
+    :func:`ess.observability.logging.redact_text` /
+    :func:`~ess.observability.logging.redact_value`, i.e. what a production sink writes). stdlib
+    records (aiokafka, Faust, ccxt) reach both; their level filtering is left as the process
+    configured it. ``extra`` adds other text to scan (log files, exception texts).
     """
 
     def __init__(self) -> None:
@@ -739,10 +739,10 @@ def _judge(c: _Campaign, outcome: _Outcome, ids: dict[str, Any]) -> dict[str, An
 async def _venue_secrets(capture: LogCapture) -> int:
     """A short executor run against the simulator with the fake credentials, failing calls
     included; returns the number of venue calls made. Exception texts go into the scan."""
-    from ess.executor.binance import BinanceVenue  # noqa: PLC0415 - ccxt is heavy
-    from ess.executor.config import VenueConfig, VenueCredentials  # noqa: PLC0415
-    from ess.executor.ports import VenueError  # noqa: PLC0415
     from ess.sim import ExchangeSimulator, FaultKind  # noqa: PLC0415
+    from ess.venues.binance import BinanceVenue  # noqa: PLC0415 - ccxt is heavy
+    from ess.venues.config import VenueConfig, VenueCredentials  # noqa: PLC0415
+    from ess.venues.ports import VenueError  # noqa: PLC0415
 
     calls = 0
     async with ExchangeSimulator() as sim:
@@ -783,7 +783,7 @@ async def _venue_secrets(capture: LogCapture) -> int:
 async def _sasl_attempt(bootstrap: str, prefix: str, keys_dir: Path) -> str:
     """A processor configured with SASL credentials against the PLAINTEXT broker: it must
     fail (bounded), and what it logs on the way is scanned."""
-    from ess.processor import run_processor  # noqa: PLC0415
+    from ess.roles.command.processor import run_processor  # noqa: PLC0415
 
     settings = EssSettings(
         _env_file=None,
@@ -829,7 +829,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     resets against the real command processor, the state tampering phase
     (:func:`ess.chaos.tamper.run_phase`), then a secret scan of every log line. Quick: one
     round of the hostile set and of the tampering; full: five."""
-    from ess.processor import run_processor  # noqa: PLC0415
+    from ess.roles.command.processor import run_processor  # noqa: PLC0415
 
     del seed  # nothing random that changes outcomes: keys and nonces are fresh per run
     started = time.monotonic()

@@ -6,7 +6,7 @@ Hostile records (see :data:`CATEGORIES`) are generated for every input topic and
 with *valid* record sequences that are known to trip a rule. Two levels:
 
 * **pure** (fast, large): every topic's stream goes through the live worker's
-  :class:`streams.detect.TopicDetector` (built by :func:`streams.app.build_detectors`, the
+  :class:`ess.detection.detector.TopicDetector` (built by :func:`ess.detection.build_detectors`, the
   very objects the Faust agent runs) in random batch sizes, with the silence timer ticked
   after every batch. The same valid records are also run alone; the interleaved run must
   detect exactly what the valid-only run detects, at the same valid record.
@@ -85,13 +85,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from loguru import logger
 
-from ess.broker import kafka_target
-from ess.kafka import consumer, producer
+from ess.detection import RawRecord, TopicDetector, build_detectors
+from ess.kafka.broker import kafka_target
+from ess.kafka.clients import consumer, producer
 from ess.rules.base import Context, Detection
 from ess.rules.config import DetectionConfig
 from schemas import DeadLetter, TopicRegistry, TripCommand, decode, topic_registry
 from schemas.codec import MAX_RECORD_BYTES
-from streams.detect import RawRecord, TopicDetector
 
 __all__ = [
     "ADVERSARIAL_CASES",
@@ -550,11 +550,8 @@ def _show(value: bytes | None) -> str:
 
 def _detectors() -> dict[str, TopicDetector]:
     """The live worker's detectors (``ess.*`` names) under :data:`CONFIG`."""
-    from streams.app import build_detectors  # noqa: PLC0415 - Faust is heavy, import late
-    from streams.settings import DetectorSettings  # noqa: PLC0415
-
-    settings = DetectorSettings(bootstrap="", registry=topic_registry("ess"), detection=CONFIG)
-    return {detector.logical: detector for detector in build_detectors(settings)}
+    detectors = build_detectors(CONFIG, topic_registry("ess"))
+    return {detector.logical: detector for detector in detectors}
 
 
 # --------------------------------------------------------------------------- pure level
@@ -1043,7 +1040,7 @@ async def _start_worker(
 async def run_live(hostile_total: int, *, seed: int = 0, timeout_s: float = 60.0) -> dict[str, Any]:
     """The live level: ``hostile_total`` hostile records spread over every input topic, then
     one valid trip sequence per topic, through a real detection worker. Returns figures."""
-    from streams.settings import DetectorSettings  # noqa: PLC0415 - Faust is heavy
+    from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415 - Faust is heavy
 
     rng = random.Random(seed + 1)  # noqa: S311 - reproducible fuzzing, not crypto
     run = uuid.uuid4().hex[:8]

@@ -67,8 +67,8 @@ Informational: ``rounds``, ``rounds_by_kind``, ``rounds_by_backend``, ``variants
 and ``slow_trips``: those slower than :data:`SLOW_S` (with ``slow_trip_examples``). Under the
 JSON logging of ``make chaos``, a trip whose detail is one long word (a 1 MB exception text,
 a 10 KB unknown reason) spends up to ~1 s in the log redaction of ``emergency stop
-ACTIVATED`` (``ess.logging.redact_text`` is quadratic in the length of a word run) before the
-PolicyStore write and the flatten, with the host's event loop blocked meanwhile;
+ACTIVATED`` (``ess.observability.logging.redact_text`` is quadratic in the length of a word run)
+before the PolicyStore write and the flatten, with the host's event loop blocked meanwhile;
 ``trips_by_reason``; ``guard_trips`` (trips recorded by the loop's own guard,
 ``evaluator:ess``, rather than the evaluator); ``replays`` and ``resets_refused_by_why``
 (``ignored``: a command id already applied, dropped without an entry);

@@ -19,7 +19,7 @@ the Kafka protocol to be precise about faults and nothing more:
 
 Clients must *only* talk through the proxy, which a Kafka client does not do by itself: after
 bootstrapping it connects to the address the broker advertises. :func:`proxied_embedded_broker`
-therefore starts an :class:`~ess.broker.EmbeddedBroker` that advertises the proxy's port.
+therefore starts an :class:`~ess.kafka.broker.EmbeddedBroker` that advertises the proxy's port.
 
 aiokafka 0.14 sends Produce v0..v7 (its ``ProduceRequestStruct`` stops at v7, and Tansu offers
 more), all in the non-flexible layout; the flexible v9+ layout is therefore not parsed, and a
@@ -40,7 +40,7 @@ from typing import Final, Self
 
 from loguru import logger
 
-from ess.broker import BrokerError, EmbeddedBroker
+from ess.kafka.broker import BrokerError, EmbeddedBroker
 
 __all__ = [
     "API_NAMES",

@@ -12,9 +12,9 @@ What runs
 ---------
 In this process, on the campaign's broker (embedded, or ``KAFKA_BOOTSTRAP_SERVERS``) under a
 topic prefix of its own: the command processor as production starts it
-(:func:`ess.processor.run_processor`; operators ``alice``, ``bob``, ``carol``, quorum 2), the
-projector (:func:`ess.projector.run_projector`) writing ``emergency_stop`` to Redis
-(``$ESS_TEST_REDIS_URL`` or ``redis://127.0.0.1:6379/0``, under a namespace of its own,
+(:func:`ess.roles.command.processor.run_processor`; operators ``alice``, ``bob``, ``carol``, quorum
+2), the projector (:func:`ess.roles.project.projector.run_projector`) writing ``emergency_stop`` to
+Redis (``$ESS_TEST_REDIS_URL`` or ``redis://127.0.0.1:6379/0``, under a namespace of its own,
 deleted at the end), and a :class:`~ess.gate.TradingGate` fed from that Redis by a
 :class:`~ess.gate.PolicyStoreGateFeed`. A sampler watches the gate every few milliseconds
 throughout; followers read ``ess.state`` (through the verifying reader), ``ess.outcomes``
@@ -126,7 +126,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
-from ess.broker import ensure_topics
 from ess.config import EssSettings
 from ess.core.attestation import SigningKey, seal_problem
 from ess.core.projection import event_for
@@ -140,12 +139,13 @@ from ess.core.signing import (
     write_key_pair,
 )
 from ess.gate import PolicyStoreGateFeed, TradingGate
-from ess.kafka import follow_partition, producer, read_to_end
-from ess.metrics import ProjectorMetrics
-from ess.operator import COMMAND_KEY
+from ess.kafka.broker import ensure_topics
+from ess.kafka.clients import follow_partition, producer, read_to_end
+from ess.operator.commands import COMMAND_KEY
 from ess.policystore import DEFAULT_REDIS_URL, RedisPolicyStore
-from ess.processor import SOURCE, StartupRefused, run_processor
-from ess.projector import EVENTS_KEY, run_projector
+from ess.roles.command.processor import SOURCE, StartupRefused, run_processor
+from ess.roles.project.metrics import ProjectorMetrics
+from ess.roles.project.projector import EVENTS_KEY, run_projector
 from ess.statelog import STATE_KEY, StateLogReader
 from schemas import (
     IDENT_MAX,

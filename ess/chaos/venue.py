@@ -4,8 +4,8 @@ One *run* is: a fresh, seeded :class:`~ess.sim.ExchangeSimulator` (rate-limit wi
 a 429 or 418 says ``Retry-After: 1``); one account holding futures positions with regular and
 conditional orders, and spot balances with resting sells (the demo book plus generated
 markets); every fault kind of :mod:`ess.sim.faults` armed at once on the endpoints it applies
-to; then the real executor engine (:func:`~ess.executor.engine.enforce_all` over the futures
-and spot :class:`~ess.executor.binance.BinanceVenue` adapters, through ccxt over HTTP) enforces
+to; then the real executor engine (:func:`~ess.roles.execute.engine.enforce_all` over the futures
+and spot :class:`~ess.venues.binance.BinanceVenue` adapters, through ccxt over HTTP) enforces
 an activation until the run is flat or its deadline passes.
 
 What "30 % fault rate" means. The simulator matches faults in order, each with its own
@@ -32,7 +32,7 @@ Figures (``run_campaign``):
 * ``faults_fired``: fault hits by kind, summed over all runs; ``fault_rate``; ``deadline_s``;
   ``duration_s``: wall time of the whole campaign.
 
-Multi-entry runs. The executor service (:class:`~ess.executor.service.Executor`, over the same
+Multi-entry runs. The executor service (:class:`~ess.roles.execute.service.Executor`, over the same
 faulty simulator and adapters) is handed a signed state log several entries per fetch, the way
 its follower hands it a fetch: through its verified reader (``_reader.feed`` then
 ``_apply``), with no broker. A run's fetches come from :data:`MULTI_SCENARIOS` (``T`` a trip,
@@ -81,13 +81,13 @@ from ess.core import INITIAL_STATE, Activation, EssState, ResetPolicy, decide, e
 from ess.core.attestation import SigningKey, trusted_keys
 from ess.core.reader import RawRecord, Trust, digest, seal_entry
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
-from ess.executor.binance import BinanceVenue
-from ess.executor.budget import RateBudget
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
-from ess.executor.engine import Phase, VenueFlattener, enforce_all
-from ess.executor.service import Executor
+from ess.roles.execute.engine import Phase, VenueFlattener, enforce_all
+from ess.roles.execute.service import Executor
 from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
 from ess.sim.demo import seed_demo_book, seed_many
+from ess.venues.binance import BinanceVenue
+from ess.venues.budget import RateBudget
+from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
 from schemas import (
     ActionReport,
     ReasonCode,

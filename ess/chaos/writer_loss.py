@@ -2,15 +2,16 @@
 
 One *run* sets up, in this process unless said otherwise:
 
-* an embedded Tansu broker (:class:`~ess.broker.EmbeddedBroker`) with a fresh topic prefix;
+* an embedded Tansu broker (:class:`~ess.kafka.broker.EmbeddedBroker`) with a fresh topic prefix;
 * operator and processor keys in a temporary directory, laid out as ``ess keygen`` writes
   them (``processor.key``, ``processors/<key id>.pub``, ``operators/chaos.pub``);
-* the command processor as a **separate process** (``python -m ess.processor``, environment
+* the command processor as a **separate process** (``python -m ess.roles.command.processor``,
+environment
   from :func:`_env` only, beats every :data:`BEAT_INTERVAL_S`), so that it can be stopped and
   killed; it logs to ``processor.log`` in the temporary directory;
 * the projector exactly as ``ess worker --role project`` runs it
-  (:func:`~ess.projector.run_projector`), trusting the keys in those directories, writing the
-  ``emergency_stop`` record to an :class:`~ess.policystore.InMemoryPolicyStore` every
+  (:func:`~ess.roles.project.projector.run_projector`), trusting the keys in those directories,
+  writing the ``emergency_stop`` record to an :class:`~ess.policystore.InMemoryPolicyStore` every
   :data:`REFRESH_S`; it vouches for an INACTIVE record only while the processor's signed
   owner beats are younger than ``processor_timeout`` (:data:`PROCESSOR_TIMEOUT_S`);
 * a :class:`~ess.gate.TradingGate` (``max_record_age`` :data:`MAX_RECORD_AGE_S`) fed by a
@@ -38,7 +39,8 @@ Faults (``t0`` is taken right before the fault is injected):
     (``why=unknown_operator``) that :func:`ess.core.decide` yields for a reset from an
     operator nobody registered, so the state stays INACTIVE and the projector keeps the log
     trusted. The processor must notice it within its beat interval and exit with
-    :data:`~ess.processor.EXIT_FENCED` (3); ``fenced_exit_codes`` lists what it exited with.
+    :data:`~ess.roles.command.processor.EXIT_FENCED` (3); ``fenced_exit_codes`` lists what it
+    exited with.
 
 Not measured: a *wedged* processor (it beats, but a command waits longer than
 ``command_backlog_timeout``). No fault available from outside makes the command loop stall
@@ -95,7 +97,6 @@ from typing import Any, Final
 
 from loguru import logger
 
-from ess.broker import EmbeddedBroker, ensure_topics
 from ess.chaos.support import CampaignError, bounded, first_true, percentile, rounded, until
 from ess.config import EssSettings
 from ess.core import decide
@@ -103,9 +104,10 @@ from ess.core.attestation import SigningKey
 from ess.core.reader import fold_records, seal_entry
 from ess.core.signing import generate_private_key, write_key_pair
 from ess.gate import PolicyStoreGateFeed, TradingGate
+from ess.kafka.broker import EmbeddedBroker, ensure_topics
 from ess.policystore import InMemoryPolicyStore
-from ess.processor import EXIT_FENCED
-from ess.projector import run_projector
+from ess.roles.command.processor import EXIT_FENCED
+from ess.roles.project.projector import run_projector
 from ess.statelog import KafkaStateLog
 from schemas import RejectReason, ResetCommand, ResetRejectedEntry, TopicRegistry
 
@@ -215,7 +217,7 @@ def _env(bootstrap: str, registry: TopicRegistry, work: Path) -> dict[str, str]:
 def _start_processor(env: dict[str, str], work: Path) -> subprocess.Popen[bytes]:
     with (work / "processor.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ess.processor"],
+            [sys.executable, "-m", "ess.roles.command.processor"],
             env=env,
             cwd=work,
             stdout=out,

@@ -1,6 +1,6 @@
 """Pure projections of the ESS state: the PolicyStore record and the events it announces.
 
-Shared by the stream projector (:mod:`ess.projector`) and the in-process controller
+Shared by the stream projector (:mod:`ess.roles.project.projector`) and the in-process controller
 (:mod:`ess.api.controller`), so both write exactly the same record and events.
 """
 

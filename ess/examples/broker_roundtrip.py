@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from ess.broker import kafka_target
-from ess.kafka import producer, read_to_end
-from ess.logging import configure_logging
+from ess.kafka.broker import kafka_target
+from ess.kafka.clients import producer, read_to_end
+from ess.observability.logging import configure_logging
 from schemas import Command, ResetCommand, TripCommand, decode, encode, topic_registry
 
 

@@ -25,7 +25,7 @@ from ess import (
     FakeHealthEvaluator,
     FakePolicyStore,
 )
-from ess.logging import configure_logging
+from ess.observability.logging import configure_logging
 
 
 async def run_demo(

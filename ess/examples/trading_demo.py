@@ -38,25 +38,25 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from ess.broker import kafka_target
 from ess.clock import SystemClock
 from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, write_key_pair
-from ess.executor.ccxt_client import make_exchange
-from ess.executor.config import ExecutorSettings, VenueConfig, VenueCredentials
-from ess.executor.service import run_executor
 from ess.gate import PolicyStoreGateFeed, TradingGate
-from ess.kafka import producer, read_to_end
-from ess.logging import configure_logging
-from ess.operator import entry_row, read_state, send_command, signed_reset, wait_for_entry
+from ess.kafka.broker import kafka_target
+from ess.kafka.clients import producer, read_to_end
+from ess.observability.logging import configure_logging
+from ess.operator.commands import entry_row, read_state, send_command, signed_reset, wait_for_entry
 from ess.policystore import InMemoryPolicyStore
-from ess.processor import run_processor
-from ess.projector import run_projector
+from ess.roles.command.processor import run_processor
+from ess.roles.execute.service import run_executor
+from ess.roles.project.projector import run_projector
 from ess.sim import ExchangeSimulator, Venue
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET
 from ess.statelog import StateLogReader, follow_state
+from ess.venues.ccxt_client import make_exchange
+from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
 from schemas import (
     ActionReport,
     ActivatedEntry,
@@ -249,8 +249,8 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
                 credentials,
             ),
         ]
+        from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415
         from streams.runner import run_detector  # noqa: PLC0415 - Faust is heavy
-        from streams.settings import DetectorSettings  # noqa: PLC0415
 
         stop, detector_ready = asyncio.Event(), asyncio.Event()
         roles: dict[str, Coroutine[Any, Any, None]] = {

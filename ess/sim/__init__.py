@@ -6,17 +6,17 @@ closes and the ``countdownCancelAll`` dead-man's switch, with HMAC signatures, r
 fault injection and a request log. ``make_exchange`` builds the ccxt client for it.
 
 The package is an edge adapter: tests, demos and benchmarks use it; production code only uses
-the base-URL override pattern of :mod:`ess.executor.ccxt_client` (re-exported here).
+the base-URL override pattern of :mod:`ess.venues.ccxt_client` (re-exported here).
 """
 
 from __future__ import annotations
 
-from ess.executor.ccxt_client import localize_urls, make_exchange, route_exceptions_by_path
 from ess.sim.book import Account, ApiError, Fill, Order, Position
 from ess.sim.faults import Fault, FaultKind
 from ess.sim.markets import Market, Venue, default_markets, generate_markets
 from ess.sim.ratelimit import RateCounters, RateLimits
 from ess.sim.server import ExchangeSimulator, LoggedRequest, SimEvent
+from ess.venues.ccxt_client import localize_urls, make_exchange, route_exceptions_by_path
 
 __all__ = [
     "Account",

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ess.logging import configure_logging
+from ess.observability.logging import configure_logging
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET, seed_demo, seed_many
 from ess.sim.markets import default_markets
 from ess.sim.server import ExchangeSimulator

@@ -2,7 +2,7 @@
 
 One :class:`ExchangeSimulator` serves both the USD-M futures API (``/fapi/...``) and the spot API
 (``/api/v3/...``) on one port: ccxt's ``urls['api']`` entries differ in path, so rewriting only
-their host (:func:`ess.executor.ccxt_client.make_exchange`) points every client at the same server
+their host (:func:`ess.venues.ccxt_client.make_exchange`) points every client at the same server
 without collisions.
 
 Every request goes through the same pipeline, in this order, and is appended to :attr:`log`:
@@ -172,7 +172,7 @@ class ExchangeSimulator:
 
     Use as ``async with ExchangeSimulator() as sim:`` (or ``await sim.start()`` /
     ``await sim.stop()``), then point ccxt at :attr:`url` with
-    :func:`ess.executor.ccxt_client.make_exchange`. Seed state with :meth:`add_account`,
+    :func:`ess.venues.ccxt_client.make_exchange`. Seed state with :meth:`add_account`,
     :meth:`seed_position`, :meth:`seed_order`, :meth:`seed_balance`, :meth:`set_mark_price`;
     inspect it with :meth:`positions`, :meth:`open_orders`, :meth:`fills`, :attr:`log`,
     :meth:`rate_counters`; act as the market with :meth:`fill_order`; break it with

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ess.cli import cli
+from ess.operator.cli import cli
 from schemas import ReasonCode, encode
 from tests.audit import T0, Builder, pnl, reset_entry, s, security, trip_entry
 from tests.statelog_support import OPERATOR_KEYS, PROCESSOR

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ess.chaos import fuzz
+from ess.detection.detector import RawRecord
 from ess.rules.base import Context
-from streams.detect import RawRecord
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 DETECTORS = fuzz._detectors()

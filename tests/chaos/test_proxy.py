@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import TopicPartition
 
-from ess.broker import EmbeddedBroker, ensure_topics
 from ess.chaos.proxy import PRODUCE, KafkaFaultProxy, proxied_embedded_broker
-from ess.kafka import consumer, producer, read_to_end
+from ess.kafka.broker import EmbeddedBroker, ensure_topics
+from ess.kafka.clients import consumer, producer, read_to_end
 from schemas import TopicRegistry, topic_registry
 from tests.helpers import eventually
 

@@ -24,7 +24,7 @@ from ess.core.signing import (
     verify_reset,
 )
 from ess.gate import TradingGate
-from ess.processor import decode_command
+from ess.roles.command.processor import decode_command
 from schemas import IDENT_MAX, TEXT_MAX, RecordError, ResetCommand, TripCommand
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -23,7 +23,7 @@ from ess.chaos.venue import (
     random_fetches,
     run_campaign,
 )
-from ess.executor.service import Executor
+from ess.roles.execute.service import Executor
 from ess.sim import FaultKind
 from schemas import topic_registry
 from tests.executor.fakes import FakeVenue

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ess.chaos.writer_loss import FAILURES, FAULTS, TOLERANCE_S, run_campaign
-from ess.processor import EXIT_FENCED
+from ess.roles.command.processor import EXIT_FENCED
 
 pytestmark = pytest.mark.integration
 

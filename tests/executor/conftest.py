@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from ess.executor.binance import BinanceVenue
-from ess.executor.budget import RateBudget
-from ess.executor.config import VenueConfig, VenueCredentials
 from ess.sim import ExchangeSimulator
+from ess.venues.binance import BinanceVenue
+from ess.venues.budget import RateBudget
+from ess.venues.config import VenueConfig, VenueCredentials
 
 #: Distinctive so a leak is easy to find in logs and exception text.
 API_KEY = "exec-key-7Hq2ZpLw9"

@@ -1,6 +1,6 @@
 """A hand-written in-memory venue for the flatten engine's tests (no mocks).
 
-:class:`FakeVenue` implements :class:`~ess.executor.ports.VenuePort` with the venue behaviour
+:class:`FakeVenue` implements :class:`~ess.venues.ports.VenuePort` with the venue behaviour
 the engine depends on: reduce-only closes that never flip a position, client order ids that
 can be used once, spot sells limited to the balance not locked by resting sells, and
 scriptable faults (errors, lost answers, stale reads, orders that expire unfilled, fills that
@@ -28,8 +28,8 @@ from ess.core.flatten import (
     PositionView,
     VenueSnapshot,
 )
-from ess.executor.config import ExecutorSettings
-from ess.executor.ports import VenueError, VenueErrorKind
+from ess.venues.config import ExecutorSettings
+from ess.venues.ports import VenueError, VenueErrorKind
 
 __all__ = ["Call", "FakeOrder", "FakeVenue", "call_depths"]
 

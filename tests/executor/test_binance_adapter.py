@@ -21,10 +21,6 @@ from ess.core.flatten import (
     PositionView,
     VenueSnapshot,
 )
-from ess.executor.binance import BinanceVenue
-from ess.executor.budget import RateBudget
-from ess.executor.config import VenueConfig, VenueCredentials
-from ess.executor.ports import VenueError, VenueErrorKind, VenuePort
 from ess.sim import (
     ExchangeSimulator,
     FaultKind,
@@ -33,6 +29,10 @@ from ess.sim import (
     Venue,
     default_markets,
 )
+from ess.venues.binance import BinanceVenue
+from ess.venues.budget import RateBudget
+from ess.venues.config import VenueConfig, VenueCredentials
+from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from tests.executor.conftest import API_KEY, SECRET, OpenVenue, venue_config
 from tests.helpers import eventually
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ess.executor.budget import RateBudget
+from ess.venues.budget import RateBudget
 
 
 class FakeTime:

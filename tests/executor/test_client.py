@@ -8,8 +8,8 @@ import pytest
 from ess import EmergencyStopController
 from ess.api.controller import ActivationIncomplete
 from ess.api.fakes import FakeEventBus, FakePolicyStore
-from ess.executor.client import NotFlatError, VenuesExchangeClient
 from ess.sim import ExchangeSimulator, Venue
+from ess.venues.exchange_client import NotFlatError, VenuesExchangeClient
 from tests.executor.conftest import OpenVenue
 
 pytestmark = pytest.mark.integration

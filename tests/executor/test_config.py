@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ess.core.flatten import MarketKind
-from ess.executor.config import (
+from ess.venues.config import (
     VenueConfig,
     VenueConfigError,
     VenueCredentials,

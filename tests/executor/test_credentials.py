@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from ess.executor.ports import VenueError, VenueErrorKind
-from ess.executor.service import Executor
+from ess.roles.execute.service import Executor
+from ess.venues.ports import VenueError, VenueErrorKind
 from schemas import SecurityEvent, SecurityEventKind, decode, topic_registry
 from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.helpers import eventually

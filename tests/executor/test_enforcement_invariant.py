@@ -16,7 +16,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ess.executor.service import Executor
+from ess.roles.execute.service import Executor
 from schemas import topic_registry
 from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.statelog_support import LogBuilder, trust

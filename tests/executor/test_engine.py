@@ -18,9 +18,9 @@ from loguru import logger
 from ess.clock import ManualClock
 from ess.core.flatten import MarketKind, close_order_id
 from ess.core.state import Activation
-from ess.executor.config import ExecutorSettings
-from ess.executor.engine import Phase, VenueFlattener, enforce_all, keep_countdown
-from ess.executor.ports import VenueError, VenueErrorKind
+from ess.roles.execute.engine import Phase, VenueFlattener, enforce_all, keep_countdown
+from ess.venues.config import ExecutorSettings
+from ess.venues.ports import VenueError, VenueErrorKind
 from schemas import ActionReport, ReasonCode
 from tests.executor.fakes import FakeVenue, call_depths
 from tests.helpers import eventually
@@ -671,7 +671,7 @@ async def test_a_call_cancelled_by_another_caller_is_a_failed_call_not_the_end()
     concurrent callers; cancelling it with one caller must not end another's flatten."""
     from loguru import logger  # noqa: PLC0415
 
-    from ess.executor.engine import _guarded  # noqa: PLC0415
+    from ess.roles.execute.engine import _guarded  # noqa: PLC0415
 
     shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

@@ -15,11 +15,11 @@ import pytest
 
 from ess.clock import SystemClock
 from ess.core import Activation
-from ess.executor.binance import BinanceVenue
-from ess.executor.config import ExecutorSettings
-from ess.executor.engine import VenueFlattener, enforce_all
+from ess.roles.execute.engine import VenueFlattener, enforce_all
 from ess.sim import ExchangeSimulator, RateLimits, Venue
 from ess.sim.demo import DEMO_POSITIONS, seed_demo_book
+from ess.venues.binance import BinanceVenue
+from ess.venues.config import ExecutorSettings
 from schemas import ActionReport, ReasonCode
 from tests.executor.conftest import OpenVenue
 from tests.helpers import eventually

@@ -17,7 +17,7 @@ from decimal import Decimal
 import pytest
 
 from ess.core.reader import RawRecord
-from ess.executor.service import Executor
+from ess.roles.execute.service import Executor
 from schemas import ReasonCode, ResetEntry, TriggerRef, encode, topic_registry
 from tests.executor.fakes import FAST_SETTINGS, FakeVenue
 from tests.helpers import eventually

@@ -20,8 +20,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-import ess.broker
-from ess.broker import (
+import ess.kafka.broker
+from ess.kafka.broker import (
     BOOTSTRAP_ENV,
     BrokerError,
     EmbeddedBroker,
@@ -29,7 +29,7 @@ from ess.broker import (
     kafka_target,
     run_broker,
 )
-from ess.kafka import UnknownTopicError, consumer, producer, read_to_end
+from ess.kafka.clients import UnknownTopicError, consumer, producer, read_to_end
 from schemas import Fill, Side, TopicRegistry, decode, encode, topic_registry
 from tests.fixtures.kafka import KafkaEndpoint
 from tests.helpers import eventually
@@ -370,7 +370,7 @@ def test_broker_that_exits_during_startup_is_reported() -> None:
 #: A process that starts a broker and then ends without stopping it, one way or another.
 OWNER_SCRIPT = """
 import os, signal, sys, time
-from ess.broker import EmbeddedBroker
+from ess.kafka.broker import EmbeddedBroker
 broker = EmbeddedBroker().start()
 print(broker.pid, broker.port, broker.log_path.parent, flush=True)
 if sys.argv[1] == "exit":
@@ -421,7 +421,7 @@ async def test_kafka_target_uses_existing_cluster_and_starts_nothing(
         )
 
     monkeypatch.setenv(BOOTSTRAP_ENV, kafka_bootstrap)
-    monkeypatch.setattr(ess.broker, "EmbeddedBroker", no_broker)
+    monkeypatch.setattr(ess.kafka.broker, "EmbeddedBroker", no_broker)
     reg = topic_registry(prefix=f"t{uuid.uuid4().hex[:12]}")
     async with kafka_target(reg) as bootstrap:
         assert bootstrap == kafka_bootstrap
@@ -475,7 +475,7 @@ def test_run_broker_serves_until_stopped() -> None:
 
 
 RUN_BROKER_SCRIPT = """
-from ess.broker import run_broker
+from ess.kafka.broker import run_broker
 from schemas import topic_registry
 run_broker(None, topic_registry(), on_ready=lambda bootstrap: print(bootstrap, flush=True))
 """

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ess.cli import cli
 from ess.config import EssSettings
 from ess.core.reader import seal_entry
 from ess.core.signing import (
@@ -24,8 +23,9 @@ from ess.core.signing import (
     verify_reset,
     write_key_pair,
 )
-from ess.kafka import producer, read_to_end
-from ess.processor import run_processor
+from ess.kafka.clients import producer, read_to_end
+from ess.operator.cli import cli
+from ess.roles.command.processor import run_processor
 from schemas import (
     Command,
     ReasonCode,

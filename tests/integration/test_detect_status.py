@@ -24,13 +24,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ess.core.reader import Trust
-from ess.kafka import producer
-from ess.metrics import ProcessorMetrics
-from ess.status import serve_status
+from ess.kafka.clients import producer
+from ess.observability.status import serve_status
+from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.detect.observe import DetectObserver
+from ess.roles.detect.settings import DetectorSettings
 from schemas import ReasonCode, TopicRegistry, encode
-from streams.observe import DetectObserver
 from streams.runner import run_detector
-from streams.settings import DetectorSettings
 from tests.helpers import eventually
 from tests.integration.test_processor import WAIT, a_trip, new_processor, running
 from tests.records import order

@@ -22,11 +22,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ess.core.reader import Trust
-from ess.kafka import consumer, producer
+from ess.kafka.clients import consumer, producer
+from ess.roles.detect.settings import DetectorSettings
 from ess.rules.config import AccountOverrides, DetectionConfig
 from schemas import DeadLetter, ReasonCode, TopicRegistry, TripCommand, decode
 from streams.runner import run_detector
-from streams.settings import DetectorSettings
 from tests.helpers import eventually
 from tests.records import beat, fill, latency, order, order_error, pnl, s, security, tick
 

@@ -49,7 +49,7 @@ def test_ess_broker_command_serves_until_interrupted() -> None:
     env = {**os.environ, "ESS_LOG_JSON": "false"}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ess.cli", "broker"],
+        [sys.executable, "-m", "ess.operator.cli", "broker"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,18 +16,18 @@ import pytest
 from pydantic import SecretStr
 
 from ess.core.reader import seal_entry
-from ess.executor.binance import BinanceVenue
-from ess.executor.config import (
+from ess.kafka.clients import producer, read_to_end
+from ess.observability.status import serve_status
+from ess.roles.execute.service import Countdown, Executor, run_executor
+from ess.sim import ExchangeSimulator, Venue
+from ess.statelog import STATE_KEY
+from ess.venues.binance import BinanceVenue
+from ess.venues.config import (
     ExecutorSettings,
     VenueConfig,
     VenueConfigError,
     VenueCredentials,
 )
-from ess.executor.service import Countdown, Executor, run_executor
-from ess.kafka import producer, read_to_end
-from ess.sim import ExchangeSimulator, Venue
-from ess.statelog import STATE_KEY
-from ess.status import serve_status
 from schemas import (
     ActionReport,
     ReasonCode,

@@ -2,8 +2,8 @@
 
 Most tests assign the command partition directly (``join_group=False``): a group join costs
 ~3 s on the embedded broker and the group is not what they test. The crash test runs
-``python -m ess.processor`` twice, in its real group, as production does; the restart test's
-second run joins the group too.
+``python -m ess.roles.command.processor`` twice, in its real group, as production does; the restart
+test's second run joins the group too.
 
 Every entry the processor writes is sealed with :data:`tests.statelog_support.PROCESSOR`;
 the tests read the log back the way every reader does (:func:`ess.core.reader.fold_records`).
@@ -37,9 +37,9 @@ from ess.core.attestation import seal_problem
 from ess.core.ids import derive_id
 from ess.core.reader import RawRecord, digest, fold_records, seal_entry
 from ess.core.signing import generate_private_key, sign_reset, write_key_pair
-from ess.kafka import consumer, producer, read_to_end
-from ess.metrics import ProcessorMetrics
-from ess.processor import (
+from ess.kafka.clients import consumer, producer, read_to_end
+from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.command.processor import (
     SOURCE,
     CommandProcessor,
     FencedError,
@@ -764,7 +764,8 @@ async def test_missing_topics_refuse_start_without_creating_them(
 def spawn_processor(
     bootstrap: str, registry: TopicRegistry, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:
-    """``python -m ess.processor`` as production runs it, JSON logs to ``log``, signing with
+    """``python -m ess.roles.command.processor`` as production runs it, JSON logs to ``log``,
+    signing with
     :data:`PROCESSOR` (written next to ``log`` on first use). Its group is named after the
     topic prefix, so it is unique to the test."""
     keys = log.parent / "keys"
@@ -783,7 +784,7 @@ def spawn_processor(
     }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ess.processor"],
+            [sys.executable, "-m", "ess.roles.command.processor"],
             cwd=log.parent,  # no stray .env file
             env=environment,
             stdout=out,

@@ -25,15 +25,15 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from ess.broker import ensure_topics
 from ess.chaos.proxy import KafkaFaultProxy, proxied_embedded_broker
 from ess.core.attestation import SigningKey, seal_problem
 from ess.core.ids import derive_id
 from ess.core.reader import digest, fold_records, seal_entry
 from ess.core.signing import generate_private_key
-from ess.kafka import follow_partition, producer
-from ess.metrics import ProcessorMetrics
-from ess.processor import SOURCE, CommandProcessor
+from ess.kafka.broker import ensure_topics
+from ess.kafka.clients import follow_partition, producer
+from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.command.processor import SOURCE, CommandProcessor
 from ess.statelog import LoggedEntry
 from schemas import (
     ActivatedEntry,

@@ -23,14 +23,14 @@ from aiokafka import AIOKafkaConsumer
 
 from ess.api.fakes import FakePolicyStore
 from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
-from ess.broker import EmbeddedBroker, ensure_topics
 from ess.config import EssSettings
 from ess.core.reader import Trust, seal_entry
-from ess.kafka import consumer, producer, read_to_end
-from ess.metrics import ProjectorMetrics
-from ess.projector import Projector, run_projector
+from ess.kafka.broker import EmbeddedBroker, ensure_topics
+from ess.kafka.clients import consumer, producer, read_to_end
+from ess.observability.status import serve_status
+from ess.roles.project.metrics import ProjectorMetrics
+from ess.roles.project.projector import Projector, run_projector
 from ess.statelog import STATE_KEY, KafkaStateLog
-from ess.status import serve_status
 from schemas import (
     EmergencyEvent,
     EmergencyResetEvent,

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ess.kafka import producer
-from ess.projector import EVENTS_KEY
+from ess.kafka.clients import producer
+from ess.roles.project.projector import EVENTS_KEY
 from schemas import (
     EmergencyResetEvent,
     EmergencyStopEvent,

@@ -27,8 +27,8 @@ from ess.core.attestation import SigningKey
 from ess.core.ids import derive_id
 from ess.core.reader import digest, seal_entry
 from ess.core.signing import generate_private_key
-from ess.kafka import producer, read_to_end
-from ess.processor import CommandProcessor
+from ess.kafka.clients import producer, read_to_end
+from ess.roles.command.processor import CommandProcessor
 from schemas import (
     ReasonCode,
     ResetEntry,

@@ -24,9 +24,9 @@ from ess.clock import SystemClock
 from ess.core.attestation import SigningKey
 from ess.core.signing import generate_private_key
 from ess.gate import GateState, PolicyStoreGateFeed, TradingGate
-from ess.kafka import producer, read_to_end
-from ess.processor import CommandProcessor
-from ess.projector import Projector
+from ess.kafka.clients import producer, read_to_end
+from ess.roles.command.processor import CommandProcessor
+from ess.roles.project.projector import Projector
 from schemas import ReasonCode, TopicRegistry, TripCommand, encode, topic_registry
 from tests.helpers import eventually
 from tests.integration.test_projector import WAIT, Rig, metric, open_rig, running

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from ess.api.protocols import EMERGENCY_STOP_KEY
 from ess.gate import GateState, RedisGateFeed, TradingGate
 from ess.policystore import PolicyStoreError, RedisPolicyStore
-from ess.projector import Projector
+from ess.roles.project.projector import Projector
 from schemas import PolicyRecord, ReasonCode, TopicRegistry, validate
 from tests.fixtures.redis import redis_test_url, scratch_namespace
 from tests.helpers import eventually

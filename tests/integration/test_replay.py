@@ -27,12 +27,13 @@ from loguru import logger
 
 from ess.audit.compare import Outcome, compare
 from ess.audit.replay import Decision, replay
-from ess.cli import cli
 from ess.config import EssSettings
 from ess.core.signing import generate_private_key, public_key_text, sign_reset
-from ess.kafka import producer, read_to_end
-from ess.operator import read_state
-from ess.processor import run_processor
+from ess.kafka.clients import producer, read_to_end
+from ess.operator.cli import cli
+from ess.operator.commands import read_state
+from ess.roles.command.processor import run_processor
+from ess.roles.detect.settings import DetectorSettings
 from ess.rules.config import DetectionConfig
 from ess.statelog import STATE_KEY
 from schemas import (
@@ -44,7 +45,6 @@ from schemas import (
     encode,
     topic_registry,
 )
-from streams.settings import DetectorSettings
 from tests.helpers import eventually
 from tests.integration.test_detection import _base_time, worker
 from tests.records import beat, fill, latency, order_error, pnl, security, tick

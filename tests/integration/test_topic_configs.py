@@ -8,8 +8,8 @@ import uuid
 import pytest
 from aiokafka.admin import NewTopic
 
-from ess.broker import BrokerError, ensure_topics, topic_config_problems, verify_topic_configs
-from ess.kafka import admin_client
+from ess.kafka.broker import BrokerError, ensure_topics, topic_config_problems, verify_topic_configs
+from ess.kafka.clients import admin_client
 from schemas import topic_registry
 
 pytestmark = pytest.mark.integration

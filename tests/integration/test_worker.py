@@ -26,8 +26,8 @@ from ess.clock import SystemClock
 from ess.core.attestation import SigningKey, trusted_keys
 from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, public_bytes, write_key_pair
-from ess.kafka import read_to_end
-from ess.operator import manual_trip, read_state, send_command, signed_reset
+from ess.kafka.clients import read_to_end
+from ess.operator.commands import manual_trip, read_state, send_command, signed_reset
 from ess.policystore import RedisPolicyStore
 from ess.sim import ExchangeSimulator
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET, seed_demo
@@ -51,7 +51,7 @@ def worker(
     role_args = [arg for role in roles for arg in ("--role", role)]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ess.cli", "worker", *role_args],
+            [sys.executable, "-m", "ess.operator.cli", "worker", *role_args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -238,7 +238,7 @@ async def test_worker_execute_role_flattens_every_venue_on_a_trip(
 def test_the_execute_role_refuses_to_start_without_venues(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESS_VENUES")}
     done = subprocess.run(
-        [sys.executable, "-m", "ess.cli", "worker", "--role", "execute"],
+        [sys.executable, "-m", "ess.operator.cli", "worker", "--role", "execute"],
         env=env,
         capture_output=True,
         text=True,
@@ -261,7 +261,7 @@ def test_a_worker_on_an_external_broker_refuses_to_start_without_a_processor_key
         "ESS_STATUS_PORT": "-1",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "ess.cli", "worker", "--role", "command"],
+        [sys.executable, "-m", "ess.operator.cli", "worker", "--role", "command"],
         env=env,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""The pure batch core of the detection worker (:mod:`streams.detect`), the epoch follower's
+"""The pure batch core of the detection worker (:mod:`ess.detection.detector`), the epoch follower's
 fold and the app factory's wiring: everything that needs no broker."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import orjson
 import pytest
 
 from ess.core.reader import seal_entry
+from ess.detection import build_detectors
+from ess.detection.detector import RawRecord, Slot, TopicDetector, split_table_key, table_key
+from ess.roles.detect.epoch import EpochFollower, StaticEpoch
+from ess.roles.detect.settings import DetectorSettings
 from ess.rules.base import Context, Coordinates
 from ess.rules.catalog import RECORD_TYPE, Detector, build_rules
 from ess.rules.config import DetectionConfig
 from schemas import ActivatedEntry, ReasonCode, ResetEntry, encode, topic_registry
-from streams.app import build_detectors, create_app
-from streams.detect import RawRecord, Slot, TopicDetector, split_table_key, table_key
-from streams.epoch import EpochFollower, StaticEpoch
-from streams.settings import DetectorSettings
+from streams.app import create_app
 from tests.statelog_support import PROCESSOR, LogBuilder, trust
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -334,7 +335,7 @@ def test_create_app_wires_one_agent_and_one_copartitioned_table_per_input_topic(
 
 def test_build_detectors_covers_every_input_topic_with_the_catalog_rules() -> None:
     settings = DetectorSettings(bootstrap="x:1", registry=topic_registry("p"))
-    detectors = {d.logical: d for d in build_detectors(settings)}
+    detectors = {d.logical: d for d in build_detectors(settings.detection, settings.registry)}
     assert set(detectors) == set(RECORD_TYPE)
     assert detectors["order_errors"].topic == "p.order-errors"
     assert [r.name for r in detectors["pnl"].rules] == [

@@ -15,10 +15,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from ess.executor.service import ExecutorMetrics
-from ess.metrics import DetectMetrics, ProcessorMetrics, ProjectorMetrics
-from ess.worker import ROLES
-from streams.observe import DEAD_LETTER_REASONS
+from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.detect.metrics import DetectMetrics
+from ess.roles.detect.observe import DEAD_LETTER_REASONS
+from ess.roles.execute.service import ExecutorMetrics
+from ess.roles.project.metrics import ProjectorMetrics
+from ess.roles.worker import ROLES
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 

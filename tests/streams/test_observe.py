@@ -1,4 +1,4 @@
-"""What a detection worker reports about itself (:mod:`streams.observe`), without a broker:
+"""What a detection worker reports about itself (:mod:`ess.roles.detect.observe`), without a broker:
 lag and its age, stalls and the wedged bound, counts by rule and dead-letter reason, and the
 ``/status``, ``/metrics`` and ``/healthz`` pages served from them. Times are explicit (a
 hand-driven monotonic clock); Faust's consumer is a small fake exposing the three accessors
@@ -15,24 +15,25 @@ import aiohttp
 import orjson
 import pytest
 
-from ess.deadletter import build_dead_letter
-from ess.metrics import DetectMetrics, ProcessorMetrics
-from ess.rules.base import Context
-from ess.rules.catalog import RECORD_TYPE, build_rules
-from ess.rules.config import DetectionConfig
-from ess.status import StatusServer, serve_status
-from schemas import topic_registry
-from streams.app import create_app
-from streams.detect import RawRecord, TopicDetector
-from streams.epoch import StaticEpoch
-from streams.observe import (
+from ess.core.deadletter import build_dead_letter
+from ess.detection.detector import RawRecord, TopicDetector
+from ess.observability.status import StatusServer, serve_status
+from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.detect.epoch import StaticEpoch
+from ess.roles.detect.metrics import DetectMetrics
+from ess.roles.detect.observe import (
     DEAD_LETTER_REASONS,
     REBALANCE_GRACE_FACTOR,
     DetectObserver,
     LagTracker,
     dead_letter_reason,
 )
-from streams.settings import DetectorSettings
+from ess.roles.detect.settings import DetectorSettings
+from ess.rules.base import Context
+from ess.rules.catalog import RECORD_TYPE, build_rules
+from ess.rules.config import DetectionConfig
+from schemas import topic_registry
+from streams.app import create_app
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=5)

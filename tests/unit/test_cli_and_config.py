@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ess.cli import cli
 from ess.config import EssSettings
 from ess.core.attestation import SigningKey, key_id
 from ess.core.signing import (
@@ -18,6 +17,7 @@ from ess.core.signing import (
     public_bytes,
     write_key_pair,
 )
+from ess.operator.cli import cli
 
 
 def keygen(*args: str) -> Result:

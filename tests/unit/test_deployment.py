@@ -38,14 +38,14 @@ from pydantic import AliasChoices
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
 from ess.config import EssSettings
-from ess.executor.config import ExecutorSettings, parse_venues
-from ess.executor.service import ExecutorMetrics
-from ess.metrics import ProjectorMetrics
 from ess.policystore import CHANNEL
-from ess.processor import EXIT_FENCED, FencedError, default_group_id
-from ess.worker import ROLES, WorkerError
+from ess.roles.command.processor import EXIT_FENCED, FencedError, default_group_id
+from ess.roles.detect.settings import DetectEnv
+from ess.roles.execute.service import ExecutorMetrics
+from ess.roles.project.metrics import ProjectorMetrics
+from ess.roles.worker import ROLES, WorkerError
+from ess.venues.config import ExecutorSettings, parse_venues
 from schemas.topics import TopicRegistry, topic_registry
-from streams.settings import DetectEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -161,7 +161,7 @@ def _setting_env_names() -> set[str]:
     names |= {f"ESS_EXECUTOR_{name}".upper() for name in ExecutorSettings.model_fields}
     names |= {f"ESS_DETECT_{name}".upper() for name in DetectEnv.model_fields}
     # The venue list is read by load_venues() from the raw environment.
-    source = (ROOT / "ess" / "executor" / "config.py").read_text()
+    source = (ROOT / "ess" / "venues" / "config.py").read_text()
     names |= set(re.findall(r'env\.get\("(ESS_VENUES(?:_FILE)?)"', source))
     assert {"ESS_VENUES_FILE", "ESS_VENUES"} <= names
     return names
@@ -312,7 +312,7 @@ def test_status_servers_are_reachable_and_scraped(services: dict[str, dict[str, 
     command = _env(services["ess-command"])
     detect = {name: _env(services[name]) for name in ("ess-detect-a", "ess-detect-b")}
     # Every status server binds ESS_STATUS_HOST (default 127.0.0.1: unreachable from another
-    # container); the executor and the detector get it from the same setting (ess.worker).
+    # container); the executor and the detector get it from the same setting (ess.roles.worker).
     for env in (project, execute, command, *detect.values()):
         assert env["ESS_STATUS_HOST"] == "0.0.0.0"
     prometheus = _load_yaml(DOCKER / "prometheus.yml")
@@ -764,7 +764,7 @@ def test_each_role_reads_and_writes_exactly_what_it_owns(
 def test_service_roles_describe_every_registry_topic_and_its_configs(
     plan: InitPlan, registry: TopicRegistry
 ) -> None:
-    """ess.broker.ensure_topics lists every registry topic at start: a topic a role cannot
+    """ess.kafka.broker.ensure_topics lists every registry topic at start: a topic a role cannot
     describe looks missing, and creating it is (rightly) denied."""
     for user in set(ROLE_USERS.values()):
         for operation in ("Describe", "DescribeConfigs"):

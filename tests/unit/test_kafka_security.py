@@ -27,7 +27,7 @@ from loguru import logger
 from pydantic import SecretStr, ValidationError
 
 from ess.config import EssSettings
-from ess.kafka import (
+from ess.kafka.clients import (
     PLAINTEXT,
     KafkaSecurity,
     KafkaSecurityError,
@@ -35,10 +35,10 @@ from ess.kafka import (
     consumer,
     producer,
 )
+from ess.roles.detect.epoch import StaticEpoch
+from ess.roles.detect.settings import DetectorSettings
 from schemas import topic_registry
 from streams.app import create_app
-from streams.epoch import StaticEpoch
-from streams.settings import DetectorSettings
 
 PASSWORD = "s3cr3t-Pa55word-do-not-print"  # a test value that must never leak
 

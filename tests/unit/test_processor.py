@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from ess.config import EssSettings
+from ess.core.deadletter import MAX_ERROR_CHARS, MAX_RAW_BYTES, build_dead_letter
 from ess.core.ids import derive_id
-from ess.deadletter import MAX_ERROR_CHARS, MAX_RAW_BYTES, build_dead_letter
-from ess.processor import (
+from ess.roles.command.processor import (
     SOURCE,
     Fault,
     ProcessorStatus,

@@ -9,8 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ess.core import INITIAL_STATE, EssState, fold
-from ess.metrics import LogTally, ProjectorMetrics, tally_entries
-from ess.projector import (
+from ess.observability.status import ProjectorStatus, serve_status
+from ess.roles.project.metrics import LogTally, ProjectorMetrics, tally_entries
+from ess.roles.project.projector import (
     NEVER,
     LogCondition,
     WriterWatch,
@@ -21,7 +22,6 @@ from ess.projector import (
     should_publish,
     store_is_ahead,
 )
-from ess.status import ProjectorStatus, serve_status
 from schemas import (
     ActivatedEntry,
     EmergencyResetEvent,

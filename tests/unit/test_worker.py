@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ess import worker
-from ess.cli import cli
 from ess.config import EssSettings
 from ess.core.signing import KeyMaterialError, generate_private_key, public_bytes, write_key_pair
-from ess.executor.config import VenueConfigError
-from ess.processor import EXIT_FENCED, FencedError
-from ess.worker import ROLES, run_worker
+from ess.operator.cli import cli
+from ess.roles import worker
+from ess.roles.command.processor import EXIT_FENCED, FencedError
+from ess.roles.worker import ROLES, run_worker
+from ess.venues.config import VenueConfigError
 
 
 @pytest.mark.parametrize("roles", [(), ("detect", "trade")])

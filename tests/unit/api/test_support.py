@@ -10,7 +10,7 @@ from loguru import logger
 from ess.api.reasons import parse_reason
 from ess.clock import ManualClock, SystemClock
 from ess.examples import seed_demo
-from ess.logging import configure_logging, redact_text
+from ess.observability.logging import configure_logging, redact_text
 from schemas import ReasonCode
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ess.processor import decode_command
+from ess.roles.command.processor import decode_command
 from schemas import RECORD_TYPES, RecordError, TripCommand, export
 from schemas.export import JSON_DIR, render_all
 

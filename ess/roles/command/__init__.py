@@ -1,0 +1,1 @@
+"""The ``command`` role: the command processor, single writer of the state log."""

@@ -1,0 +1,88 @@
+"""The state log ``ess.state``: append-only, one partition, one writer, read by everyone.
+
+Storage is a port, :class:`StateLog` (raw bytes in, raw records out), with two adapters: the
+Kafka topic (:mod:`ess.statelog.kafka`) and a list (:mod:`ess.statelog.memory`). Reading is one
+class, :class:`StateLogReader`, that every reader uses: it verifies each record's seal and
+chain and folds only authentic entries (:mod:`ess.core.reader` has the rules), and logs what
+it refused. A reader never decodes a state-log record any other way.
+
+A record that does not verify is *foreign*: never applied, logged CRITICAL, and it leaves
+the reader untrusted until the command processor acknowledges it with a trip
+(:attr:`StateLogReader.trusted`). A ``seq`` gap or a reset whose authorization does not
+verify raises :class:`~ess.core.reader.LogBroken`: the reader must fail closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from loguru import logger
+
+from ess.core.reader import BatchReport, Folded, LogBroken, RawRecord, Trust, fold_records
+
+__all__ = ["StateLog", "StateLogReader"]
+
+
+class StateLog(Protocol):
+    """Read and append ``ess.state`` as raw records (readers verify them)."""
+
+    async def read(self, from_offset: int = 0) -> list[RawRecord]:
+        """Records from ``from_offset`` to the current end."""
+        ...
+
+    async def append(self, value: bytes) -> int:
+        """Append one record durably; returns its offset."""
+        ...
+
+
+class StateLogReader:
+    """Verifies and folds ``ess.state`` records as they are read; logs what it refuses.
+
+    One per reader (it holds that reader's position). :meth:`feed` takes the next records in
+    offset order and returns what it did; :attr:`folded` is where the reader stands.
+    ``name`` labels log lines (``projector``, ``executor``...).
+    """
+
+    def __init__(self, trust: Trust, *, name: str, start: Folded | None = None) -> None:
+        self.trust = trust
+        self.name = name
+        self.folded = start or Folded()
+
+    @property
+    def trusted(self) -> bool:
+        """No foreign record is waiting for the processor's acknowledgement."""
+        return self.folded.trusted
+
+    def feed(self, records: Sequence[RawRecord]) -> BatchReport:
+        """Fold ``records`` (the next ones in the log). Raises
+        :class:`~ess.core.reader.LogBroken` when the log cannot be folded further."""
+        fresh = [record for record in records if record.offset >= self.folded.next_offset]
+        if not fresh:
+            return BatchReport()
+        try:
+            self.folded, report = fold_records(fresh, self.trust, self.folded)
+        except LogBroken as exc:
+            logger.bind(reader=self.name, topic=self.trust.scope, error=str(exc)).critical(
+                "state log cannot be folded further: failing closed"
+            )
+            raise
+        self._log(report)
+        return report
+
+    def _log(self, report: BatchReport) -> None:
+        for item in report.foreign:
+            logger.bind(
+                reader=self.name, topic=self.trust.scope, offset=item.offset, why=item.why
+            ).critical("foreign record in the state log: not applied, log untrusted")
+        for logged in report.skipped:
+            logger.bind(
+                reader=self.name,
+                offset=logged.offset,
+                seq=logged.entry.seq,
+                kind=logged.entry.kind,
+            ).warning("state log: authentic copy skipped (first writer wins)")
+        for offset in report.acknowledged:
+            logger.bind(reader=self.name, upto_offset=offset).warning(
+                "foreign state-log records acknowledged by the command processor"
+            )

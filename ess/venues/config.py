@@ -1,0 +1,242 @@
+"""Executor configuration: which venues to flatten, with which credentials and budgets.
+
+Venues come from a TOML or JSON file (``ESS_VENUES_FILE``) or inline JSON (``ESS_VENUES``), a
+list of :class:`VenueConfig`. Credentials never appear in that file: each venue names the
+environment variables that hold its key and secret (by default ``ESS_VENUE_<NAME>_API_KEY`` and
+``ESS_VENUE_<NAME>_SECRET``), and :func:`load_venues` reads them into ``SecretStr`` values that
+print as ``**********``. A venue whose credentials are missing is a configuration error at
+start, not a surprise during an emergency.
+
+Example ``venues.toml``::
+
+    [[venues]]
+    name = "binance-futures"
+    exchange = "binanceusdm"
+    account = "main"
+    countdown_symbols = ["BTCUSDT", "ETHUSDT"]
+
+    [[venues]]
+    name = "binance-spot"
+    exchange = "binance"
+    account = "main"
+    quote = "USDT"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ess.core.flatten import MarketKind
+
+__all__ = [
+    "ExecutorSettings",
+    "VenueConfig",
+    "VenueConfigError",
+    "VenueCredentials",
+    "load_venues",
+    "parse_venues",
+]
+
+ExchangeId = Literal["binanceusdm", "binance"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class VenueConfigError(ValueError):
+    """The venue configuration is missing, malformed or lacks credentials."""
+
+
+class VenueConfig(BaseModel):
+    """One account on one venue. Budgets default to Binance's published limits with headroom:
+    the executor shares the IP's weight budget with the trading services."""
+
+    # A credential pasted into the venue file by mistake must not reappear in the error.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    #: Unique name: part of report keys, metric labels and derived client order ids.
+    name: str
+    #: ccxt exchange id: ``binanceusdm`` (USD-M futures) or ``binance`` (spot).
+    exchange: ExchangeId
+    #: Account label for reports and logs (never a credential).
+    account: str = "main"
+    #: Override of the venue's REST base URL (a gateway, a test host, the simulator).
+    base_url: str | None = None
+    #: Environment variables holding the credentials; default ``ESS_VENUE_<NAME>_API_KEY`` /
+    #: ``ESS_VENUE_<NAME>_SECRET`` with the name upper-cased and ``-``/``.`` as ``_``.
+    api_key_env: str | None = None
+    secret_env: str | None = None
+    #: Spot: the currency balances are sold into; every other asset with a ``<ASSET><quote>``
+    #: market is exposure to flatten.
+    quote: str = "USDT"
+    #: Spot: assets never sold (besides ``quote``), e.g. fee tokens held on purpose.
+    keep_assets: tuple[str, ...] = ()
+    #: Futures: symbols whose ``countdownCancelAll`` dead-man's switch is kept armed.
+    countdown_symbols: tuple[str, ...] = ()
+    #: Countdown length; the switch is re-armed every third of it.
+    countdown_ms: int = Field(default=60_000, ge=1_000, le=3_600_000)
+    #: Request-weight budget per minute (Binance: futures 2400, spot 6000 per IP).
+    weight_per_minute: int = Field(default=0, ge=0)
+    #: Order budget per 10 s (Binance: futures 300, spot 100 per account).
+    orders_per_10s: int = Field(default=0, ge=0)
+    #: Most requests in flight at once on this venue.
+    max_in_flight: int = Field(default=64, ge=1, le=256)
+    #: Per-request timeout.
+    timeout_ms: int = Field(default=3_000, ge=100, le=60_000)
+
+    @field_validator("name", "account")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} must match {_NAME.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_by_exchange(self) -> VenueConfig:
+        futures = self.exchange == "binanceusdm"
+        # 80 % of the published budgets: the trading services share the IP weight budget.
+        if not self.weight_per_minute:
+            object.__setattr__(self, "weight_per_minute", 1920 if futures else 4800)
+        if not self.orders_per_10s:
+            object.__setattr__(self, "orders_per_10s", 240 if futures else 80)
+        if self.countdown_symbols and not futures:
+            raise ValueError("countdown_symbols: only binanceusdm has countdownCancelAll")
+        return self
+
+    @property
+    def market_kind(self) -> MarketKind:
+        return MarketKind.FUTURES if self.exchange == "binanceusdm" else MarketKind.SPOT
+
+    def env_names(self) -> tuple[str, str]:
+        """The environment variables of this venue's key and secret."""
+        stem = "ESS_VENUE_" + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
+        return (self.api_key_env or f"{stem}_API_KEY", self.secret_env or f"{stem}_SECRET")
+
+
+class VenueCredentials(BaseModel):
+    """A venue's API key and secret; both print masked, also in validation errors."""
+
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+
+    api_key: SecretStr
+    secret: SecretStr
+
+
+class ExecutorSettings(BaseSettings):
+    """How hard the executor pushes, from ``ESS_EXECUTOR_<FIELD>`` variables (for example
+    ``ESS_EXECUTOR_FLATTEN_DEADLINE_S=5``). Defaults suit a real venue; tests shorten them."""
+
+    model_config = SettingsConfigDict(env_prefix="ESS_EXECUTOR_", frozen=True, extra="ignore")
+
+    #: Past this long without a verified-flat read, ``flatten_stalled`` is reported (and
+    #: repeated every ``stalled_report_interval_s``) while the executor keeps trying.
+    flatten_deadline_s: float = Field(default=10.0, gt=0)
+    stalled_report_interval_s: float = Field(default=10.0, gt=0)
+    #: Once flat: how often to re-read while ACTIVE (late fills, rogue orders). A complete read
+    #: weighs 90 on Binance futures (positions, account, open orders of both books without a
+    #: symbol) and 100 on spot: every 5 s that is about half of the default weight budget.
+    enforce_interval_s: float = Field(default=5.0, gt=0)
+    #: Retry backoff after a failed round: doubles from ``backoff_initial_s`` to the cap.
+    backoff_initial_s: float = Field(default=0.05, gt=0)
+    backoff_max_s: float = Field(default=2.0, gt=0)
+    #: No answer from ``ess.state`` for this long: stop re-arming the venues' dead-man's
+    #: switches (ESS cannot know whether it was tripped), so the venues cancel on their own.
+    log_timeout_s: float = Field(default=3.0, gt=0)
+    #: While INACTIVE, how often each venue's credentials are probed with one authenticated
+    #: read (a snapshot: weight 90 on futures, 100 on spot, through the same budget as the
+    #: flatten). A venue that refuses them (or refuses them during a flatten) is reported as
+    #: an ``api_key_invalid`` security event, which trips ESS: better now than in an emergency.
+    credential_probe_interval_s: float = Field(default=60.0, gt=0)
+    #: At start, each venue is read once (bounded by this): an account ESS could never
+    #: flatten (Binance futures in hedge mode) makes the executor refuse to start.
+    start_check_timeout_s: float = Field(default=10.0, gt=0)
+    #: How often the watchdog checks "while ACTIVE, the current activation is enforced" and
+    #: restarts enforcement (counted) if it ever finds it broken.
+    watchdog_interval_s: float = Field(default=1.0, gt=0)
+    #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
+    status_port: int = Field(default=9465, ge=-1, le=65535)
+
+
+def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
+    """Venue configs from parsed TOML/JSON: a list, or a mapping with a ``venues`` list.
+
+    A mapping without ``venues`` (a typo such as ``[[venue]]``) or with other top-level keys
+    is refused: it would otherwise read as "no venues" and ESS would stop nothing on any
+    exchange. Only an explicit empty list (``venues = []``) means none on purpose."""
+    if isinstance(data, Mapping):
+        unknown = sorted(str(key) for key in data if key != "venues")
+        if unknown:
+            raise VenueConfigError(
+                f"unknown top-level keys in the venue configuration: {', '.join(unknown)} "
+                "(expected only `venues`, a list of [[venues]] tables)"
+            )
+        if "venues" not in data:
+            raise VenueConfigError(
+                "the venue configuration has no `venues` list; write `venues = []` to run "
+                "without venues on purpose"
+            )
+        data = data["venues"]
+    if not isinstance(data, Sequence) or isinstance(data, str | bytes):
+        raise VenueConfigError("venue configuration must be a list of venues")
+    try:
+        venues = tuple(VenueConfig.model_validate(item) for item in data)
+    except ValueError as exc:
+        raise VenueConfigError(f"invalid venue configuration: {exc}") from exc
+    names = [venue.name for venue in venues]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise VenueConfigError(f"venue names must be unique; repeated: {', '.join(duplicated)}")
+    return venues
+
+
+def load_venues(
+    env: Mapping[str, str],
+) -> tuple[tuple[VenueConfig, VenueCredentials], ...]:
+    """Venues and their credentials from ``ESS_VENUES_FILE`` or ``ESS_VENUES`` in ``env``.
+
+    No venue configured gives an empty tuple (the executor then refuses to start: see
+    :mod:`ess.roles.execute.service`). Missing credentials raise :class:`VenueConfigError` naming
+    the variables, never their values.
+    """
+    path = env.get("ESS_VENUES_FILE", "").strip()
+    inline = env.get("ESS_VENUES", "").strip()
+    if path and inline:
+        raise VenueConfigError("set ESS_VENUES_FILE or ESS_VENUES, not both")
+    if path:
+        text = _read(Path(path))
+        try:
+            data: Any = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise VenueConfigError(f"{path}: {exc}") from exc
+    elif inline:
+        try:
+            data = json.loads(inline)
+        except json.JSONDecodeError as exc:
+            raise VenueConfigError(f"ESS_VENUES: {exc}") from exc
+    else:
+        return ()
+    loaded: list[tuple[VenueConfig, VenueCredentials]] = []
+    for venue in parse_venues(data):
+        key_name, secret_name = venue.env_names()
+        missing = [name for name in (key_name, secret_name) if not env.get(name)]
+        if missing:
+            raise VenueConfigError(f"venue {venue.name}: set {' and '.join(missing)}")
+        credentials = VenueCredentials(
+            api_key=SecretStr(env[key_name]), secret=SecretStr(env[secret_name])
+        )
+        loaded.append((venue, credentials))
+    return tuple(loaded)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise VenueConfigError(f"cannot read venue file {path}: {exc}") from exc
