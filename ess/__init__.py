@@ -4,40 +4,82 @@ The package top level is the original in-process API: a controller that stops tr
 only an authorized reset re-enables it, a system that runs condition evaluators, the
 evaluators themselves, and fakes of every port. It runs on the same pure core
 (:mod:`ess.core`) as the stream workers.
+
+The names load lazily: ``import ess.gate`` in a trading service (or ``import ess.<anything>``)
+does not import the in-process API and its fakes; ``from ess import EmergencyStopController``
+imports just what it needs on first use.
 """
 
-from ess.api.controller import ActivationIncomplete, EmergencyStopController, ResetRejected
-from ess.api.evaluators import (
-    DataFeedEmergencyEvaluator,
-    DrawdownEmergencyEvaluator,
-    EvaluationError,
-    ExecutionErrorEmergencyEvaluator,
-    ManualTriggerEmergencyEvaluator,
-    SystemHealthEmergencyEvaluator,
-)
-from ess.api.fakes import (
-    FakeEventBus,
-    FakeExchangeClient,
-    FakeFailure,
-    FakeHealthEvaluator,
-    FakePolicyStore,
-)
-from ess.api.protocols import (
-    EMERGENCY_STOP_KEY,
-    DataFeedMonitor,
-    EmergencyConditionEvaluator,
-    EmergencyState,
-    EventBus,
-    ExchangeClient,
-    MetricsRepository,
-    PolicyStore,
-    SystemHealthMonitor,
-    TradeLogsRepository,
-)
-from ess.api.system import EmergencyStopSystem
-from schemas import EmergencyResetEvent, EmergencyStopEvent, ReasonCode
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ess.api.controller import ActivationIncomplete, EmergencyStopController, ResetRejected
+    from ess.api.evaluators import (
+        DataFeedEmergencyEvaluator,
+        DrawdownEmergencyEvaluator,
+        EvaluationError,
+        ExecutionErrorEmergencyEvaluator,
+        ManualTriggerEmergencyEvaluator,
+        SystemHealthEmergencyEvaluator,
+    )
+    from ess.api.fakes import (
+        FakeEventBus,
+        FakeExchangeClient,
+        FakeFailure,
+        FakeHealthEvaluator,
+        FakePolicyStore,
+    )
+    from ess.api.protocols import (
+        EMERGENCY_STOP_KEY,
+        DataFeedMonitor,
+        EmergencyConditionEvaluator,
+        EmergencyState,
+        EventBus,
+        ExchangeClient,
+        MetricsRepository,
+        PolicyStore,
+        SystemHealthMonitor,
+        TradeLogsRepository,
+    )
+    from ess.api.system import EmergencyStopSystem
+    from schemas import EmergencyResetEvent, EmergencyStopEvent, ReasonCode
 
 __version__ = "0.1.0"
+
+#: Where each public name lives; imported on first access (PEP 562).
+_LAZY: dict[str, str] = {
+    "ActivationIncomplete": "ess.api.controller",
+    "DataFeedEmergencyEvaluator": "ess.api.evaluators",
+    "DataFeedMonitor": "ess.api.protocols",
+    "DrawdownEmergencyEvaluator": "ess.api.evaluators",
+    "EMERGENCY_STOP_KEY": "ess.api.protocols",
+    "EmergencyConditionEvaluator": "ess.api.protocols",
+    "EmergencyResetEvent": "schemas",
+    "EmergencyState": "ess.api.protocols",
+    "EmergencyStopController": "ess.api.controller",
+    "EmergencyStopEvent": "schemas",
+    "EmergencyStopSystem": "ess.api.system",
+    "EvaluationError": "ess.api.evaluators",
+    "EventBus": "ess.api.protocols",
+    "ExchangeClient": "ess.api.protocols",
+    "ExecutionErrorEmergencyEvaluator": "ess.api.evaluators",
+    "FakeEventBus": "ess.api.fakes",
+    "FakeExchangeClient": "ess.api.fakes",
+    "FakeFailure": "ess.api.fakes",
+    "FakeHealthEvaluator": "ess.api.fakes",
+    "FakePolicyStore": "ess.api.fakes",
+    "ManualTriggerEmergencyEvaluator": "ess.api.evaluators",
+    "MetricsRepository": "ess.api.protocols",
+    "PolicyStore": "ess.api.protocols",
+    "ReasonCode": "schemas",
+    "ResetRejected": "ess.api.controller",
+    "SystemHealthEmergencyEvaluator": "ess.api.evaluators",
+    "SystemHealthMonitor": "ess.api.protocols",
+    "TradeLogsRepository": "ess.api.protocols",
+}
 
 __all__ = [
     "EMERGENCY_STOP_KEY",
@@ -70,3 +112,16 @@ __all__ = [
     "TradeLogsRepository",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ess' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -37,6 +37,7 @@ from ess.clock import Clock, SystemClock
 from ess.core import INITIAL_STATE, EssState, ResetPolicy, decide, derive_id, evolve
 from ess.core.projection import event_for, policy_record
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
+from ess.errors import EssError
 from schemas import (
     IDENT_MAX,
     TEXT_MAX,
@@ -61,7 +62,7 @@ def _fit(text: str, limit: int) -> str:
     return clip(text.encode("utf-8", "replace").decode("utf-8"), limit)
 
 
-class ResetRejected(PermissionError):
+class ResetRejected(EssError, PermissionError):
     """A reset that the state machine refused; ``why`` is the contract's reject reason."""
 
     def __init__(self, entry: ResetRejectedEntry) -> None:
@@ -70,7 +71,7 @@ class ResetRejected(PermissionError):
         super().__init__(f"reset rejected ({entry.why}): {entry.detail}")
 
 
-class ActivationIncomplete(RuntimeError):
+class ActivationIncomplete(EssError, RuntimeError):
     """ESS is ACTIVE (latched) but some activation steps failed and will be retried.
 
     ``failures`` maps step name to the last error text."""

@@ -15,13 +15,14 @@ from ess.api.protocols import (
     SystemHealthMonitor,
     TradeLogsRepository,
 )
+from ess.errors import EssError
 from schemas import HealthStatus, ReasonCode
 
 Verdict = tuple[bool, str | None]
 FINE: Verdict = (False, None)
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(EssError, RuntimeError):
     """The evaluator could not reach a verdict; ESS treats this as triggered."""
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ess.api.evaluators import FINE, Verdict
+from ess.errors import EssError
 from schemas import EmergencyResetEvent, EmergencyStopEvent, ReasonCode
 
 
-class FakeFailure(ConnectionError):
+class FakeFailure(EssError, ConnectionError):
     """The failure a fake raises when told to fail."""
 
 

@@ -25,12 +25,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from ess.errors import EssError
 from ess.rules.config import AccountLimits, AccountOverrides, DetectionConfig
 
 __all__ = ["ConfigError", "apply_overrides", "load_config", "parse_assignment"]
 
 
-class ConfigError(ValueError):
+class ConfigError(EssError, ValueError):
     """A config file or an override that cannot be used; the message says which and why."""
 
 

@@ -46,6 +46,7 @@ from aiokafka import TopicPartition
 from loguru import logger
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from ess.errors import EssError
 from ess.kafka.clients import KafkaSecurity, consumer
 from schemas import TopicRegistry, TopicSpec
 
@@ -79,7 +80,7 @@ Encoding = Literal["utf-8", "base64"]
 ProgressCallback = Callable[[str, int, int], None]
 
 
-class RecordingError(ValueError):
+class RecordingError(EssError, ValueError):
     """A recording that cannot be made or read; the message says what to fix."""
 
 

@@ -11,13 +11,15 @@ from typing import Any, Final
 
 from loguru import logger
 
+from ess.errors import EssError
+
 __all__ = ["CampaignError", "bounded", "first_true", "percentile", "rounded", "until"]
 
 #: Longest any teardown step may take.
 TEARDOWN_TIMEOUT_S: Final = 10.0
 
 
-class CampaignError(RuntimeError):
+class CampaignError(EssError, RuntimeError):
     """The set-up did not come up in time (no figure can be taken)."""
 
 

@@ -27,6 +27,7 @@ from ess.core.edwards import public_key_problem
 from ess.core.growset import GrowSet
 from ess.core.signing import verify_reset
 from ess.core.state import INITIAL_STATE, Activation, Approval, EssState, Status
+from ess.errors import EssError
 from schemas import (
     ActivatedEntry,
     RejectReason,
@@ -53,7 +54,7 @@ DEFAULT_MAX_SKEW = timedelta(seconds=30)
 TRIP_RECORDS_PER_ACTIVATION = 1000
 
 
-class SequenceError(ValueError):
+class SequenceError(EssError, ValueError):
     """An entry whose ``seq`` is not the next one: a gap, a duplicate or a second writer."""
 
 

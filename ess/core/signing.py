@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ess.core.edwards import public_key_problem
+from ess.errors import EssError
 from schemas import ResetCommand
 
 SIGNED_FIELDS = (
@@ -43,7 +44,7 @@ SIGNED_FIELDS = (
 )
 
 
-class KeyMaterialError(ValueError):
+class KeyMaterialError(EssError, ValueError):
     """A key file or key text that cannot be used."""
 
 

@@ -48,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from loguru import logger
 
+from ess.errors import EssError
 from ess.kafka.clients import PLAINTEXT, KafkaSecurity, admin_client
 from schemas.topics import TopicRegistry, TopicRole, TopicSpec
 
@@ -91,7 +92,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _T = TypeVar("_T")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(EssError, RuntimeError):
     """The broker cannot be started, reached, or brought to the registry's topic layout."""
 
 

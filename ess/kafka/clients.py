@@ -42,6 +42,8 @@ from aiokafka.helpers import create_ssl_context
 from loguru import logger
 from pydantic import SecretStr
 
+from ess.errors import EssError
+
 __all__ = [
     "FETCH_MAX_WAIT_MS",
     "HEARTBEAT_INTERVAL_MS",
@@ -76,7 +78,7 @@ _ONE_RECORD_PER_BATCH: Final = 1
 _POLL_MS: Final = 100
 
 
-class UnknownTopicError(LookupError):
+class UnknownTopicError(EssError, LookupError):
     """The topic or partition does not exist (and was deliberately not auto-created)."""
 
 
@@ -91,7 +93,7 @@ _PROTOCOLS: Final[tuple[str, ...]] = get_args(SecurityProtocol)
 _MECHANISMS: Final[tuple[str, ...]] = get_args(SaslMechanism)
 
 
-class KafkaSecurityError(ValueError):
+class KafkaSecurityError(EssError, ValueError):
     """An inconsistent or unusable combination of Kafka security settings."""
 
 

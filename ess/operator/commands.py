@@ -29,6 +29,7 @@ from ess.core import Activation
 from ess.core.attestation import seal_problem
 from ess.core.reader import BatchReport, ForeignRecord, Trust
 from ess.core.signing import load_private_key, sign_reset
+from ess.errors import EssError
 from ess.kafka.clients import KafkaSecurity, consumer, follow_records, producer
 from ess.statelog import Folded, KafkaStateLog, LoggedEntry, StateLogReader, follow_state
 from schemas import (
@@ -50,7 +51,7 @@ _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
-class OperatorError(RuntimeError):
+class OperatorError(EssError, RuntimeError):
     """An operator action that could not be carried out (message says what to do)."""
 
 

@@ -15,9 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from ess.api.protocols import PolicyStore
+from ess.errors import EssError
 
 
-class PolicyStoreError(Exception):
+class PolicyStoreError(EssError):
     """A PolicyStore could not do what was asked. Never means "no record"."""
 
 

@@ -26,6 +26,7 @@ from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.reader import Trust
 from ess.core.signing import generate_private_key
+from ess.errors import EssError
 from ess.kafka.broker import external_bootstrap, kafka_target
 from ess.policystore import policy_store_from_url, redact_url
 from ess.roles.command.processor import run_processor
@@ -42,7 +43,7 @@ from ess.venues.config import (
 ROLES: tuple[str, ...] = ("detect", "command", "execute", "project")
 
 
-class WorkerError(RuntimeError):
+class WorkerError(EssError, RuntimeError):
     """A role failed; the message names it."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Final
 
+from ess.errors import EssError
 from ess.sim.markets import Market, Venue, fmt
 
 __all__ = [
@@ -56,7 +57,7 @@ _SPOT_ORDER_PARAMS: Final = frozenset(
 )  # fmt: skip
 
 
-class ApiError(Exception):
+class ApiError(EssError):
     """A request the exchange rejects: Binance ``code``/``msg`` and the HTTP status to use."""
 
     def __init__(self, code: int, msg: str, status: int = 400) -> None:

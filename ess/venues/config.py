@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ess.core.flatten import MarketKind
+from ess.errors import EssError
 
 __all__ = [
     "ExecutorSettings",
@@ -50,7 +51,7 @@ ExchangeId = Literal["binanceusdm", "binance"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class VenueConfigError(ValueError):
+class VenueConfigError(EssError, ValueError):
     """The venue configuration is missing, malformed or lacks credentials."""
 
 

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ess.core.flatten import VenueSnapshot, plan_flatten
 from ess.core.ids import derive_id
+from ess.errors import EssError
 from ess.venues.ports import VenuePort
 
 __all__ = ["NotFlatError", "VenuesExchangeClient"]
 
 
-class NotFlatError(RuntimeError):
+class NotFlatError(EssError, RuntimeError):
     """A venue still holds orders or positions after the step (or could not be read)."""
 
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from ess.core.flatten import CancelStep, CloseStep, MarketKind, VenueSnapshot
+from ess.errors import EssError
 
 __all__ = ["VenueError", "VenueErrorKind", "VenuePort"]
 
@@ -48,7 +49,7 @@ class VenueErrorKind(StrEnum):
     REJECTED = "rejected"
 
 
-class VenueError(Exception):
+class VenueError(EssError):
     """A venue call failed; ``kind`` says how, ``code`` is the venue's own error code."""
 
     def __init__(

@@ -85,6 +85,7 @@ from ess.core.decider import (
 from ess.core.ids import derive_id
 from ess.core.reader import LogBroken, LoggedEntry, Trust, digest, fold_log, seal_entry
 from ess.core.signing import KeyMaterialError
+from ess.errors import EssError
 from ess.kafka.broker import BrokerError, verify_topic_configs
 from ess.kafka.clients import KafkaSecurity, consumer, producer, supports_idempotence
 from ess.kafka.deadletter import DeadLetterWriter
@@ -161,7 +162,7 @@ _OUTCOMES_REMEMBERED: Final = 16
 _E = TypeVar("_E", bound="ProcessorError")
 
 
-class ProcessorError(RuntimeError):
+class ProcessorError(EssError, RuntimeError):
     """The processor cannot run, or must not go on. Never raised for bad input: bad commands
     are dead-lettered. Raised for infrastructure failures too (an append or a send that
     failed): the processor then stops without committing, and a restart redoes the command."""
