@@ -53,11 +53,12 @@ from pydantic import SecretStr
 from ess.clock import SystemClock
 from ess.core import Activation
 from ess.roles.execute.engine import VenueFlattener, enforce_all
+from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, Venue, default_markets
 from ess.sim.demo import seed_many
 from ess.venues.binance import BinanceVenue
 from ess.venues.ccxt_client import make_exchange
-from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.venues.config import VenueConfig, VenueCredentials
 from schemas import ActionReport, ReasonCode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "flatten.json"
@@ -69,7 +70,7 @@ REPEATS = 3
 SEED = 7
 TARGET_SPEEDUP = 10.0
 TARGET_DEPTH = 4.0
-SETTINGS = ExecutorSettings(flatten_deadline_s=30.0, status_port=-1)
+SETTINGS = ExecuteSettings(flatten_deadline_sec=30.0, status_port=-1)
 
 
 def _seed(sim: ExchangeSimulator, key: str) -> str:

@@ -25,10 +25,10 @@ from typing import Final
 
 from loguru import logger
 
-from ess.config import EssSettings
 from ess.observability.logging import configure_logging
 from ess.roles.command.processor import EXIT_FENCED, FencedError
 from ess.roles.worker import WorkerError, run_worker
+from ess.settings import EssSettings
 
 #: Present while this container holds a fenced processor; the healthcheck looks for it.
 FENCED_MARKER: Final = Path("/tmp/ess-command-fenced")  # noqa: S108 - container-private /tmp
@@ -47,7 +47,7 @@ def main() -> int:
     # decision to try again: forget an earlier fencing.
     FENCED_MARKER.unlink(missing_ok=True)
     settings = EssSettings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.observability.log_level, json=settings.observability.log_json)
     try:
         asyncio.run(run_worker(settings, ("command",)))
     except WorkerError as exc:

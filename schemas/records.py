@@ -1,4 +1,4 @@
-"""Pydantic v2 models of every record in the ESS contract (``CONTRACT.md``).
+"""Pydantic v2 models of every record in the ESS contract (``docs/contract.md``).
 
 Design notes
 ------------

@@ -11,7 +11,7 @@ Per input topic ``T`` (``ess.fills``, ``ess.pnl``, ...):
   (:mod:`ess.detection.detector`, pure), sends the detections as ``TripCommand`` s and waits for
   the broker's ack, writes the changed states (once per key per batch), sends dead letters, and
   only then acks the batch. Any exception is caught inside the loop: an exception escaping a Faust
-  agent would stop it (faust-streaming B1, #315).
+  agent would stop it (faust-streaming #315; docs/faust.md).
 * **table** ``detect-<logical>``: per-(rule, key) state, changelogged (``<app id>-detect-
   <logical>-changelog``) with exactly ``T``'s partition count, and written with ``T``'s
   partition of the record: state for partition ``p`` is recovered on whichever worker owns
@@ -48,7 +48,14 @@ from ess.roles.detect.observe import DetectObserver
 from ess.roles.detect.settings import DetectorSettings
 from ess.rules.base import Context, trip_command
 from schemas import DeadLetter, TripCommand
-from streams.faust_compat import DetectApp, DetectTable, LeanMonitor, ack_batch, current_batch
+from streams.faust_compat import (
+    DetectApp,
+    DetectTable,
+    LeanMonitor,
+    ack_batch,
+    consumer_urls,
+    current_batch,
+)
 
 __all__ = ["ContextSource", "Outputs", "create_app"]
 
@@ -138,20 +145,24 @@ def create_app(
     """
     clock = clock or SystemClock()
     if observer is None:
-        observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_s)
+        observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_sec)
     registry = settings.registry
     input_partitions = {spec.partitions for spec in registry.inputs()}
     app = DetectApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap.split(",")],
+        # The consumer's transport is DetectTransport, picked by its URL scheme; the producer
+        # (trips go through ESS's own, Faust's carries changelogs) stays on kafka://.
+        broker_consumer=consumer_urls(settings.bootstrap),
         store=settings.store,
         autodiscover=False,
         web_enabled=settings.web_enabled,
-        # Tansu makes JoinGroup wait session/2: 6 s gives a ~3 s join and ~15 s blind time
-        # after a SIGKILL (Faust's 60 s default: 30 s join, ~110 s blind).
+        # The embedded broker holds JoinGroup for half the session and keeps a departed member
+        # until its session expires: short sessions make joins and takeovers fast (figures:
+        # BENCHMARKS.md; docs/embedded-broker.md, "Group joins").
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
-        producer_linger=settings.producer_linger_s,
+        producer_linger=settings.producer_linger_ms / 1000,
         # Internal topics Faust creates (leader topic, any table without explicit partitions)
         # default to the input partition count; tables below set theirs explicitly.
         topic_partitions=max(input_partitions),
@@ -194,7 +205,7 @@ def create_app(
 
     ticking = [lane for lane in lanes if lane.detector.ticks]
     if ticking:
-        app.timer(interval=settings.tick_interval_s, name="detect-silence-tick")(
+        app.timer(interval=settings.tick_interval_sec, name="detect-silence-tick")(
             _tick_body(app, ticking, outputs, epoch, clock, observer)
         )
     app.ess_lanes = lanes
@@ -225,9 +236,9 @@ def _agent_body(
         one new record, so it is processed at once (no batching timer in the trip path);
         under load a fetch holds whatever arrived meanwhile.
 
-        Per-record Faust events were measured first: ~57 us of delivery machinery per record
-        capped the worker below 8k records/s; ``stream.take_events`` batches close on a timer
-        that adds to every idle trip.
+        Per-record Faust events cost more delivery machinery than the rules themselves
+        (figures: BENCHMARKS.md); ``stream.take_events`` batches close on a timer that adds to
+        every idle trip. Why the body catches everything: docs/faust.md.
 
         A batch is acknowledged (its offsets may be committed) only once its trips are
         acknowledged by the broker and its states are in the table.

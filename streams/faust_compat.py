@@ -1,36 +1,18 @@
-"""Small, measured subclasses of Faust internals. Each one fixes a documented problem.
+"""Small subclasses of Faust internals, each fixing a documented problem (docs/faust.md).
 
-Faust has no typed API here, so ``Any`` stays in this module.
+1. One stream event per fetched batch (:class:`DetectConsumer`, :meth:`DetectApp.deliver_batches`,
+   :class:`FetchedBatch`): a copy of Faust 0.15.3's ``Consumer._drain_messages``/``getmany``.
+2. A configurable consumer fetch wait (:class:`DetectConsumerThread`); Faust hard-codes 1500 ms.
+3. Table recovery up to the fetch high watermark (:meth:`DetectConsumerThread._highwaters`).
+4. Table writes outside stream iteration, flushed once per key per commit (:class:`DetectTable`).
+5. No per-event monitor bookkeeping (:class:`LeanMonitor`).
 
-1. **Consumer fetch wait** (:class:`DetectConsumerThread`). Faust passes the literal
-   ``fetch_max_wait_ms=1500`` in ``faust/transport/drivers/aiokafka.py``
-   (``AIOKafkaConsumerThread._create_worker_consumer``), and no setting reaches it. The
-   embedded Tansu broker holds an idle fetch for the whole wait, and aiokafka allows one fetch
-   in flight per node, so an untouched worker sees a record ~0.5 s late at idle and ~1.4 s at
-   1k records/s (``docs/embedded-broker.md``, "Idle fetches"). The subclass sets
-   the value on the consumer it builds; aiokafka reads it when its Fetcher starts. 5-20 ms
-   all give ~10 ms idle detection latency.
-2. **High watermarks** (:meth:`DetectConsumerThread._highwaters`). Table recovery stops at
-   ``end_offsets()``; Tansu 0.6.0 answers it with "base offset of the last batch + 1", so a
-   restarted worker could stop replaying a changelog early and lose keys (measured: 2 of 12
-   restarts lost 7-11 of 10k keys). The subclass also reads the high watermark of a real
-   fetch response and takes the larger value, which is right on Kafka and on Tansu.
-3. **Per-event sensors** (:class:`LeanMonitor`). Faust's ``Monitor`` records four per-event
-   statistics that only its web views show; no-op versions measured +5-10 % throughput.
-4. **Table writes outside stream iteration** (:class:`DetectTable`). ``Table.__setitem__``
-   takes the changelog partition from ``current_event()``, which is unset inside
-   ``stream.take()`` batches and timers (faust-streaming #300, #497: "Cannot modify table key
-   from outside of stream iteration"). :meth:`DetectTable.write` takes the partition
-   explicitly; writes are coalesced per key until the next offset commit (measured: the
-   first benchmark run, with ``send_changelog`` per key per batch, managed 2.8k records/s).
-5. **One stream event per fetched batch** (:meth:`DetectConsumer._drain_messages`). Faust
-   hands every Kafka record to its agent as one stream event: a ``Message``, a queue put, a
-   task switch, the stream's iteration, tracking and an ack per record, ~57 us on this box
-   (cProfile), which capped an agent that does nothing at 15-19.5k records/s. For topics
-   registered with :meth:`DetectApp.deliver_batches`, the consumer instead turns a topic's
-   records from one fetch into a :class:`FetchedBatch`, tracked and acked as one unit, and
-   puts it into an in-memory channel that the topic's agent iterates. Read offsets, gaps,
-   commits, flow control, rebalances and every other topic stay Faust's own.
+:class:`DetectTransport` reaches Faust through its own seams: this module registers it in
+Faust's transport registry under the URL scheme :data:`TRANSPORT_SCHEME`, and
+:func:`streams.app.create_app` names that scheme in ``broker_consumer`` only (the producer
+keeps ``kafka://``). The Faust, mode and aiokafka members relied on are pinned by source
+fingerprint in ``tests/streams/test_faust_drift.py``; pyproject.toml pins faust-streaming
+exactly. Faust has no typed API here, so ``Any`` stays in this module.
 """
 
 from __future__ import annotations
@@ -44,6 +26,7 @@ import faust
 import orjson
 from faust.sensors.monitor import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
 from loguru import logger
@@ -52,14 +35,19 @@ from mode.utils.futures import notify
 from ess.detection.detector import RawRecord
 
 __all__ = [
+    "TRANSPORT_SCHEME",
     "DetectApp",
     "DetectTable",
     "FetchedBatch",
     "LeanMonitor",
     "ack_batch",
+    "consumer_urls",
     "current_batch",
 ]
 
+#: The broker URL scheme of :class:`DetectTransport` in Faust's transport registry. A scheme
+#: of its own: ``kafka://`` keeps meaning Faust's transport for every other app and client.
+TRANSPORT_SCHEME: Final = "ess-kafka"
 #: How long the high-watermark probe may take per recovery round before it settles for the
 #: listed end offsets (what Faust would have used anyway).
 _PROBE_TIMEOUT_S: Final = 5.0
@@ -254,7 +242,14 @@ class DetectConsumer(faust_aiokafka.Consumer):
 
 
 class DetectTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`DetectConsumer` as its consumer; selected by a
+    ``broker_consumer`` URL of scheme :data:`TRANSPORT_SCHEME`."""
+
     Consumer = DetectConsumer
+
+
+# Faust builds an app's consumer transport with ``transport.by_url(broker_consumer[0])``.
+TRANSPORTS[TRANSPORT_SCHEME] = f"{__name__}:DetectTransport"
 
 
 class LeanMonitor(Monitor):
@@ -296,7 +291,7 @@ class DetectTable(faust.Table[str, Any]):
     Changelog records go straight to Faust's aiokafka producer, JSON key and value (what
     ``Table.__setitem__`` would send and recovery decodes). ``send_changelog`` would take its
     partition from ``current_event()``, unset outside a per-event stream iteration (#300,
-    #497), and costs ~250 us per write through ``FutureMessage``/``ProducerBuffer``.
+    #497), and is slow per write (``FutureMessage``/``ProducerBuffer``; figures: BENCHMARKS.md).
     """
 
     def __post_init__(self) -> None:
@@ -320,7 +315,7 @@ class DetectTable(faust.Table[str, Any]):
         many. Faust's commit flushes that producer before it commits the offsets.
 
         Records are appended to one aiokafka batch per changelog partition and sent with
-        ``send_batch`` (~3 us a record instead of ~30 us through ``send``), and the loop
+        ``send_batch`` (far cheaper per record than ``send``; figures: BENCHMARKS.md), and the loop
         yields every ``_FLUSH_SLICE`` keys: a flush after a busy commit interval covers
         thousands of keys, and must not stall the agents (and every trip) while it runs.
         """
@@ -439,7 +434,8 @@ def ack_batch(app: Any, batch: FetchedBatch) -> None:
 
 
 class DetectApp(faust.App):
-    """A Faust app whose Kafka consumer is :class:`DetectConsumer`.
+    """A Faust app whose Kafka consumer is :class:`DetectConsumer`: construct it with
+    ``broker_consumer`` URLs of scheme :data:`TRANSPORT_SCHEME` (:func:`consumer_urls`).
 
     ``ess_fetch_max_wait_ms`` is read when the consumer is created (at start).
     """
@@ -461,6 +457,12 @@ class DetectApp(faust.App):
         """Subscribe to ``topic`` and deliver its records as lists, one per fetch, through
         the returned in-memory channel (which an agent iterates). ``maxsize`` batches may
         wait in the channel before the consumer stops fetching (back-pressure)."""
+        if not isinstance(self.transport, DetectTransport):
+            # Faust's own consumer would never fill the channel: fail here, not silently.
+            raise ValueError(
+                f"batch delivery needs broker_consumer URLs of scheme {TRANSPORT_SCHEME}:// "
+                f"(streams.faust_compat.consumer_urls), got {self.conf.broker_consumer}"
+            )
         channel = self.channel(maxsize=maxsize)
         for name in topic.topics:
             self.ess_batch_routes[name] = channel
@@ -469,5 +471,8 @@ class DetectApp(faust.App):
         self.topics.add(topic)
         return channel
 
-    def _new_transport(self) -> Any:
-        return DetectTransport(self.conf.broker_consumer, self)
+
+def consumer_urls(bootstrap: str) -> list[str]:
+    """``broker_consumer`` for a :class:`DetectApp` from a ``host:port,...`` bootstrap
+    string: the same servers, under :data:`TRANSPORT_SCHEME`."""
+    return [f"{TRANSPORT_SCHEME}://{server.strip()}" for server in bootstrap.split(",")]

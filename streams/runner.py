@@ -16,9 +16,9 @@ before all of that, so an orchestrator sees "starting" (503) rather than nothing
 group join and table recovery, and it stops last.
 
 Faust's ``Worker`` class is not used: it installs signal handlers, reconfigures the root
-logger (at ``-l warn`` it even sets it to DEBUG, costing ~10-15 % throughput)
-and owns the event loop, none of which an embedding process wants. The app is a ``mode``
-service, started and stopped directly.
+logger (at ``-l warn`` it even sets it to DEBUG, which costs throughput; figures:
+BENCHMARKS.md) and owns the event loop, none of which an embedding process wants. The app
+is a ``mode`` service, started and stopped directly.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from typing import Any, Final
 from loguru import logger
 
 from ess.clock import Clock
-from ess.config import EssSettings
 from ess.core.reader import Trust
 from ess.detection.detector import TopicDetector
 from ess.kafka.broker import kafka_target
@@ -43,13 +42,14 @@ from ess.roles.detect.epoch import EpochFollower
 from ess.roles.detect.observe import DetectObserver, sampling
 from ess.roles.detect.outputs import KafkaOutputs
 from ess.roles.detect.settings import DetectorSettings
+from ess.settings import EssSettings, warn_environment
 from streams.app import create_app
 
 __all__ = ["main", "run_detector"]
 
 #: How often the observer samples the consumer between scrapes: the resolution of the lag
 #: age and of the wedged bound.
-_SAMPLE_INTERVAL_S: Final = 0.5
+_SAMPLE_INTERVAL_SEC: Final = 0.5
 
 
 async def run_detector(
@@ -68,7 +68,7 @@ async def run_detector(
     in ``ess.state``. ``detectors`` replaces the catalog's (the benchmark passes instrumented
     ones). ``observer`` (a fresh one when omitted) is what the status server on
     ``settings.status_port`` serves."""
-    observer = observer or DetectObserver(settings.app_id, wedged_after=settings.wedged_after_s)
+    observer = observer or DetectObserver(settings.app_id, wedged_after=settings.wedged_after_sec)
     server: StatusServer | None = None
     if settings.status_port >= 0:
         server = await serve_status(
@@ -124,7 +124,7 @@ async def _run(  # noqa: PLR0917 - private; run_detector passes its arguments on
 
         app.on_startup_finished = started
         await app.start()
-        async with sampling(observer, _SAMPLE_INTERVAL_S):
+        async with sampling(observer, _SAMPLE_INTERVAL_SEC):
             stopping = asyncio.ensure_future(stop.wait())
             crashed = asyncio.ensure_future(app._crashed.wait())
             try:
@@ -158,7 +158,8 @@ class _InterceptHandler(logging.Handler):
 
 async def _amain() -> None:
     ess = EssSettings()
-    configure_logging(ess.log_level, json=ess.log_json)
+    configure_logging(ess.observability.log_level, json=ess.observability.log_json)
+    warn_environment()
     # Faust and aiokafka are chatty at INFO; WARNING keeps the JSON log readable. Not DEBUG:
     # every debug() call would then build a LogRecord per event.
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
@@ -167,11 +168,10 @@ async def _amain() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     registry = ess.registry()
-    security = ess.kafka_security()
-    async with kafka_target(registry, security=security) as bootstrap:
-        settings = DetectorSettings.from_env(
-            bootstrap, registry, security=security, status_host=ess.status_host
-        )
+    async with kafka_target(
+        registry, security=ess.kafka_security(), bootstrap=ess.kafka.bootstrap_servers
+    ) as bootstrap:
+        settings = DetectorSettings.from_settings(ess, bootstrap=bootstrap)
         logger.bind(bootstrap=bootstrap, app_id=settings.app_id, prefix=registry.prefix).info(
             "starting detection worker"
         )
@@ -179,8 +179,8 @@ async def _amain() -> None:
 
 
 def main() -> None:
-    """``python -m streams``: one detection worker until SIGINT/SIGTERM (see
-    :mod:`ess.roles.detect.settings` for the environment it reads)."""
+    """``python -m streams``: one detection worker until SIGINT/SIGTERM (the environment it
+    reads: :class:`ess.settings.DetectSettings` and the shared sections)."""
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up (a ccxt dependency here)
     except ImportError:  # pragma: no cover

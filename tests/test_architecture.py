@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -52,44 +53,58 @@ def _offenders(folder: str, forbidden: tuple[str, ...], allowed: Path | None = N
     return found
 
 
+def _assert_none(offenders: list[str]) -> None:
+    """Fail with one line per offending import, so the message names every file to fix."""
+    assert not offenders, "forbidden imports:\n" + "\n".join(offenders)
+
+
 def test_schemas_is_the_bottom_layer() -> None:
-    assert _offenders("schemas", ("ess", "streams", "bench")) == []
+    _assert_none(_offenders("schemas", ("ess", "streams", "bench")))
 
 
 def test_ess_starts_faust_only_from_the_detect_role() -> None:
-    assert _offenders("ess", ("streams",), allowed=FAUST_STARTER) == []
+    _assert_none(_offenders("ess", ("streams",), allowed=FAUST_STARTER))
 
 
 def test_nothing_imports_the_benchmarks() -> None:
-    assert _offenders("ess", ("bench",)) + _offenders("streams", ("bench",)) == []
+    _assert_none(_offenders("ess", ("bench",)) + _offenders("streams", ("bench",)))
 
 
 @pytest.mark.parametrize("folder", PURE)
 def test_pure_layers_import_no_io_framework_and_no_role(folder: str) -> None:
-    assert _offenders(folder, IMPURE) == []
+    _assert_none(_offenders(folder, IMPURE))
 
 
 def test_no_import_cycle_between_top_level_packages() -> None:
     """The package graph is acyclic once the detect role's start of Faust is set aside (that
     import is the shell being started by its role, the one sanctioned edge back)."""
-    edges: dict[str, set[str]] = {name: set() for name in TOP_LEVEL}
+    #: package -> imported package -> the imports that make the edge ("file:line imports m")
+    edges: dict[str, dict[str, list[str]]] = {name: {} for name in TOP_LEVEL}
     for package in TOP_LEVEL:
         for path in _files(package):
-            if path.relative_to(ROOT).is_relative_to(FAUST_STARTER):
+            relative = path.relative_to(ROOT)
+            if relative.is_relative_to(FAUST_STARTER):
                 continue
-            for _, module in _imports(path):
+            for line, module in _imports(path):
                 target = module.split(".")[0]
                 if target in edges and target != package:
-                    edges[package].add(target)
+                    edges[package].setdefault(target, []).append(
+                        f"{relative}:{line} imports {module}"
+                    )
 
-    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
-        return any(
-            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
-            for nxt in edges[start]
-        )
+    def path_back(start: str, goal: str, seen: frozenset[str]) -> list[str] | None:
+        for nxt in sorted(edges[start]):
+            if nxt == goal:
+                return [start, nxt]
+            if nxt not in seen and (rest := path_back(nxt, goal, seen | {nxt})) is not None:
+                return [start, *rest]
+        return None
 
-    cycles = [package for package in TOP_LEVEL if reaches(package, package)]
-    assert cycles == [], f"import cycle through {cycles}: {edges}"
+    for package in TOP_LEVEL:
+        cycle = path_back(package, package, frozenset())
+        if cycle is not None:
+            evidence = [f"  {where}" for a, b in pairwise(cycle) for where in edges[a][b]]
+            pytest.fail(f"import cycle {' -> '.join(cycle)}:\n" + "\n".join(evidence))
 
 
 def test_audit_replay_and_fuzzing_run_without_faust(tmp_path: Path) -> None:

@@ -38,13 +38,14 @@ class ConfigError(EssError, ValueError):
 def load_config(path: Path | None) -> DetectionConfig:
     """The :class:`DetectionConfig` the live detector used: from ``path`` (TOML or JSON, as
     ``ESS_DETECT_CONFIG``), else from ``ESS_DETECT_CONFIG``, else the defaults."""
-    from ess.roles.detect.settings import DetectEnv, load_detection_config  # noqa: PLC0415
+    from ess.roles.detect.settings import load_detection_config  # noqa: PLC0415
+    from ess.settings import EssSettings  # noqa: PLC0415
 
     if path is None:
         try:
-            path = DetectEnv().config
+            path = EssSettings().detect.config
         except ValidationError as exc:
-            raise ConfigError(f"ESS_DETECT_* settings: {_problems(exc)}") from exc
+            raise ConfigError(f"settings: {_problems(exc)}") from exc
     try:
         return load_detection_config(path)
     except OSError as exc:

@@ -70,6 +70,7 @@ from ess.detection import RawRecord, TopicDetector, build_detectors
 from ess.rules.base import Context, Detection, trip_command
 from ess.rules.catalog import TOPICS
 from ess.rules.config import DetectionConfig
+from ess.settings import DetectSettings
 from schemas import (
     ActivatedEntry,
     ReasonCode,
@@ -89,8 +90,8 @@ __all__ = [
     "replay",
 ]
 
-#: The live worker's default tick interval (``DetectorSettings.tick_interval_s``).
-DEFAULT_TICK_INTERVAL: Final = 1.0
+#: The live worker's default tick interval (``ESS_DETECT_TICK_INTERVAL_SEC``).
+DEFAULT_TICK_INTERVAL: Final = DetectSettings().tick_interval_sec
 DETECTOR_SOURCE: Final = "detector:"
 #: Dead letters kept as examples in the result (all are counted).
 _SAMPLE_DEAD_LETTERS: Final = 20
@@ -544,8 +545,8 @@ def _workers(requested: int | None, records: int, topics: int) -> int:
 
 def _balance(jobs: list[_TopicJob], workers: int) -> list[list[_TopicJob]]:
     """Topics into ``workers`` groups of about equal cost, greedily. Cost per record is
-    about two rules' worth of decoding and bookkeeping plus one per rule (measured on the
-    benchmark mix: 10 us per latency sample with 1 rule, 22 us per health beat with 4)."""
+    about two rules' worth of decoding and bookkeeping plus one per rule (figures:
+    BENCHMARKS.md)."""
     rules = _detectors(jobs[0].prefix, jobs[0].config) if jobs else {}
     groups: list[tuple[int, list[_TopicJob]]] = [(0, []) for _ in range(workers)]
 

@@ -52,7 +52,6 @@ from loguru import logger
 from pydantic import SecretStr
 
 from ess.chaos.support import bounded, first_true, percentile, rounded, until
-from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.signing import generate_private_key
 from ess.gate import PolicyStoreGateFeed, TradingGate
@@ -61,9 +60,10 @@ from ess.policystore import InMemoryPolicyStore
 from ess.roles.command.processor import run_processor
 from ess.roles.execute.service import Countdown, Executor
 from ess.roles.project.projector import run_projector
+from ess.settings import EssSettings, ExecuteSettings
 from ess.sim import ExchangeSimulator, Venue
 from ess.venues.binance import BinanceVenue
-from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.venues.config import VenueConfig, VenueCredentials
 
 __all__ = ["FAILURES", "run_campaign"]
 
@@ -93,13 +93,13 @@ _SECRET: Final = "chaos-broker-secret"  # noqa: S105 - a simulator-only credenti
 _ACCOUNT: Final = "chaos"
 _VENUE: Final = "chaos-futures"
 
-_EXECUTOR_SETTINGS: Final = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    stalled_report_interval_s=1.0,
-    enforce_interval_s=0.05,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.2,
-    log_timeout_s=LOG_TIMEOUT_S,
+_EXECUTOR_SETTINGS: Final = ExecuteSettings(
+    flatten_deadline_sec=5.0,
+    stalled_report_interval_sec=1.0,
+    enforce_interval_sec=0.05,
+    backoff_initial_sec=0.01,
+    backoff_max_sec=0.2,
+    log_timeout_sec=LOG_TIMEOUT_S,
     status_port=-1,
 )
 
@@ -205,9 +205,11 @@ async def run_once(index: int) -> RunResult:
         async with asyncio.timeout(SETUP_TIMEOUT_S):
             await broker.astart()
             settings = EssSettings(
-                kafka_bootstrap_servers=broker.bootstrap_servers,
-                topic_prefix=f"chaos{uuid.uuid4().hex[:10]}",
-                log_timeout_sec=LOG_TIMEOUT_S,
+                kafka={
+                    "bootstrap_servers": broker.bootstrap_servers,
+                    "topic_prefix": f"chaos{uuid.uuid4().hex[:10]}",
+                },
+                project={"log_timeout_sec": LOG_TIMEOUT_S},
                 _env_file=None,
             )
             registry = settings.registry()

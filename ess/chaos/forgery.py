@@ -5,7 +5,7 @@ What runs
 ---------
 An embedded broker (or ``KAFKA_BOOTSTRAP_SERVERS``) with a unique topic prefix, and the
 command processor as production starts it (:func:`ess.roles.command.processor.run_processor` with
-:class:`ess.config.EssSettings`): operators ``alice``, ``bob`` and ``carol`` (key pairs written
+:class:`ess.settings.EssSettings`): operators ``alice``, ``bob`` and ``carol`` (key pairs written
 to a temporary directory, private keys as PKCS#8 PEM), quorum 2, max age 300 s, max skew 30 s.
 
 Script: trip, a proper two-operator reset (alice then bob), a second trip; then, with ESS
@@ -118,7 +118,6 @@ from pydantic import SecretStr
 
 from ess.chaos import tamper
 from ess.clock import SystemClock
-from ess.config import EssSettings
 from ess.core import Activation
 from ess.core.attestation import SigningKey
 from ess.core.reader import Trust
@@ -127,6 +126,7 @@ from ess.kafka.broker import kafka_target
 from ess.kafka.clients import producer, read_to_end
 from ess.observability.logging import redact_text, redact_value
 from ess.operator.commands import COMMAND_KEY, manual_trip, read_state, signed_reset, wait_for_entry
+from ess.settings import EssSettings
 from ess.statelog import LoggedEntry, fold_log
 from schemas import (
     DeadLetter,
@@ -786,14 +786,16 @@ async def _sasl_attempt(bootstrap: str, prefix: str, keys_dir: Path) -> str:
     from ess.roles.command.processor import run_processor  # noqa: PLC0415
 
     settings = EssSettings(
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "chaos",
+            "sasl_password": SecretStr(SASL_PASSWORD),
+            "topic_prefix": prefix,
+        },
+        keys={"operator_keys_dir": keys_dir},
         _env_file=None,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_security_protocol="SASL_PLAINTEXT",
-        kafka_sasl_mechanism="PLAIN",
-        kafka_sasl_username="chaos",
-        kafka_sasl_password=SecretStr(SASL_PASSWORD),
-        topic_prefix=prefix,
-        operator_keys_dir=keys_dir,
     )
     logger.bind(settings=repr(settings)).info("chaos: starting a processor with SASL settings")
     stop = asyncio.Event()
@@ -848,13 +850,14 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
         }
         async with kafka_target(registry) as bootstrap:
             settings = EssSettings(
+                kafka={"bootstrap_servers": bootstrap, "topic_prefix": registry.prefix},
+                keys={
+                    "operator_keys_dir": Path(tmp) / "operators",
+                    "reset_quorum": QUORUM,
+                    "reset_max_age_sec": MAX_AGE_S,
+                    "reset_max_skew_sec": MAX_SKEW_S,
+                },
                 _env_file=None,
-                kafka_bootstrap_servers=bootstrap,
-                topic_prefix=registry.prefix,
-                operator_keys_dir=Path(tmp) / "operators",
-                reset_quorum=QUORUM,
-                reset_max_age_sec=MAX_AGE_S,
-                reset_max_skew_sec=MAX_SKEW_S,
             )
             logger.bind(settings=repr(settings)).info("chaos: forgery campaign settings")
             stop = asyncio.Event()

@@ -1021,7 +1021,7 @@ async def _start_worker(
     settings: Any, stop: asyncio.Event, ready: asyncio.Event
 ) -> asyncio.Task[None]:
     from ess.core.reader import Trust  # noqa: PLC0415
-    from streams.runner import run_detector  # noqa: PLC0415 - Faust is heavy, import late
+    from ess.roles.detect import run_detector  # noqa: PLC0415 - Faust is heavy, import late
 
     # The campaign's state log stays empty: the epoch follower has nothing to verify.
     trust = Trust(scope=settings.registry.state.name)
@@ -1058,7 +1058,7 @@ async def run_live(hostile_total: int, *, seed: int = 0, timeout_s: float = 60.0
             registry=registry,
             app_id=app_id,
             detection=CONFIG,
-            tick_interval_s=0.5,
+            tick_interval_sec=0.5,
             standby_replicas=0,
         )
         stop, collected = asyncio.Event(), asyncio.Event()

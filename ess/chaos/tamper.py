@@ -50,7 +50,7 @@ round plays, in this order (kinds as counted in ``tamper_attempts``):
 ``weak_keys``
     Operator key directories with two names sharing one key (PEM and base64 spellings, or the
     same PEM twice), a small-order key, non-canonical encodings (``y >= p``, negative zero),
-    a point of order 2: both :meth:`ess.config.EssSettings.reset_policy` and the processor's
+    a point of order 2: both :meth:`ess.settings.EssSettings.reset_policy` and the processor's
     start must refuse. No broker involved.
 ``squatted_ids``
     While ACTIVE, trips carrying the ids a detector will use later (trigger event time before
@@ -126,7 +126,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
-from ess.config import EssSettings
 from ess.core.attestation import SigningKey, seal_problem
 from ess.core.projection import event_for
 from ess.core.reader import LogBroken, LoggedEntry, RawRecord, Trust, fold_records, seal_entry
@@ -146,6 +145,7 @@ from ess.policystore import DEFAULT_REDIS_URL, RedisPolicyStore
 from ess.roles.command.processor import SOURCE, StartupRefused, run_processor
 from ess.roles.project.metrics import ProjectorMetrics
 from ess.roles.project.projector import EVENTS_KEY, run_projector
+from ess.settings import EssSettings
 from ess.statelog import STATE_KEY, StateLogReader
 from schemas import (
     IDENT_MAX,
@@ -344,13 +344,17 @@ async def weak_key_refused(directory: Path, files: Mapping[str, str]) -> list[st
     the reset policy and the processor's start refused)."""
     await asyncio.to_thread(_install_keys, directory, files)
     settings = EssSettings(
+        kafka={
+            # Nothing listens there: the processor must refuse before it connects anywhere.
+            "bootstrap_servers": "127.0.0.1:9",
+            "topic_prefix": "chaos-tamper-keys",
+        },
+        keys={
+            "operator_keys_dir": directory,
+            "processor_keys_dir": directory / "no-processors",
+            "reset_quorum": 1,
+        },
         _env_file=None,
-        # Nothing listens there: the processor must refuse before it connects anywhere.
-        kafka_bootstrap_servers="127.0.0.1:9",
-        topic_prefix="chaos-tamper-keys",
-        operator_keys_dir=directory,
-        processor_keys_dir=directory / "no-processors",
-        reset_quorum=1,
     )
     accepted: list[str] = []
     try:
@@ -761,19 +765,18 @@ class _Phase:
         self.processor_key = SigningKey(generate_private_key())
         self.foreign_key = SigningKey(generate_private_key())
         self.settings = EssSettings(
+            kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix},
+            keys={
+                "operator_keys_dir": work / "operators",
+                "processor_keys_dir": work / "processors",
+                "processor_key_file": work / "processor.key",
+                "reset_quorum": QUORUM,
+                "reset_max_age_sec": MAX_AGE_S,
+                "reset_max_skew_sec": MAX_SKEW_S,
+            },
+            command={"beat_interval_sec": BEAT_S, "status_port": -1},
+            project={"refresh_interval_sec": REFRESH_S, "status_port": -1},
             _env_file=None,
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=prefix,
-            operator_keys_dir=work / "operators",
-            processor_keys_dir=work / "processors",
-            processor_key_file=work / "processor.key",
-            reset_quorum=QUORUM,
-            reset_max_age_sec=MAX_AGE_S,
-            reset_max_skew_sec=MAX_SKEW_S,
-            processor_beat_interval_sec=BEAT_S,
-            refresh_interval_sec=REFRESH_S,
-            command_status_port=-1,
-            status_port=-1,
         )
         self.registry = self.settings.registry()
         self.scope = self.registry.state.name

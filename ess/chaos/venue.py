@@ -83,11 +83,12 @@ from ess.core.reader import RawRecord, Trust, digest, seal_entry
 from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from ess.roles.execute.engine import Phase, VenueFlattener, enforce_all
 from ess.roles.execute.service import Executor
+from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
 from ess.sim.demo import seed_demo_book, seed_many
 from ess.venues.binance import BinanceVenue
 from ess.venues.budget import RateBudget
-from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.venues.config import VenueConfig, VenueCredentials
 from schemas import (
     ActionReport,
     ReasonCode,
@@ -129,12 +130,12 @@ _EXTRA_SPOT: Final = 3
 
 #: Short backoffs, as in the executor's simulator tests; the deadline for "stalled" reports is
 #: shorter than the run's so the campaign also exercises the stall watchdog.
-SETTINGS: Final = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    stalled_report_interval_s=1.0,
-    enforce_interval_s=0.05,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.2,
+SETTINGS: Final = ExecuteSettings(
+    flatten_deadline_sec=5.0,
+    stalled_report_interval_sec=1.0,
+    enforce_interval_sec=0.05,
+    backoff_initial_sec=0.01,
+    backoff_max_sec=0.2,
     status_port=-1,
 )
 

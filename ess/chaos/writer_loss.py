@@ -98,7 +98,6 @@ from typing import Any, Final
 from loguru import logger
 
 from ess.chaos.support import CampaignError, bounded, first_true, percentile, rounded, until
-from ess.config import EssSettings
 from ess.core import decide
 from ess.core.attestation import SigningKey
 from ess.core.reader import fold_records, seal_entry
@@ -108,6 +107,7 @@ from ess.kafka.broker import EmbeddedBroker, ensure_topics
 from ess.policystore import InMemoryPolicyStore
 from ess.roles.command.processor import EXIT_FENCED
 from ess.roles.project.projector import run_projector
+from ess.settings import EssSettings
 from ess.statelog import KafkaStateLog
 from schemas import RejectReason, ResetCommand, ResetRejectedEntry, TopicRegistry
 
@@ -268,15 +268,21 @@ def _settings(bootstrap: str, work: Path) -> EssSettings:
     ``work`` and the campaign's timeouts (explicit, so the caller's environment cannot
     change the bound being measured)."""
     return EssSettings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=f"chaos{uuid.uuid4().hex[:10]}",
-        log_timeout_sec=LOG_TIMEOUT_S,
-        processor_timeout_sec=PROCESSOR_TIMEOUT_S,
-        command_backlog_timeout_sec=PROCESSOR_TIMEOUT_S,
-        processor_key_file=work / "processor.key",
-        processor_keys_dir=work / "processors",
-        operator_keys_dir=work / "operators",
-        state_log_unsigned_before=0,
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "topic_prefix": f"chaos{uuid.uuid4().hex[:10]}",
+        },
+        keys={
+            "processor_key_file": work / "processor.key",
+            "processor_keys_dir": work / "processors",
+            "operator_keys_dir": work / "operators",
+            "state_log_unsigned_before": 0,
+        },
+        project={
+            "log_timeout_sec": LOG_TIMEOUT_S,
+            "processor_timeout_sec": PROCESSOR_TIMEOUT_S,
+            "command_backlog_timeout_sec": PROCESSOR_TIMEOUT_S,
+        },
         _env_file=None,
     )
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,7 +39,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ess.clock import SystemClock
-from ess.config import EssSettings
 from ess.core.attestation import SigningKey
 from ess.core.reader import Trust
 from ess.core.signing import generate_private_key, write_key_pair
@@ -49,14 +48,14 @@ from ess.kafka.clients import producer, read_to_end
 from ess.observability.logging import configure_logging
 from ess.operator.commands import entry_row, read_state, send_command, signed_reset, wait_for_entry
 from ess.policystore import InMemoryPolicyStore
-from ess.roles.command.processor import run_processor
-from ess.roles.execute.service import run_executor
-from ess.roles.project.projector import run_projector
+from ess.roles.context import RoleContext
+from ess.roles.worker import ROLES
+from ess.settings import EssSettings
 from ess.sim import ExchangeSimulator, Venue
 from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET
 from ess.statelog import StateLogReader, follow_state
 from ess.venues.ccxt_client import make_exchange
-from ess.venues.config import ExecutorSettings, VenueConfig, VenueCredentials
+from ess.venues.config import VenueConfig, VenueCredentials
 from schemas import (
     ActionReport,
     ActivatedEntry,
@@ -216,14 +215,12 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
             DEMO_API_KEY, DEMO_SECRET, name=ACCOUNT, spot={"USDT": "5000", "BTC": "0.2"}
         )
         settings = EssSettings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=registry.prefix,
-            policy_store_url="memory://",
-            refresh_interval_sec=0.2,
-            status_port=-1,
-            command_status_port=-1,
-            operator_keys_dir=keys,
-            processor_keys_dir=keys / "processors",
+            kafka={"bootstrap_servers": bootstrap, "topic_prefix": registry.prefix},
+            keys={"operator_keys_dir": keys, "processor_keys_dir": keys / "processors"},
+            command={"status_port": -1},
+            project={"refresh_interval_sec": 0.2, "status_port": -1},
+            detect={"group": f"{registry.prefix}-detect", "status_port": -1},
+            execute={"enforce_interval_sec": 1.0, "status_port": -1},
         )
         processor_key = SigningKey(generate_private_key())
         trust = settings.state_trust(also_trust=processor_key)
@@ -231,7 +228,7 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
         credentials = VenueCredentials(
             api_key=SecretStr(DEMO_API_KEY), secret=SecretStr(DEMO_SECRET)
         )
-        venues = [
+        venues = (
             (
                 VenueConfig(
                     name="binance-futures",
@@ -248,39 +245,19 @@ async def run_demo(console: Console) -> DemoResult:  # noqa: PLR0915 - a script,
                 ),
                 credentials,
             ),
-        ]
-        from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415
-        from streams.runner import run_detector  # noqa: PLC0415 - Faust is heavy
-
+        )
         stop, detector_ready = asyncio.Event(), asyncio.Event()
-        roles: dict[str, Coroutine[Any, Any, None]] = {
-            "command": run_processor(settings, stop, signing_key=processor_key),
-            "project": run_projector(
-                settings,
-                store,
-                stop,
-                trust=trust,
-                bootstrap=bootstrap,
-                refresh_interval=0.2,
-                health_interval=0.5,
-            ),
-            "execute": run_executor(
-                registry,
-                bootstrap,
-                venues,
-                ExecutorSettings(status_port=-1, enforce_interval_s=1.0),
-                stop,
-                trust=trust,
-            ),
-            "detect": run_detector(
-                DetectorSettings(
-                    bootstrap=bootstrap, registry=registry, app_id=f"{registry.prefix}-detect"
-                ),
-                stop,
-                trust=trust,
-                ready=detector_ready,
-            ),
-        }
+        # Every role through its one entry point, as `ess worker` runs them; the projector
+        # writes into the store the bot's gate reads.
+        context = RoleContext(
+            bootstrap=bootstrap,
+            trust=trust,
+            signing_key=processor_key,
+            venues=venues,
+            policy_store=store,
+            detector_ready=detector_ready,
+        )
+        roles = {name: run(settings, stop, context) for name, run in ROLES.items()}
         tasks = [asyncio.create_task(job, name=f"demo-{role}") for role, job in roles.items()]
         gate = TradingGate(max_record_age=3.0, name="bot-gate")
         feed = PolicyStoreGateFeed(store, gate, poll_interval=0.02)

@@ -743,17 +743,21 @@ def external_bootstrap() -> str | None:
 
 @asynccontextmanager
 async def kafka_target(
-    registry: TopicRegistry, *, security: KafkaSecurity | None = None
+    registry: TopicRegistry,
+    *,
+    security: KafkaSecurity | None = None,
+    bootstrap: str | None = None,
 ) -> AsyncIterator[str]:
     """Yield a bootstrap string for a Kafka with the registry's topics in place.
 
-    With ``KAFKA_BOOTSTRAP_SERVERS`` set, that cluster is used (through ``security``) and
-    nothing is started; otherwise an :class:`EmbeddedBroker` runs for the duration of the
-    ``async with``. The embedded broker speaks PLAINTEXT only, so any other ``security``
-    without an external cluster is refused.
+    With a cluster named (``bootstrap``, the settings' ``kafka.bootstrap_servers``; when
+    ``None``, ``KAFKA_BOOTSTRAP_SERVERS``), that cluster is used (through ``security``) and
+    nothing is started; otherwise (``""`` or unset) an :class:`EmbeddedBroker` runs for the
+    duration of the ``async with``. The embedded broker speaks PLAINTEXT only, so any other
+    ``security`` without an external cluster is refused.
     """
     security = security or PLAINTEXT
-    external = external_bootstrap()
+    external = external_bootstrap() if bootstrap is None else (bootstrap.strip() or None)
     if external is not None:
         logger.bind(bootstrap=external, security=security.describe()).info(
             "using existing Kafka cluster"

@@ -7,7 +7,7 @@ the defects and the measurements behind them are in ``docs/embedded-broker.md``:
 * Tansu does not answer a waiting fetch early when data arrives: a fetch on an idle partition
   is held for its full ``fetch_max_wait_ms``, so delivery latency is spread from 0 to about
   half that wait. Consumers therefore wait :data:`FETCH_MAX_WAIT_MS` (10 ms), not aiokafka's
-  500 ms (measured: round trip p50 3 ms at 5 ms vs 128 ms at 500 ms).
+  500 ms (figures: BENCHMARKS.md).
 * Tansu lacks idempotent and transactional producers (``InitProducerId`` fails), so producers
   run with ``enable_idempotence=False`` by default and ESS deduplicates in the domain; the
   state log's writer asks :func:`supports_idempotence` at start and uses an idempotent
@@ -19,7 +19,7 @@ the defects and the measurements behind them are in ``docs/embedded-broker.md``:
   about 3 s (6 s is also real Kafka's default minimum session timeout).
 
 Connection security (TLS, SASL) is a :class:`KafkaSecurity` value handed to every constructor
-here (``security=``). This module never reads the environment: :class:`ess.config.EssSettings`
+here (``security=``). This module never reads the environment: :class:`ess.settings.EssSettings`
 builds the value from ``KAFKA_SECURITY_PROTOCOL`` and friends, and the edges pass it in. The
 default, :data:`PLAINTEXT`, adds no keyword at all, so a client built without ``security`` is
 configured exactly as before security existed.
@@ -62,8 +62,8 @@ __all__ = [
     "supports_idempotence",
 ]
 
-#: Consumer fetch wait. 5-20 ms all give ~10 ms idle detection latency on Tansu; 10 ms costs
-#: roughly 0.1 core (client plus broker) per idle consumer. Real Kafka answers a waiting fetch
+#: Consumer fetch wait: low idle latency on Tansu at a small idle CPU cost (figures:
+#: BENCHMARKS.md). Real Kafka answers a waiting fetch
 #: as soon as data arrives, so there the value only sets the idle polling rate.
 FETCH_MAX_WAIT_MS: Final = 10
 SESSION_TIMEOUT_MS: Final = 6_000
@@ -113,7 +113,7 @@ class KafkaSecurity:
       Hostnames are always checked (:func:`aiokafka.helpers.create_ssl_context`).
 
     The password is a :class:`~pydantic.SecretStr`: ``repr`` and ``str`` of this object (and
-    of :class:`ess.config.EssSettings`) show ``**********``. Only :meth:`aiokafka_kwargs`
+    of :class:`ess.settings.EssSettings`) show ``**********``. Only :meth:`aiokafka_kwargs`
     and :meth:`faust_credentials` reveal it, to the client that needs it; never log those.
     """
 
@@ -286,16 +286,15 @@ def producer(
 ) -> AIOKafkaProducer:
     """An unstarted producer of ``bytes`` keys and values, with ``acks="all"``.
 
-    ``linger_ms`` is 2: under load that batches enough to free CPU (measured p50 under 1k
-    records/s: 40 ms at 0 ms linger, 24 ms at 2 ms) and costs at most 2 ms when idle.
+    ``linger_ms`` is 2: under load that batches enough to free CPU and lower latency (figures:
+    BENCHMARKS.md), and it costs at most 2 ms when idle.
 
     ``read_to_end_safe=True`` is for topics that someone later reads "to the end" by offset
     (``ess.state``, ``ess.commands``, changelogs): every record is sent as its own batch.
     Tansu 0.6.0 reports the end offset of a partition as *last batch's base offset + 1*; with
-    one-record batches that is the true end (measured: 2,000 concurrent sends, reported end
-    2,000, where default batching reported 1 after 5, 37 or 200 records; ``linger_ms=0``
-    alone does not help, since records sent while a request is in flight still share a
-    batch). It costs throughput (about 3.7k records/s on the embedded broker), which these
+    one-record batches that is the true end (docs/embedded-broker.md, "End offsets";
+    ``linger_ms=0`` alone does not help, since records sent while a request is in flight
+    still share a batch). It costs throughput (figures: BENCHMARKS.md), which these
     low-volume topics do not need, and it is harmless on real Kafka.
 
     ``security`` (default: :data:`PLAINTEXT`) adds TLS/SASL. ``overrides`` are passed to

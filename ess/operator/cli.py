@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ess.clock import SystemClock
-from ess.config import EssSettings
 from ess.core import SequenceError
 from ess.core.attestation import key_id
 from ess.core.reader import Trust
@@ -39,6 +38,7 @@ from ess.operator.commands import (
     state_summary,
     wait_for_outcome,
 )
+from ess.settings import EssSettings, warn_environment
 from ess.statelog import StateLogReader, follow_state
 from schemas import CommandOutcome
 
@@ -55,22 +55,26 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_FAILED)
 
 
-def _settings() -> EssSettings:
+def _settings(*, quiet: bool = True) -> EssSettings:
+    """The settings from the environment, with logging configured (operator commands print
+    for humans: ``quiet`` keeps library logs at WARNING unless ``ESS_LOG_LEVEL`` asks for
+    more or less), after a warning for each ``ESS_*`` variable no setting reads."""
     settings = EssSettings()
-    # Operator commands print for humans; keep library logs quiet unless asked for.
+    level = settings.observability.log_level
     configure_logging(
-        "WARNING" if settings.log_level == "INFO" else settings.log_level, json=settings.log_json
+        "WARNING" if quiet and level == "INFO" else level, json=settings.observability.log_json
     )
+    warn_environment()
     return settings
 
 
 def _bootstrap(settings: EssSettings) -> str:
-    if not settings.kafka_bootstrap_servers:
+    if not settings.kafka.bootstrap_servers:
         raise click.UsageError(
             "set KAFKA_BOOTSTRAP_SERVERS to the cluster ESS runs on "
             "(`ess worker` and `ess broker` print it when they start the embedded broker)"
         )
-    return settings.kafka_bootstrap_servers
+    return settings.kafka.bootstrap_servers
 
 
 def _trust(settings: EssSettings) -> Trust:
@@ -348,13 +352,12 @@ def worker(roles: tuple[str, ...]) -> None:
     from ess.roles.worker import ROLES, WorkerError, run_worker  # noqa: PLC0415
     from ess.venues.config import VenueConfigError  # noqa: PLC0415 - heavy imports
 
-    settings = EssSettings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    settings = _settings(quiet=False)
     try:
         asyncio.run(
             run_worker(
                 settings,
-                roles or ROLES,
+                roles or tuple(ROLES),
                 on_ready=lambda bootstrap: err_console.print(
                     f"ESS worker ready: KAFKA_BOOTSTRAP_SERVERS={bootstrap}"
                 ),
@@ -380,8 +383,7 @@ def broker(port: int | None) -> None:
     """
     from ess.kafka.broker import BrokerError, run_broker  # noqa: PLC0415 - keeps `ess --help` fast
 
-    settings = EssSettings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    settings = _settings(quiet=False)
     try:
         run_broker(
             port,
@@ -525,6 +527,7 @@ def replay(
     from ess.audit.report import print_summary, write_html_report  # noqa: PLC0415
 
     configure_logging("WARNING", json=False)
+    warn_environment()
     try:
         load_manifest(directory)
     except RecordingError as exc:
@@ -538,10 +541,8 @@ def replay(
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
     if tick_interval is None:
-        from ess.roles.detect.settings import DetectEnv  # noqa: PLC0415
-
         try:
-            tick_interval = DetectEnv().tick_interval_sec
+            tick_interval = EssSettings().detect.tick_interval_sec
         except ValueError:
             tick_interval = DEFAULT_TICK_INTERVAL
     try:

@@ -17,30 +17,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final
 
 from loguru import logger
 
-from ess.config import EssSettings
 from ess.core.attestation import SigningKey
-from ess.core.reader import Trust
 from ess.core.signing import generate_private_key
 from ess.errors import EssError
-from ess.kafka.broker import external_bootstrap, kafka_target
-from ess.policystore import policy_store_from_url, redact_url
-from ess.roles.command.processor import run_processor
-from ess.roles.execute.service import run_executor
-from ess.roles.project.projector import run_projector
-from ess.venues.config import (
-    ExecutorSettings,
-    VenueConfig,
-    VenueConfigError,
-    VenueCredentials,
-    load_venues,
-)
+from ess.kafka.broker import kafka_target
+from ess.roles import command, detect, execute, project
+from ess.roles.context import Role, RoleContext
+from ess.settings import EssSettings, warn_environment
+from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials, load_venues
 
-ROLES: tuple[str, ...] = ("detect", "command", "execute", "project")
+#: Every role by its command-line name, in start order.
+ROLES: Final[Mapping[str, Role]] = {
+    "detect": detect.run,
+    "command": command.run,
+    "execute": execute.run,
+    "project": project.run,
+}
 
 
 class WorkerError(EssError, RuntimeError):
@@ -49,7 +46,7 @@ class WorkerError(EssError, RuntimeError):
 
 async def run_worker(
     settings: EssSettings,
-    roles: Sequence[str] = ROLES,
+    roles: Sequence[str] = tuple(ROLES),
     stop: asyncio.Event | None = None,
     *,
     on_ready: Callable[[str], None] | None = None,
@@ -58,6 +55,7 @@ async def run_worker(
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
         raise ValueError(f"unknown roles {unknown}; choose from {', '.join(ROLES)}")
+    warn_environment()
     own_stop = stop is None
     stop = stop or asyncio.Event()
     if own_stop:
@@ -69,9 +67,13 @@ async def run_worker(
     signing_key = _signing_key(settings) if "command" in roles else None
     trust = settings.state_trust(also_trust=signing_key)
     registry = settings.registry()
-    async with kafka_target(registry, security=settings.kafka_security()) as bootstrap:
-        bound = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        jobs = _jobs(bound, roles, stop, venues=venues, signing_key=signing_key, trust=trust)
+    async with kafka_target(
+        registry, security=settings.kafka_security(), bootstrap=settings.kafka.bootstrap_servers
+    ) as bootstrap:
+        context = RoleContext(
+            bootstrap=bootstrap, trust=trust, signing_key=signing_key, venues=venues
+        )
+        jobs = _jobs(settings, roles, stop, context)
         logger.bind(roles=list(roles), bootstrap=bootstrap, prefix=registry.prefix).info(
             "ESS worker started"
         )
@@ -84,9 +86,10 @@ def _signing_key(settings: EssSettings) -> SigningKey:
     """The command processor's key: from ``ESS_PROCESSOR_KEY_FILE``; with the embedded broker
     and no key file, a key made for this run (the embedded log lives no longer than this
     process, and every reader of it is in this process too)."""
-    if settings.processor_key_file.is_file() or external_bootstrap() is not None:
+    key_file = settings.keys.processor_key_file
+    if key_file.is_file() or settings.kafka.bootstrap_servers.strip():
         return settings.processor_signing_key()  # raises with what to do when missing
-    logger.bind(key_file=str(settings.processor_key_file)).warning(
+    logger.bind(key_file=str(key_file)).warning(
         "embedded broker and no processor key file: signing ess.state with a key made for "
         "this run (use `ess keygen --processor` for anything that outlives it)"
     )
@@ -94,56 +97,10 @@ def _signing_key(settings: EssSettings) -> SigningKey:
 
 
 def _jobs(
-    settings: EssSettings,
-    roles: Sequence[str],
-    stop: asyncio.Event,
-    *,
-    venues: Sequence[tuple[VenueConfig, VenueCredentials]],
-    signing_key: SigningKey | None,
-    trust: Trust,
+    settings: EssSettings, roles: Sequence[str], stop: asyncio.Event, context: RoleContext
 ) -> dict[str, Coroutine[Any, Any, None]]:
-    jobs: dict[str, Coroutine[Any, Any, None]] = {}
-    if "execute" in roles:
-        jobs["execute"] = run_executor(
-            settings.registry(),
-            settings.kafka_bootstrap_servers,
-            venues,
-            ExecutorSettings(),
-            stop,
-            trust=trust,
-            status_host=settings.status_host,
-            security=settings.kafka_security(),
-        )
-    if "command" in roles:
-        jobs["command"] = run_processor(settings, stop, signing_key=signing_key)
-    if "project" in roles:
-        url = settings.resolved_policy_store_url()
-        logger.bind(policy_store=redact_url(url)).info("projector PolicyStore")
-        jobs["project"] = run_projector(
-            settings,
-            policy_store_from_url(url),
-            stop,
-            trust=trust,
-            bootstrap=settings.kafka_bootstrap_servers,
-            refresh_interval=settings.refresh_interval_sec,
-            health_interval=settings.refresh_interval_sec,
-            component=settings.health_component,
-            status_host=settings.status_host,
-            status_port=None if settings.status_port < 0 else settings.status_port,
-        )
-    if "detect" in roles:
-        # Imported here: Faust is heavy, and the other roles never need it.
-        from ess.roles.detect.settings import DetectorSettings  # noqa: PLC0415
-        from streams.runner import run_detector  # noqa: PLC0415
-
-        detector = DetectorSettings.from_env(
-            settings.kafka_bootstrap_servers,
-            settings.registry(),
-            security=settings.kafka_security(),
-            status_host=settings.status_host,
-        )
-        jobs["detect"] = run_detector(detector, stop, trust=trust)
-    return jobs
+    """One coroutine per role, in :data:`ROLES` order."""
+    return {role: run(settings, stop, context) for role, run in ROLES.items() if role in roles}
 
 
 async def _supervise(jobs: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ Conventions (the same in every rule, so a threshold reads the same way everywher
   exactly ``window_sec`` apart are in one interval (the interval is closed).
 * Durations ("silent for longer than", "down for longer than", "latency above") are strict
   (``>``): exactly at the limit is still fine.
-* Every duration is event time in seconds (``*_sec``), like :class:`ess.config.EssSettings`.
+* Every duration is event time in seconds (``*_sec``), like :class:`ess.settings.EssSettings`.
 
 Per-account overrides (:attr:`DetectionConfig.account_overrides`) replace any subset of the
 account-keyed thresholds (:class:`AccountLimits`) for one ``account_id``; the others keep the
@@ -222,7 +222,7 @@ class DetectionConfig(BaseModel):
     #: Fill ids remembered per account and symbol by ``position_size`` (a running sum cannot
     #: use its window as the dedupe set). Redeliveries arrive soon after the original (within
     #: a commit interval); 128 exceeds a minute of fills at the default trade-rate limit, and
-    #: each id kept costs a little on every fill (about 3 µs per 100 ids per fill).
+    #: each id kept costs a little on every fill (figures: BENCHMARKS.md).
     position_dedupe_ids: Annotated[int, Field(ge=1, le=100_000)] = 128
 
     #: Physical name of the health and market topics, used only as the trigger ``topic`` of

@@ -14,7 +14,7 @@ verify raises :class:`~ess.core.reader.LogBroken`: the reader must fail closed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from loguru import logger
@@ -25,7 +25,22 @@ __all__ = ["StateLog", "StateLogReader"]
 
 
 class StateLog(Protocol):
-    """Read and append ``ess.state`` as raw records (readers verify them)."""
+    """Read, follow and append ``ess.state`` as raw records (readers verify them).
+
+    One port for every role, so that the processor's fencing, the readers' catch-up and
+    their following can be tested on a list as well as on Kafka, by one contract suite
+    (``tests/statelog/contract.py``). Offsets start at 0 and grow by one per record; every
+    handle on the same log sees one total order, whoever appended.
+    """
+
+    async def start(self) -> None:
+        """Open what appending needs (a producer); :meth:`read` and :meth:`follow` work
+        without it."""
+        ...
+
+    async def stop(self) -> None:
+        """Close what :meth:`start` and :meth:`end_offset` opened; safe to call twice."""
+        ...
 
     async def read(self, from_offset: int = 0) -> list[RawRecord]:
         """Records from ``from_offset`` to the current end."""
@@ -33,6 +48,22 @@ class StateLog(Protocol):
 
     async def append(self, value: bytes) -> int:
         """Append one record durably; returns its offset."""
+        ...
+
+    async def end_offset(self) -> int:
+        """The offset the next record will get: a cheap look at the end, which is how the
+        command processor notices an entry it did not write before it appends."""
+        ...
+
+    def follow(
+        self, from_offset: int = 0, *, on_fetch: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[RawRecord]]:
+        """Yield non-empty batches of records from ``from_offset`` on, in order, each once,
+        forever (the caller stops iterating).
+
+        ``on_fetch`` is called whenever the store answered, with or without records: an empty
+        wait alone cannot tell an idle log from an unreachable broker, and readers report
+        the difference (a stale view of the log closes the gates)."""
         ...
 
 

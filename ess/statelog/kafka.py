@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ess.core.reader import RawRecord
-from ess.kafka.clients import KafkaSecurity, follow_partition, producer, read_to_end
+from ess.kafka.clients import KafkaSecurity, consumer, follow_partition, producer, read_to_end
 from schemas import TopicRegistry
 
 __all__ = ["STATE_KEY", "KafkaStateLog", "follow_state"]
@@ -40,6 +40,9 @@ class KafkaStateLog:
         self.security = security
         self.idempotent = idempotent
         self._producer: AIOKafkaProducer | None = None
+        #: Lists the end offset (:meth:`end_offset`); opened on first use, kept until stop.
+        self._lister: AIOKafkaConsumer | None = None
+        self._tp = TopicPartition(topic, 0)
 
     async def start(self) -> None:
         if self._producer is None:
@@ -52,9 +55,14 @@ class KafkaStateLog:
             await self._producer.start()
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        producer_, self._producer = self._producer, None
+        lister, self._lister = self._lister, None
+        try:
+            if producer_ is not None:
+                await producer_.stop()
+        finally:
+            if lister is not None:
+                await lister.stop()
 
     async def read(self, from_offset: int = 0) -> list[RawRecord]:
         records = await read_to_end(
@@ -67,6 +75,30 @@ class KafkaStateLog:
             raise RuntimeError("KafkaStateLog.start() was not called")
         metadata = await self._producer.send_and_wait(self.topic, value, key=STATE_KEY)
         return int(metadata.offset)
+
+    async def end_offset(self) -> int:
+        """ListOffsets of the partition. Enough to see a new record even on Tansu, which
+        under-reports only *within* a multi-record batch: every append here is a batch of
+        one, and any batch at or after a reader's position moves the reported end past it.
+        The client is kept, so only the first call pays for the connection and metadata."""
+        if self._lister is None:
+            lister = consumer(
+                self.bootstrap, group_id=None, client_id="ess-state-end", security=self.security
+            )
+            await lister.start()
+            lister.assign([self._tp])
+            self._lister = lister
+        ends = await self._lister.end_offsets([self._tp])
+        return int(ends[self._tp])
+
+    async def follow(
+        self, from_offset: int = 0, *, on_fetch: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[RawRecord]]:
+        """Follow the partition with a consumer of its own (no group, no commits)."""
+        async for batch in follow_partition(
+            self.bootstrap, self.topic, from_offset, security=self.security, on_fetch=on_fetch
+        ):
+            yield [RawRecord(record.offset, record.value) for record in batch]
 
     async def __aenter__(self) -> KafkaStateLog:
         await self.start()

@@ -1,4 +1,6 @@
-"""Executor configuration: which venues to flatten, with which credentials and budgets.
+"""Venue configuration: which venues the executor flattens, with which credentials and budgets.
+
+(How hard the executor pushes is a setting: :class:`ess.settings.ExecuteSettings`.)
 
 Venues come from a TOML or JSON file (``ESS_VENUES_FILE``) or inline JSON (``ESS_VENUES``), a
 list of :class:`VenueConfig`. Credentials never appear in that file: each venue names the
@@ -32,16 +34,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ess.core.flatten import MarketKind
 from ess.errors import EssError
 
 __all__ = [
-    "ExecutorSettings",
     "VenueConfig",
     "VenueConfigError",
     "VenueCredentials",
+    "configured_venues",
+    "declared_env_names",
     "load_venues",
     "parse_venues",
 ]
@@ -130,41 +132,6 @@ class VenueCredentials(BaseModel):
     secret: SecretStr
 
 
-class ExecutorSettings(BaseSettings):
-    """How hard the executor pushes, from ``ESS_EXECUTOR_<FIELD>`` variables (for example
-    ``ESS_EXECUTOR_FLATTEN_DEADLINE_S=5``). Defaults suit a real venue; tests shorten them."""
-
-    model_config = SettingsConfigDict(env_prefix="ESS_EXECUTOR_", frozen=True, extra="ignore")
-
-    #: Past this long without a verified-flat read, ``flatten_stalled`` is reported (and
-    #: repeated every ``stalled_report_interval_s``) while the executor keeps trying.
-    flatten_deadline_s: float = Field(default=10.0, gt=0)
-    stalled_report_interval_s: float = Field(default=10.0, gt=0)
-    #: Once flat: how often to re-read while ACTIVE (late fills, rogue orders). A complete read
-    #: weighs 90 on Binance futures (positions, account, open orders of both books without a
-    #: symbol) and 100 on spot: every 5 s that is about half of the default weight budget.
-    enforce_interval_s: float = Field(default=5.0, gt=0)
-    #: Retry backoff after a failed round: doubles from ``backoff_initial_s`` to the cap.
-    backoff_initial_s: float = Field(default=0.05, gt=0)
-    backoff_max_s: float = Field(default=2.0, gt=0)
-    #: No answer from ``ess.state`` for this long: stop re-arming the venues' dead-man's
-    #: switches (ESS cannot know whether it was tripped), so the venues cancel on their own.
-    log_timeout_s: float = Field(default=3.0, gt=0)
-    #: While INACTIVE, how often each venue's credentials are probed with one authenticated
-    #: read (a snapshot: weight 90 on futures, 100 on spot, through the same budget as the
-    #: flatten). A venue that refuses them (or refuses them during a flatten) is reported as
-    #: an ``api_key_invalid`` security event, which trips ESS: better now than in an emergency.
-    credential_probe_interval_s: float = Field(default=60.0, gt=0)
-    #: At start, each venue is read once (bounded by this): an account ESS could never
-    #: flatten (Binance futures in hedge mode) makes the executor refuse to start.
-    start_check_timeout_s: float = Field(default=10.0, gt=0)
-    #: How often the watchdog checks "while ACTIVE, the current activation is enforced" and
-    #: restarts enforcement (counted) if it ever finds it broken.
-    watchdog_interval_s: float = Field(default=1.0, gt=0)
-    #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
-    status_port: int = Field(default=9465, ge=-1, le=65535)
-
-
 def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
     """Venue configs from parsed TOML/JSON: a list, or a mapping with a ``venues`` list.
 
@@ -197,15 +164,9 @@ def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
     return venues
 
 
-def load_venues(
-    env: Mapping[str, str],
-) -> tuple[tuple[VenueConfig, VenueCredentials], ...]:
-    """Venues and their credentials from ``ESS_VENUES_FILE`` or ``ESS_VENUES`` in ``env``.
-
-    No venue configured gives an empty tuple (the executor then refuses to start: see
-    :mod:`ess.roles.execute.service`). Missing credentials raise :class:`VenueConfigError` naming
-    the variables, never their values.
-    """
+def configured_venues(env: Mapping[str, str]) -> tuple[VenueConfig, ...]:
+    """The venues named by ``ESS_VENUES_FILE`` or ``ESS_VENUES`` in ``env`` (none when neither
+    is set), without their credentials."""
     path = env.get("ESS_VENUES_FILE", "").strip()
     inline = env.get("ESS_VENUES", "").strip()
     if path and inline:
@@ -223,8 +184,30 @@ def load_venues(
             raise VenueConfigError(f"ESS_VENUES: {exc}") from exc
     else:
         return ()
+    return parse_venues(data)
+
+
+def declared_env_names(env: Mapping[str, str]) -> frozenset[str]:
+    """The credential variables the configured venues name (empty when the venue settings
+    are missing or unusable: the execute role reports that itself when it starts)."""
+    try:
+        venues = configured_venues(env)
+    except VenueConfigError:
+        return frozenset()
+    return frozenset(name for venue in venues for name in venue.env_names())
+
+
+def load_venues(
+    env: Mapping[str, str],
+) -> tuple[tuple[VenueConfig, VenueCredentials], ...]:
+    """Venues and their credentials from ``ESS_VENUES_FILE`` or ``ESS_VENUES`` in ``env``.
+
+    No venue configured gives an empty tuple (the executor then refuses to start: see
+    :mod:`ess.roles.execute.service`). Missing credentials raise :class:`VenueConfigError` naming
+    the variables, never their values.
+    """
     loaded: list[tuple[VenueConfig, VenueCredentials]] = []
-    for venue in parse_venues(data):
+    for venue in configured_venues(env):
         key_name, secret_name = venue.env_names()
         missing = [name for name in (key_name, secret_name) if not env.get(name)]
         if missing:

@@ -28,17 +28,17 @@ from ess.core.flatten import (
     PositionView,
     VenueSnapshot,
 )
-from ess.venues.config import ExecutorSettings
+from ess.settings import ExecuteSettings
 from ess.venues.ports import VenueError, VenueErrorKind
 
 __all__ = ["Call", "FakeOrder", "FakeVenue", "call_depths"]
 
 #: Executor settings for tests without a broker: fast rounds, no status server.
-FAST_SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    enforce_interval_s=0.01,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.05,
+FAST_SETTINGS = ExecuteSettings(
+    flatten_deadline_sec=5.0,
+    enforce_interval_sec=0.01,
+    backoff_initial_sec=0.01,
+    backoff_max_sec=0.05,
     status_port=-1,
 )
 

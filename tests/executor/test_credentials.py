@@ -15,7 +15,7 @@ from tests.helpers import eventually
 from tests.statelog_support import LogBuilder, trust
 
 REGISTRY = topic_registry("ess")
-SETTINGS = FAST_SETTINGS.model_copy(update={"credential_probe_interval_s": 60.0})
+SETTINGS = FAST_SETTINGS.model_copy(update={"credential_probe_interval_sec": 60.0})
 REFUSED = VenueError(VenueErrorKind.AUTH, "Invalid API-key, IP, or permissions", code=-2015)
 
 

@@ -19,7 +19,7 @@ from ess.clock import ManualClock
 from ess.core.flatten import MarketKind, close_order_id
 from ess.core.state import Activation
 from ess.roles.execute.engine import Phase, VenueFlattener, enforce_all, keep_countdown
-from ess.venues.config import ExecutorSettings
+from ess.settings import ExecuteSettings
 from ess.venues.ports import VenueError, VenueErrorKind
 from schemas import ActionReport, ReasonCode
 from tests.executor.fakes import FakeVenue, call_depths
@@ -27,12 +27,12 @@ from tests.helpers import eventually
 
 D = Decimal
 
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=0.2,
-    stalled_report_interval_s=0.05,
-    enforce_interval_s=0.02,
-    backoff_initial_s=0.005,
-    backoff_max_s=0.05,
+SETTINGS = ExecuteSettings(
+    flatten_deadline_sec=0.2,
+    stalled_report_interval_sec=0.05,
+    enforce_interval_sec=0.02,
+    backoff_initial_sec=0.005,
+    backoff_max_sec=0.05,
 )
 ACTIVATION = Activation(
     seq=7,
@@ -49,7 +49,7 @@ UNAVAILABLE = VenueError(VenueErrorKind.UNAVAILABLE, "503 Service Unavailable")
 class Run:
     """One flattener enforcing an activation in the background, its reports collected."""
 
-    def __init__(self, venue: FakeVenue, settings: ExecutorSettings = SETTINGS) -> None:
+    def __init__(self, venue: FakeVenue, settings: ExecuteSettings = SETTINGS) -> None:
         self.venue = venue
         self.clock = ManualClock()
         self.reports: list[ActionReport] = []
@@ -100,7 +100,7 @@ async def start() -> AsyncIterator[Callable[..., Run]]:
     """Start a :class:`Run`; whatever a test leaves running is stopped afterwards."""
     runs: list[Run] = []
 
-    def start_run(venue: FakeVenue, settings: ExecutorSettings = SETTINGS) -> Run:
+    def start_run(venue: FakeVenue, settings: ExecuteSettings = SETTINGS) -> Run:
         run = Run(venue, settings).start()
         runs.append(run)
         return run
@@ -459,7 +459,7 @@ async def test_budget_and_credential_errors_slow_the_retries_down(
     venue = futures_venue()
     venue.positions["BTCUSDT"] = D("1")
     venue.fail(method, error)
-    run = start(venue, SETTINGS.model_copy(update={"backoff_max_s": 0.15}))
+    run = start(venue, SETTINGS.model_copy(update={"backoff_max_sec": 0.15}))
     try:
         await run.until("flatten", "verified_flat")
     finally:
@@ -498,7 +498,7 @@ async def test_stop_returns_promptly_and_reports_stopped_once(
 ) -> None:
     venue = futures_venue()
     slow = SETTINGS.model_copy(
-        update={"enforce_interval_s": 60.0, "backoff_initial_s": 60.0, "backoff_max_s": 60.0}
+        update={"enforce_interval_sec": 60.0, "backoff_initial_sec": 60.0, "backoff_max_sec": 60.0}
     )
     if failing:
         venue.fail("snapshot", UNAVAILABLE, times=None)

@@ -16,10 +16,10 @@ import pytest
 from ess.clock import SystemClock
 from ess.core import Activation
 from ess.roles.execute.engine import VenueFlattener, enforce_all
+from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, RateLimits, Venue
 from ess.sim.demo import DEMO_POSITIONS, seed_demo_book
 from ess.venues.binance import BinanceVenue
-from ess.venues.config import ExecutorSettings
 from schemas import ActionReport, ReasonCode
 from tests.executor.conftest import OpenVenue
 from tests.helpers import eventually
@@ -28,12 +28,12 @@ pytestmark = pytest.mark.integration
 
 D = Decimal
 
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    stalled_report_interval_s=1.0,
-    enforce_interval_s=0.05,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.2,
+SETTINGS = ExecuteSettings(
+    flatten_deadline_sec=5.0,
+    stalled_report_interval_sec=1.0,
+    enforce_interval_sec=0.05,
+    backoff_initial_sec=0.01,
+    backoff_max_sec=0.2,
     status_port=-1,
 )
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ess.config import EssSettings
 from ess.core.reader import seal_entry
 from ess.core.signing import (
     parse_public_key,
@@ -26,6 +25,7 @@ from ess.core.signing import (
 from ess.kafka.clients import producer, read_to_end
 from ess.operator.cli import cli
 from ess.roles.command.processor import run_processor
+from ess.settings import EssSettings
 from schemas import (
     Command,
     ReasonCode,

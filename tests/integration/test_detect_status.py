@@ -91,9 +91,9 @@ async def test_detect_role_serves_status_metrics_and_healthz(
         app_id=f"ess-detect-{uuid.uuid4().hex[:8]}",
         standby_replicas=0,
         status_port=0,  # a free port for this run
-        wedged_after_s=WEDGED_AFTER_S,
+        wedged_after_sec=WEDGED_AFTER_S,
     )
-    observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_s)
+    observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_sec)
     orders = registry.orders.name
     out = producer(kafka_bootstrap)
     await out.start()

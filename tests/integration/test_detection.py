@@ -166,7 +166,7 @@ def _settings(bootstrap: str, registry: TopicRegistry, group: str) -> DetectorSe
         registry=registry,
         app_id=group,
         detection=CONFIG,
-        tick_interval_s=0.5,
+        tick_interval_sec=0.5,
         standby_replicas=0,
     )
 

@@ -19,15 +19,11 @@ from ess.core.reader import seal_entry
 from ess.kafka.clients import producer, read_to_end
 from ess.observability.status import serve_status
 from ess.roles.execute.service import Countdown, Executor, run_executor
+from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, Venue
 from ess.statelog import STATE_KEY
 from ess.venues.binance import BinanceVenue
-from ess.venues.config import (
-    ExecutorSettings,
-    VenueConfig,
-    VenueConfigError,
-    VenueCredentials,
-)
+from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials
 from schemas import (
     ActionReport,
     ReasonCode,
@@ -45,11 +41,11 @@ pytestmark = pytest.mark.integration
 
 KEY = "exec-int-key-Jd83hQ"
 SECRET = "exec-int-secret-Pz02vK"
-SETTINGS = ExecutorSettings(
-    flatten_deadline_s=5.0,
-    enforce_interval_s=0.05,
-    backoff_initial_s=0.01,
-    backoff_max_s=0.2,
+SETTINGS = ExecuteSettings(
+    flatten_deadline_sec=5.0,
+    enforce_interval_sec=0.05,
+    backoff_initial_sec=0.01,
+    backoff_max_sec=0.2,
     status_port=-1,
 )
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
@@ -386,7 +382,7 @@ async def test_a_venue_refusing_the_credentials_is_reported_as_api_key_invalid(
         VenueConfig(name="futures", exchange="binanceusdm", base_url=sim.url, timeout_ms=300),
         wrong,
     )
-    settings = SETTINGS.model_copy(update={"credential_probe_interval_s": 0.2})
+    settings = SETTINGS.model_copy(update={"credential_probe_interval_sec": 0.2})
     executor = Executor(
         kafka_bootstrap, registry, [venue], settings, trust=trust(registry.state.name)
     )

@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ess.chaos.crash_child import CRASH_MESSAGE
 from ess.clock import Clock, ManualClock, SystemClock
 from ess.core import ResetPolicy
 from ess.core.attestation import seal_problem
@@ -762,9 +763,15 @@ async def test_missing_topics_refuse_start_without_creating_them(
 
 
 def spawn_processor(
-    bootstrap: str, registry: TopicRegistry, log: Path, **env: str
+    bootstrap: str,
+    registry: TopicRegistry,
+    log: Path,
+    *,
+    crash_at: str | None = None,
+    **env: str,
 ) -> subprocess.Popen[bytes]:
-    """``python -m ess.roles.command.processor`` as production runs it, JSON logs to ``log``,
+    """``python -m ess.roles.command.processor`` as production runs it (``crash_at``: through
+    ``python -m ess.chaos.crash_child`` instead, killed at that point), JSON logs to ``log``,
     signing with
     :data:`PROCESSOR` (written next to ``log`` on first use). Its group is named after the
     topic prefix, so it is unique to the test."""
@@ -784,7 +791,9 @@ def spawn_processor(
     }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ess.roles.command.processor"],
+            [sys.executable, "-m", "ess.roles.command.processor"]
+            if crash_at is None
+            else [sys.executable, "-m", "ess.chaos.crash_child", crash_at],
             cwd=log.parent,  # no stray .env file
             env=environment,
             stdout=out,
@@ -813,10 +822,10 @@ async def test_crash_between_append_and_commit_appends_nothing_twice(
     now = datetime.now(UTC)  # the subprocesses run on the system clock
     await send(a_trip("trip-1", ts=now))
     crash_log = tmp_path / "crashing.log"
-    crashing = spawn_processor(kafka_bootstrap, registry, crash_log, ESS_FAULT="crash_after_append")
+    crashing = spawn_processor(kafka_bootstrap, registry, crash_log, crash_at="crash_after_append")
 
     assert await exit_status(crashing) == -signal.SIGKILL, crash_log.read_text()
-    assert log_records(crash_log, "fault injection: SIGKILL after append, before commit")
+    assert log_records(crash_log, CRASH_MESSAGE)
     # It died after appending and before committing: the worst moment.
     assert summary(await log_of(kafka_bootstrap, registry)) == [(0, "activated", "trip-1", 0)]
     assert await committed(kafka_bootstrap, group, registry.commands.name) is None

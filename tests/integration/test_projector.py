@@ -23,13 +23,13 @@ from aiokafka import AIOKafkaConsumer
 
 from ess.api.fakes import FakePolicyStore
 from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
-from ess.config import EssSettings
 from ess.core.reader import Trust, seal_entry
 from ess.kafka.broker import EmbeddedBroker, ensure_topics
 from ess.kafka.clients import consumer, producer, read_to_end
 from ess.observability.status import serve_status
 from ess.roles.project.metrics import ProjectorMetrics
 from ess.roles.project.projector import Projector, run_projector
+from ess.settings import EssSettings
 from ess.statelog import STATE_KEY, KafkaStateLog
 from schemas import (
     EmergencyEvent,
@@ -669,7 +669,8 @@ async def test_status_and_metrics_endpoints(rig: Rig) -> None:
 async def test_run_projector_entry_point_follows_the_configured_topics(rig: Rig) -> None:
     await rig.trip()
     settings = EssSettings(
-        kafka_bootstrap_servers=rig.bootstrap, topic_prefix=rig.topics.prefix, _env_file=None
+        kafka={"bootstrap_servers": rig.bootstrap, "topic_prefix": rig.topics.prefix},
+        _env_file=None,
     )
     metrics = ProjectorMetrics()
     stop = asyncio.Event()
@@ -695,7 +696,7 @@ async def test_run_projector_entry_point_follows_the_configured_topics(rig: Rig)
         await asyncio.wait_for(task, WAIT)
     with pytest.raises(ValueError, match="KAFKA_BOOTSTRAP_SERVERS"):
         await run_projector(
-            EssSettings(kafka_bootstrap_servers="", _env_file=None),
+            EssSettings(kafka={"bootstrap_servers": ""}, _env_file=None),
             rig.store,
             stop,
             trust=rig.trust(),

@@ -27,7 +27,6 @@ from loguru import logger
 
 from ess.audit.compare import Outcome, compare
 from ess.audit.replay import Decision, replay
-from ess.config import EssSettings
 from ess.core.signing import generate_private_key, public_key_text, sign_reset
 from ess.kafka.clients import producer, read_to_end
 from ess.operator.cli import cli
@@ -35,6 +34,7 @@ from ess.operator.commands import read_state
 from ess.roles.command.processor import run_processor
 from ess.roles.detect.settings import DetectorSettings
 from ess.rules.config import DetectionConfig
+from ess.settings import EssSettings
 from ess.statelog import STATE_KEY
 from schemas import (
     ActivatedEntry,
@@ -126,10 +126,8 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
     processors.mkdir()
     (processors / f"{PROCESSOR.key_id}.pub").write_text(public_key_text(PROCESSOR.private))
     ess = EssSettings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=registry.prefix,
-        operator_keys_dir=keys,
-        processor_keys_dir=processors,
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": registry.prefix},
+        keys={"operator_keys_dir": keys, "processor_keys_dir": processors},
         _env_file=None,
     )
     trust = ess.state_trust()
@@ -138,7 +136,7 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
         registry=registry,
         app_id=f"ess-detect-{uuid.uuid4().hex[:8]}",
         detection=CONFIG,
-        tick_interval_s=TICK_S,
+        tick_interval_sec=TICK_S,
         standby_replicas=0,
     )
     epochs: list[int] = []

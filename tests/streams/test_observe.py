@@ -32,6 +32,7 @@ from ess.roles.detect.settings import DetectorSettings
 from ess.rules.base import Context
 from ess.rules.catalog import RECORD_TYPE, build_rules
 from ess.rules.config import DetectionConfig
+from ess.settings import EssSettings
 from schemas import topic_registry
 from streams.app import create_app
 
@@ -382,7 +383,7 @@ def test_nothing_is_read_before_the_app_has_a_consumer() -> None:
 def test_create_app_attaches_an_observer_that_follows_the_input_topics() -> None:
     registry = topic_registry("unit", input_partitions=2)
     settings = DetectorSettings(
-        bootstrap="localhost:1", registry=registry, app_id="ess-detect-u", wedged_after_s=7.0
+        bootstrap="localhost:1", registry=registry, app_id="ess-detect-u", wedged_after_sec=7.0
     )
     app = create_app(settings, outputs=_NoOutputs(), epoch=StaticEpoch())
     observer: DetectObserver = app.ess_observer
@@ -471,12 +472,14 @@ def test_status_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert direct.status_port == -1  # built directly (tests, tools): no server
     monkeypatch.delenv("ESS_DETECT_STATUS_PORT", raising=False)
     monkeypatch.delenv("ESS_DETECT_WEDGED_AFTER_SEC", raising=False)
-    default = DetectorSettings.from_env("b:1", registry)
-    assert (default.status_port, default.wedged_after_s) == (9467, 30.0)
+    monkeypatch.delenv("ESS_STATUS_HOST", raising=False)
+    default = DetectorSettings.from_settings(EssSettings(_env_file=None), bootstrap="b:1")
+    assert (default.status_port, default.wedged_after_sec) == (9467, 30.0)
     monkeypatch.setenv("ESS_DETECT_STATUS_PORT", "-1")
     monkeypatch.setenv("ESS_DETECT_WEDGED_AFTER_SEC", "12.5")
-    custom = DetectorSettings.from_env("b:1", registry, status_host="0.0.0.0")
-    assert (custom.status_host, custom.status_port, custom.wedged_after_s) == (
+    monkeypatch.setenv("ESS_STATUS_HOST", "0.0.0.0")
+    custom = DetectorSettings.from_settings(EssSettings(_env_file=None), bootstrap="b:1")
+    assert (custom.status_host, custom.status_port, custom.wedged_after_sec) == (
         "0.0.0.0",
         -1,
         12.5,

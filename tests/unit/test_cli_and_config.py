@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ess.config import EssSettings
 from ess.core.attestation import SigningKey, key_id
 from ess.core.signing import (
     KeyMaterialError,
@@ -18,6 +17,7 @@ from ess.core.signing import (
     write_key_pair,
 )
 from ess.operator.cli import cli
+from ess.settings import EssSettings
 
 
 def keygen(*args: str) -> Result:
@@ -31,7 +31,7 @@ def test_keygen_writes_a_usable_key_pair(tmp_path: Path) -> None:
     key = load_private_key(tmp_path / "alice.key")
     assert stat.S_IMODE((tmp_path / "alice.key").stat().st_mode) == 0o600
     assert "BEGIN PUBLIC KEY" in (tmp_path / "alice.pub").read_text()
-    settings = EssSettings(operator_keys_dir=tmp_path)
+    settings = EssSettings(keys={"operator_keys_dir": tmp_path})
     assert settings.reset_policy().operators["alice"] == public_bytes(key)
 
 
@@ -61,9 +61,9 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
     settings = EssSettings()
 
-    assert settings.kafka_bootstrap_servers == "kafka-1:9092"
+    assert settings.kafka.bootstrap_servers == "kafka-1:9092"
     assert settings.registry().commands.name == "prod.commands"
-    assert settings.log_level == "DEBUG"
+    assert settings.observability.log_level == "DEBUG"
     policy = settings.reset_policy()
     assert dict(policy.operators) == {}, "no keys installed: nobody can reset (fail closed)"
     assert policy.quorum == 1
@@ -71,7 +71,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_settings_reject_unknown_log_level() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
-        EssSettings(log_level="chatty")
+        EssSettings(observability={"log_level": "chatty"})
 
 
 # --------------------------------------------------------------------------- processor keys
@@ -95,7 +95,8 @@ def test_keygen_processor_writes_the_private_key_and_the_trusted_public_key(
     assert not (directory / "processor.pub").exists(), "only the trusted copy is kept"
     # What the processor signs with, and what a reader configured with the directory trusts.
     settings = EssSettings(
-        processor_key_file=private, processor_keys_dir=directory / "processors", _env_file=None
+        keys={"processor_key_file": private, "processor_keys_dir": directory / "processors"},
+        _env_file=None,
     )
     assert settings.processor_signing_key().key_id == key_id(public_raw)
     assert dict(settings.state_trust().processor_keys) == {key_id(public_raw): public_raw}
@@ -123,7 +124,7 @@ def test_keygen_needs_exactly_one_of_name_and_processor(tmp_path: Path, args: li
 
 
 def test_state_trust_without_any_processor_key_refuses_with_what_to_do(tmp_path: Path) -> None:
-    settings = EssSettings(processor_keys_dir=tmp_path / "none", _env_file=None)
+    settings = EssSettings(keys={"processor_keys_dir": tmp_path / "none"}, _env_file=None)
 
     with pytest.raises(KeyMaterialError, match="ESS_PROCESSOR_KEYS_DIR") as refused:
         settings.state_trust()
@@ -143,8 +144,10 @@ def test_state_trust_holds_the_installed_keys_and_the_processor_in_this_process(
     monkeypatch.setenv("ESS_TOPIC_PREFIX", "prod")
     monkeypatch.setenv("ESS_STATE_LOG_UNSIGNED_BEFORE", "17")
     settings = EssSettings(
-        processor_keys_dir=tmp_path / "processors",
-        operator_keys_dir=tmp_path / "operators",
+        keys={
+            "processor_keys_dir": tmp_path / "processors",
+            "operator_keys_dir": tmp_path / "operators",
+        },
         _env_file=None,
     )
 
@@ -162,7 +165,7 @@ def test_state_trust_holds_the_installed_keys_and_the_processor_in_this_process(
 
 
 def test_processor_signing_key_missing_says_what_to_do(tmp_path: Path) -> None:
-    settings = EssSettings(processor_key_file=tmp_path / "processor.key", _env_file=None)
+    settings = EssSettings(keys={"processor_key_file": tmp_path / "processor.key"}, _env_file=None)
 
     with pytest.raises(KeyMaterialError, match="ESS_PROCESSOR_KEY_FILE") as refused:
         settings.processor_signing_key()
@@ -172,7 +175,7 @@ def test_processor_signing_key_missing_says_what_to_do(tmp_path: Path) -> None:
 def test_an_unusable_public_key_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "processors").mkdir()
     (tmp_path / "processors" / "bad.pub").write_text("not a key")
-    settings = EssSettings(processor_keys_dir=tmp_path / "processors", _env_file=None)
+    settings = EssSettings(keys={"processor_keys_dir": tmp_path / "processors"}, _env_file=None)
 
     with pytest.raises(KeyMaterialError, match=r"bad\.pub"):
         settings.state_trust()
@@ -182,7 +185,7 @@ def test_two_operator_names_with_one_key_are_refused(tmp_path: Path) -> None:
     key = generate_private_key()
     write_key_pair(key, tmp_path, "alice")
     (tmp_path / "alias.pub").write_text((tmp_path / "alice.pub").read_text())
-    settings = EssSettings(operator_keys_dir=tmp_path, _env_file=None)
+    settings = EssSettings(keys={"operator_keys_dir": tmp_path}, _env_file=None)
 
     with pytest.raises(ValueError, match="same public key"):
         settings.reset_policy()
@@ -192,7 +195,7 @@ def test_a_small_order_operator_key_is_refused(tmp_path: Path) -> None:
     # The identity point: it "verifies" forged signatures, so it must never be loaded.
     identity = bytes([1]) + bytes(31)
     (tmp_path / "mallory.pub").write_text(base64.b64encode(identity).decode())
-    settings = EssSettings(operator_keys_dir=tmp_path, _env_file=None)
+    settings = EssSettings(keys={"operator_keys_dir": tmp_path}, _env_file=None)
 
     with pytest.raises(KeyMaterialError, match=r"mallory\.pub"):
         settings.reset_policy()

@@ -34,17 +34,23 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-from pydantic import AliasChoices
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
-from ess.config import EssSettings
 from ess.policystore import CHANNEL
 from ess.roles.command.processor import EXIT_FENCED, FencedError, default_group_id
-from ess.roles.detect.settings import DetectEnv
 from ess.roles.execute.service import ExecutorMetrics
 from ess.roles.project.metrics import ProjectorMetrics
 from ess.roles.worker import ROLES, WorkerError
-from ess.venues.config import ExecutorSettings, parse_venues
+from ess.settings import (
+    OTHER_VARIABLES,
+    CommandSettings,
+    DetectSettings,
+    EssSettings,
+    ExecuteSettings,
+    ProjectSettings,
+    env_variables,
+)
+from ess.venues.config import parse_venues
 from schemas.topics import TopicRegistry, topic_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,22 +154,10 @@ def _volume_targets(spec: dict[str, Any]) -> dict[str, str]:
 
 
 def _setting_env_names() -> set[str]:
-    """Every environment variable ESS reads, from the settings classes themselves."""
-    names: set[str] = set()
-    for field_name, field in EssSettings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {choice for choice in alias.choices if isinstance(choice, str)}
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"ESS_{field_name}".upper())
-    names |= {f"ESS_EXECUTOR_{name}".upper() for name in ExecutorSettings.model_fields}
-    names |= {f"ESS_DETECT_{name}".upper() for name in DetectEnv.model_fields}
-    # The venue list is read by load_venues() from the raw environment.
-    source = (ROOT / "ess" / "venues" / "config.py").read_text()
-    names |= set(re.findall(r'env\.get\("(ESS_VENUES(?:_FILE)?)"', source))
-    assert {"ESS_VENUES_FILE", "ESS_VENUES"} <= names
+    """Every environment variable ESS reads, from the settings tree itself (deprecated names
+    included: they still work), plus the venue list that load_venues() reads."""
+    names = {variable.name for variable in env_variables()} | set(OTHER_VARIABLES)
+    assert {"ESS_VENUES_FILE", "ESS_VENUES", "KAFKA_BOOTSTRAP_SERVERS"} <= names
     return names
 
 
@@ -289,6 +283,52 @@ def test_every_ess_env_var_is_a_real_setting(services: dict[str, dict[str, Any]]
         assert "ESS_FAULT" not in _env(spec), "test-only fault injection"
 
 
+#: ``ESS_*`` variables of the deployment's own scripts (compose interpolation, the Kafka and
+#: Redis init scripts), never passed to an ESS process.
+_DEPLOYMENT_ONLY = frozenset(
+    {
+        "ESS_IMAGE",
+        "ESS_KAFKA_BIN",
+        "ESS_KAFKA_BOOTSTRAP",
+        "ESS_REDIS_ACL_TEMPLATE",
+        "ESS_REDIS_ACL_FILE",
+    }
+)
+
+
+def _documented_ess_names() -> dict[str, set[str]]:
+    """Every ``ESS_*`` name the README, docs/ and docker/ mention, with where; placeholders
+    such as ``ESS_VENUE_<NAME>_API_KEY`` or ``ESS_*`` are not names."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    files += [path for path in sorted(DOCKER.rglob("*")) if path.is_file()]
+    found: dict[str, set[str]] = {}
+    for path in files:
+        text = path.read_text(errors="replace")
+        for match in re.finditer(r"\bESS_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_]*[<*{])", text):
+            found.setdefault(match.group(0), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_ess_variable_the_docs_and_docker_mention_is_read_by_ess() -> None:
+    known = _setting_env_names() | _DEPLOYMENT_ONLY
+    venue = re.compile(r"^ESS_VENUE_[A-Z0-9_]+_(?:API_KEY|SECRET)$")
+    mentioned = _documented_ess_names()
+    unknown = {
+        name: sorted(where)
+        for name, where in mentioned.items()
+        if name not in known and not name.startswith("ESS_TEST_") and not venue.match(name)
+    }
+    assert not unknown, f"not a setting (renamed or misspelt?): {unknown}"
+    assert {"ESS_TOPIC_PREFIX", "ESS_DETECT_GROUP", "ESS_EXECUTOR_STATUS_PORT"} <= set(mentioned)
+
+
+def test_the_docs_and_docker_use_the_current_names() -> None:
+    deprecated = {variable.name for variable in env_variables() if variable.deprecated}
+    assert deprecated, "the executor's old _S names are still read (for one release)"
+    used = {name: where for name, where in _documented_ess_names().items() if name in deprecated}
+    assert not used, f"deprecated names in use: {used}"
+
+
 def test_the_default_settings_of_every_role_validate(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,7 +339,7 @@ def test_the_default_settings_of_every_role_validate(
             for key, value in _env(services[name]).items():
                 patch.setenv(key, _interpolate(value))
             settings = EssSettings(_env_file=None)
-        assert settings.kafka_bootstrap_servers == "kafka:9092"
+        assert settings.kafka.bootstrap_servers == "kafka:9092"
         security = settings.kafka_security()
         assert security.protocol == "SASL_PLAINTEXT"
         assert security.sasl_mechanism == "SCRAM-SHA-512"
@@ -334,10 +374,10 @@ def test_status_servers_are_reachable_and_scraped(services: dict[str, dict[str, 
         "ess-command": [f"ess-command:{command['ESS_COMMAND_STATUS_PORT']}"],
         "ess-detect": [f"{name}:{env['ESS_DETECT_STATUS_PORT']}" for name, env in detect.items()],
     }
-    assert EssSettings.model_fields["status_port"].default == 9464
-    assert ExecutorSettings.model_fields["status_port"].default == 9465
-    assert EssSettings.model_fields["command_status_port"].default == 9466
-    assert DetectEnv.model_fields["status_port"].default == 9467
+    assert ProjectSettings().status_port == 9464
+    assert ExecuteSettings().status_port == 9465
+    assert CommandSettings().status_port == 9466
+    assert DetectSettings().status_port == 9467
 
 
 def test_projector_uses_the_compose_redis(services: dict[str, dict[str, Any]]) -> None:

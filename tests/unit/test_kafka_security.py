@@ -26,7 +26,6 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from loguru import logger
 from pydantic import SecretStr, ValidationError
 
-from ess.config import EssSettings
 from ess.kafka.clients import (
     PLAINTEXT,
     KafkaSecurity,
@@ -37,6 +36,7 @@ from ess.kafka.clients import (
 )
 from ess.roles.detect.epoch import StaticEpoch
 from ess.roles.detect.settings import DetectorSettings
+from ess.settings import EssSettings
 from schemas import topic_registry
 from streams.app import create_app
 
@@ -292,12 +292,12 @@ def test_detection_app_gets_broker_credentials(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # Faust creates its data directory in the working directory
     registry = topic_registry("sec", input_partitions=1)
-    plain = DetectorSettings.from_env("b:1", registry)
+    plain = DetectorSettings(bootstrap="b:1", registry=registry)
     assert plain.security == PLAINTEXT
     app = create_app(plain, outputs=_NoOutputs(), epoch=StaticEpoch())
     assert app.conf.broker_credentials is None
 
-    settings = DetectorSettings.from_env("b:1", registry, security=sasl_ssl(pki))
+    settings = DetectorSettings(bootstrap="b:1", registry=registry, security=sasl_ssl(pki))
     app = create_app(settings, outputs=_NoOutputs(), epoch=StaticEpoch())
     credentials = app.conf.broker_credentials
     assert isinstance(credentials, faust.SASLCredentials)
@@ -417,7 +417,7 @@ def test_the_password_is_never_printed(
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", PASSWORD)
     settings = EssSettings(_env_file=None)
     security = settings.kafka_security()
-    detector = DetectorSettings.from_env("kafka:9093", topic_registry("x"), security=security)
+    detector = DetectorSettings.from_settings(settings)
     shown = [
         repr(settings),
         str(settings),

@@ -11,17 +11,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ess.config import EssSettings
+from ess.chaos.crash_child import CrashAfterAppend, hooks_for
+from ess.chaos.crash_child import main as crash_child_main
 from ess.core.deadletter import MAX_ERROR_CHARS, MAX_RAW_BYTES, build_dead_letter
 from ess.core.ids import derive_id
 from ess.roles.command.processor import (
     SOURCE,
-    Fault,
+    ProcessorHooks,
     ProcessorStatus,
     StartupRefused,
     decode_command,
     default_group_id,
-    fault_from_env,
     foreign_acknowledgement,
     outcome_for,
     resume_offset,
@@ -29,6 +29,7 @@ from ess.roles.command.processor import (
     security_event_for,
     undecodable_trip,
 )
+from ess.settings import EssSettings
 from ess.statelog import Folded, ForeignRecord
 from schemas import (
     TEXT_MAX,
@@ -129,16 +130,32 @@ def test_authentic_rejections_and_other_entries_raise_no_security_event(
 # --------------------------------------------------------------------------- fault injection
 
 
-def test_fault_comes_from_the_environment_and_typos_are_refused() -> None:
-    assert fault_from_env({}) is None
-    assert fault_from_env({"ESS_FAULT": " "}) is None
-    assert fault_from_env({"ESS_FAULT": "crash_after_append"}) is Fault.CRASH_AFTER_APPEND
+def test_crash_points_are_named_and_typos_are_refused() -> None:
+    assert isinstance(hooks_for("crash_after_append"), CrashAfterAppend)
+    assert isinstance(hooks_for(" crash_after_append "), CrashAfterAppend)
     with pytest.raises(ValueError, match=r"crash_after_apend.*crash_after_append"):
-        fault_from_env({"ESS_FAULT": "crash_after_apend"})
+        hooks_for("crash_after_apend")
+    assert crash_child_main(["crash_after_apend"]) == 2
+    assert crash_child_main([]) == 2
+
+
+def test_default_hooks_do_nothing() -> None:
+    entry = ActivatedEntry(seq=0, command_id="t", ts=T0, reason="manual", source="operator:x")
+    ProcessorHooks().after_append(entry, 0)  # returns: no crash, no error
+
+
+def test_production_code_never_reads_a_fault_from_the_environment() -> None:
+    root = Path(__file__).resolve().parents[2] / "ess"
+    readers = [
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if "ESS_FAULT" in path.read_text(encoding="utf-8")
+    ]
+    assert readers == []
 
 
 def test_run_processor_refuses_without_a_bootstrap_server(tmp_path: Path) -> None:
-    settings = EssSettings(kafka_bootstrap_servers="", operator_keys_dir=tmp_path)
+    settings = EssSettings(kafka={"bootstrap_servers": ""}, keys={"operator_keys_dir": tmp_path})
 
     with pytest.raises(StartupRefused, match="KAFKA_BOOTSTRAP_SERVERS is required"):
         asyncio.run(run_processor(settings, asyncio.Event()))
@@ -146,7 +163,9 @@ def test_run_processor_refuses_without_a_bootstrap_server(tmp_path: Path) -> Non
 
 def test_run_processor_refuses_unreadable_operator_keys(tmp_path: Path) -> None:
     (tmp_path / "alice.pub").write_text("not a key")
-    settings = EssSettings(kafka_bootstrap_servers="127.0.0.1:9", operator_keys_dir=tmp_path)
+    settings = EssSettings(
+        kafka={"bootstrap_servers": "127.0.0.1:9"}, keys={"operator_keys_dir": tmp_path}
+    )
 
     with pytest.raises(StartupRefused, match="not an Ed25519 public key"):
         asyncio.run(run_processor(settings, asyncio.Event()))
@@ -387,9 +406,8 @@ def test_outcomes_say_applied_duplicate_or_rejected() -> None:
 
 def test_run_processor_refuses_without_its_key(tmp_path: Path) -> None:
     settings = EssSettings(
-        kafka_bootstrap_servers="127.0.0.1:9",
-        operator_keys_dir=tmp_path,
-        processor_key_file=tmp_path / "missing.key",
+        kafka={"bootstrap_servers": "127.0.0.1:9"},
+        keys={"operator_keys_dir": tmp_path, "processor_key_file": tmp_path / "missing.key"},
     )
 
     with pytest.raises(StartupRefused, match="no command processor key"):

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -62,7 +61,6 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -73,7 +71,6 @@ from loguru import logger
 from pydantic import ValidationError
 
 from ess.clock import Clock, SystemClock
-from ess.config import EssSettings
 from ess.core import EssState, ResetPolicy, decide
 from ess.core.attestation import SigningKey, seal
 from ess.core.decider import (
@@ -92,6 +89,7 @@ from ess.kafka.deadletter import DeadLetterWriter
 from ess.observability.logging import configure_logging
 from ess.observability.status import serve_status
 from ess.roles.command.metrics import ProcessorMetrics
+from ess.settings import EssSettings, warn_environment
 from ess.statelog import Folded, KafkaStateLog, StateLogReader
 from schemas import (
     ActivatedEntry,
@@ -119,18 +117,16 @@ from schemas import (
 
 __all__ = [
     "EXIT_FENCED",
-    "FAULT_ENV",
     "SOURCE",
     "CommandProcessor",
-    "Fault",
     "FencedError",
     "ProcessorError",
+    "ProcessorHooks",
     "ProcessorStats",
     "ProcessorStatus",
     "StartupRefused",
     "decode_command",
     "default_group_id",
-    "fault_from_env",
     "foreign_acknowledgement",
     "main",
     "outcome_for",
@@ -142,8 +138,6 @@ __all__ = [
 
 #: The processor's name as the source of the records it publishes (security events, trips).
 SOURCE: Final = "ess-command-processor"
-#: Test-only fault injection, read by :func:`run_processor` (see :class:`Fault`).
-FAULT_ENV: Final = "ESS_FAULT"
 #: Exit status of ``python -m ess.roles.command.processor`` after :class:`FencedError`: distinct
 #: from a plain failure (1) so that a supervisor can alert on "a second writer exists" instead of
 #: looping.
@@ -179,27 +173,17 @@ class FencedError(ProcessorError):
     writer exists. The processor stops rather than write a diverging history."""
 
 
-class Fault(StrEnum):
-    """Test-only fault injection (``ESS_FAULT``); never set it in production.
+class ProcessorHooks:
+    """Named points in the processor's work where a harness may act; each does nothing here.
 
-    ``crash_after_append``: SIGKILL the process right after the first state-log append is
-    acknowledged and before the command offset is committed, the worst moment to crash.
+    The seam for fault injection: crash tests subclass it (``ess.chaos.crash_child`` kills
+    the process at a chosen point) and hand it to :func:`main` or :class:`CommandProcessor`.
+    Production passes none, so no setting or environment variable can make it misbehave.
     """
 
-    CRASH_AFTER_APPEND = "crash_after_append"
-
-
-def fault_from_env(environ: Mapping[str, str] = os.environ) -> Fault | None:
-    """The fault named by ``ESS_FAULT``, or ``None``. An unknown name raises ``ValueError``:
-    a misspelt fault would otherwise make a crash test pass without crashing anything."""
-    value = environ.get(FAULT_ENV, "").strip()
-    if not value:
-        return None
-    try:
-        return Fault(value)
-    except ValueError:
-        known = ", ".join(fault.value for fault in Fault)
-        raise ValueError(f"{FAULT_ENV}={value!r} is not a known fault ({known})") from None
+    def after_append(self, entry: StateEntry, offset: int) -> None:
+        """An entry's append was acknowledged at ``offset`` and folded in; its command is not
+        yet committed nor its outcome published (the worst moment to crash)."""
 
 
 @dataclass(slots=True)
@@ -451,9 +435,10 @@ class CommandProcessor:
         group_id: Consumer group (default :func:`default_group_id` of the registry's prefix):
             committed offsets live there, and membership makes one processor the owner.
         join_group: ``False`` assigns the partition directly instead of joining the group
-            (offsets are still committed under ``group_id``). That saves the ~3 s group join
-            of tests and tools, and gives up the group's single-owner guard; fencing remains.
-        fault: Test-only fault injection (:class:`Fault`).
+            (offsets are still committed under ``group_id``). That saves tests and tools the
+            group join (seconds on the embedded broker: docs/embedded-broker.md, "Group
+            joins"), and gives up the group's single-owner guard; fencing remains.
+        hooks: Named points a test harness acts on (:class:`ProcessorHooks`); none by default.
         security: TLS/SASL of every client (default PLAINTEXT).
         beat_interval: Seconds between liveness beats (and idle checks of the log's end).
         metrics: Prometheus metrics (a fresh registry when omitted).
@@ -470,7 +455,7 @@ class CommandProcessor:
         trust: Trust,
         group_id: str | None = None,
         join_group: bool = True,
-        fault: Fault | None = None,
+        hooks: ProcessorHooks | None = None,
         security: KafkaSecurity | None = None,
         beat_interval: float = 0.5,
         metrics: ProcessorMetrics | None = None,
@@ -490,13 +475,13 @@ class CommandProcessor:
         self._scope = registry.state.name
         self._group_id = group_id or default_group_id(registry.prefix)
         self._join_group = join_group
-        self._fault = fault
+        self._hooks = hooks if hooks is not None else ProcessorHooks()
         self._beat_interval = beat_interval
         self._wedged_after = wedged_after
         #: Since when (monotonic) the command in hand is being processed; None when idle.
         self._busy_since: float | None = None
         self._commands = TopicPartition(registry.commands.name, 0)
-        self._state_tp = TopicPartition(registry.state.name, 0)
+        #: ``ess.state`` through the port: appended, read back and watched (its end offset).
         self._log = KafkaStateLog(bootstrap, registry.state.name, security=security)
         self._reader = StateLogReader(trust, name="command-processor")
         #: The last entries appended for commands (``command_offset`` set), read or written.
@@ -696,9 +681,10 @@ class CommandProcessor:
         committed = await self._io.commands.committed(self._commands)
         self._next_command = resume_offset(committed, self._reader.folded.max_command_offset)
         self._io.commands.seek(self._commands, self._next_command)
-        # Warm the fencing check: the first ListOffsets of ess.state costs ~100 ms (connection
-        # and metadata), which would otherwise be added to the first trip's latency.
-        await self._io.commands.end_offsets([self._state_tp])
+        # Warm the fencing check: the first ListOffsets of ess.state opens a connection and
+        # fetches metadata (figures: BENCHMARKS.md), which would otherwise be added to the
+        # first trip's latency.
+        await self._log.end_offset()
         self._owned = True
         self.metrics.observe_owner(True)
         self._generation += 1
@@ -958,11 +944,7 @@ class CommandProcessor:
         self.stats.entries_appended += 1
         self.metrics.entry_appended(sealed.kind)
         self._log_entry(sealed, offset)
-        if self._fault is Fault.CRASH_AFTER_APPEND:
-            logger.bind(seq=entry.seq, offset=offset).critical(
-                "fault injection: SIGKILL after append, before commit"
-            )
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._hooks.after_append(sealed, offset)
         return sealed
 
     async def _landed_elsewhere(
@@ -995,7 +977,7 @@ class CommandProcessor:
         # ListOffsets is enough to see a new record even on Tansu: it under-reports only
         # *within* a multi-record batch, and any batch at or after ``expected`` moves the
         # reported end past ``expected``.
-        end: int = (await self._io.commands.end_offsets([self._state_tp]))[self._state_tp]
+        end = await self._log.end_offset()
         if end > expected:
             try:
                 applied = self._feed(await self._log.read(expected))
@@ -1215,21 +1197,24 @@ async def run_processor(
     settings: EssSettings,
     stop: asyncio.Event,
     *,
+    bootstrap: str | None = None,
     signing_key: SigningKey | None = None,
     status_host: str | None = None,
     status_port: int | None = None,
+    hooks: ProcessorHooks | None = None,
 ) -> None:
     """Run the command processor (the ``command`` role) with ``settings`` until ``stop``.
 
-    Reads ``KAFKA_BOOTSTRAP_SERVERS`` (required: the processor joins an existing cluster,
-    whose topics must already exist), ``ESS_TOPIC_PREFIX``, ``ESS_OPERATOR_KEYS_DIR`` and the
-    reset bounds, the processor key (``ESS_PROCESSOR_KEY_FILE``, unless ``signing_key`` is
-    given) and the keys readers trust, and the test-only ``ESS_FAULT``. Serves ``/status``,
-    ``/metrics`` and ``/healthz`` on ``status_port`` (default ``ESS_COMMAND_STATUS_PORT``;
-    ``-1`` disables). Raises :class:`StartupRefused` for unusable settings, otherwise as
+    Reads ``KAFKA_BOOTSTRAP_SERVERS`` unless ``bootstrap`` is given (required: the processor
+    joins an existing cluster, whose topics must already exist), ``ESS_TOPIC_PREFIX``,
+    ``ESS_OPERATOR_KEYS_DIR`` and the reset bounds, the processor key
+    (``ESS_PROCESSOR_KEY_FILE``, unless ``signing_key`` is given) and the keys readers trust;
+    ``hooks`` as for :class:`CommandProcessor`. Serves ``/status``, ``/metrics`` and
+    ``/healthz`` on ``status_port`` (default ``ESS_COMMAND_STATUS_PORT``; ``-1`` disables).
+    Raises :class:`StartupRefused` for unusable settings, otherwise as
     :meth:`CommandProcessor.run`.
     """
-    bootstrap = settings.kafka_bootstrap_servers.strip()
+    bootstrap = (bootstrap or settings.kafka.bootstrap_servers).strip()
     if not bootstrap:
         raise _critical(
             StartupRefused,
@@ -1240,7 +1225,6 @@ async def run_processor(
         policy = settings.reset_policy()
         key = signing_key or settings.processor_signing_key()
         trust = settings.state_trust(also_trust=key)
-        fault = fault_from_env()
     except (KeyMaterialError, OSError, ValueError) as exc:
         raise _critical(StartupRefused, f"command processor settings: {exc}") from exc
     try:
@@ -1256,17 +1240,16 @@ async def run_processor(
         clock=SystemClock(),
         signing_key=key,
         trust=trust,
-        fault=fault,
+        hooks=hooks,
         security=settings.kafka_security(),
-        beat_interval=settings.processor_beat_interval_sec,
-        wedged_after=settings.command_wedged_after_sec,
+        beat_interval=settings.command.beat_interval_sec,
+        wedged_after=settings.command.wedged_after_sec,
     )
-    port = settings.command_status_port if status_port is None else status_port
+    port = settings.command.status_port if status_port is None else status_port
+    host = status_host or settings.observability.status_host
     server = None
     if port >= 0:
-        server = await serve_status(
-            processor, processor.metrics.registry, status_host or settings.status_host, port
-        )
+        server = await serve_status(processor, processor.metrics.registry, host, port)
     try:
         await processor.run(stop)
     finally:
@@ -1274,21 +1257,23 @@ async def run_processor(
             await server.stop()
 
 
-async def _serve(settings: EssSettings) -> None:
+async def _serve(settings: EssSettings, hooks: ProcessorHooks | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_processor(settings, stop)
+    await run_processor(settings, stop, hooks=hooks)
 
 
-def main() -> int:
+def main(hooks: ProcessorHooks | None = None) -> int:
     """``python -m ess.roles.command.processor``: 0 after a graceful stop, :data:`EXIT_FENCED` when
-    fenced, 1 when refused or failed (the reason is logged as critical)."""
+    fenced, 1 when refused or failed (the reason is logged as critical). ``hooks``: see
+    :class:`ProcessorHooks` (crash tests only)."""
     settings = EssSettings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.observability.log_level, json=settings.observability.log_json)
+    warn_environment()
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, hooks))
     except FencedError:
         return EXIT_FENCED
     except ProcessorError:

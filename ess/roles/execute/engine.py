@@ -13,7 +13,7 @@ One :class:`VenueFlattener` per venue runs this loop for an activation until ESS
 
 Failures back off exponentially; a venue not verified flat within the deadline is reported
 ``stalled`` (again at every interval) while the engine keeps trying: giving up is never an
-option for a kill switch. Once flat, the venue is re-read every ``enforce_interval_s``, because
+option for a kill switch. Once flat, the venue is re-read every ``enforce_interval_sec``, because
 ESS stays ACTIVE and a late fill or a rogue bot's order must be removed too.
 
 Every step is reported as an :class:`~schemas.ActionReport` (``action``/``outcome``):
@@ -61,7 +61,7 @@ from ess.core.flatten import (
     quantity_text,
 )
 from ess.core.state import Activation
-from ess.venues.config import ExecutorSettings
+from ess.settings import ExecuteSettings
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from schemas import ActionReport
 
@@ -174,7 +174,7 @@ class VenueFlattener:
     def __init__(
         self,
         venue: VenuePort,
-        settings: ExecutorSettings,
+        settings: ExecuteSettings,
         *,
         clock: Clock,
         report: ReportSink,
@@ -218,7 +218,7 @@ class VenueFlattener:
             activation=activation,
             started=now,
             flatten_started=now,
-            stall_due=now + self._settings.flatten_deadline_s,
+            stall_due=now + self._settings.flatten_deadline_sec,
         )
         self._run = run
         self._emit(
@@ -245,7 +245,7 @@ class VenueFlattener:
                     self._log.bind(activation_seq=run.activation.seq).critical(
                         "venue flatten loop ended while ACTIVE; restarting it"
                     )
-                    await asyncio.wait({stopped}, timeout=self._settings.backoff_max_s)
+                    await asyncio.wait({stopped}, timeout=self._settings.backoff_max_sec)
                     loop = group.create_task(self._keep_flat(run, stop))
                 # Abandon a call still in flight (or queued for rate budget): a read cut short
                 # is harmless, and a close cut short is a timeout, safe by reduce-only.
@@ -256,7 +256,7 @@ class VenueFlattener:
 
     async def _keep_flat(self, run: _Run, stop: asyncio.Event) -> None:
         """The read-plan-act-verify loop; returns once ``stop`` is set."""
-        backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        backoff = _Backoff(self._settings.backoff_initial_sec, self._settings.backoff_max_sec)
         delay = 0.0
         # The snapshot the last round acted on, if every step of that round succeeded: reading
         # it back unchanged means the round achieved nothing (e.g. a market close expired
@@ -280,7 +280,7 @@ class VenueFlattener:
                 self._verified(run, snapshot)
                 backoff.reset()
                 acted_on = None
-                delay = self._settings.enforce_interval_s
+                delay = self._settings.enforce_interval_sec
                 continue
             if run.phase is Phase.FLAT:
                 self._exposure_found(run, snapshot)
@@ -416,7 +416,7 @@ class VenueFlattener:
         run.phase = Phase.FLATTENING
         run.flatten_started = now
         run.flatten_rounds = 0
-        run.stall_due = now + self._settings.flatten_deadline_s
+        run.stall_due = now + self._settings.flatten_deadline_sec
         self._emit(
             run,
             "enforce",
@@ -434,13 +434,13 @@ class VenueFlattener:
         """
         while True:
             due = run.stall_due
-            wait = self._settings.flatten_deadline_s if due is None else due - self._monotonic()
+            wait = self._settings.flatten_deadline_sec if due is None else due - self._monotonic()
             if await _stopped(stop, wait):
                 return
             now = self._monotonic()
             if run.stall_due is not None and now >= run.stall_due:
                 run.phase = Phase.STALLED
-                run.stall_due = now + self._settings.stalled_report_interval_s
+                run.stall_due = now + self._settings.stalled_report_interval_sec
                 self._emit(
                     run,
                     "flatten",
@@ -462,12 +462,12 @@ class VenueFlattener:
     def _floor(self, error: VenueError) -> float:
         """The shortest pause ``error`` allows before the next call to the venue."""
         if error.kind in _FATAL_KINDS:
-            return self._settings.backoff_max_s
+            return self._settings.backoff_max_sec
         if error.kind in {VenueErrorKind.RATE_LIMITED, VenueErrorKind.BANNED}:
             if error.retry_after is not None:
                 return error.retry_after
             # A ban without a stated length lasts minutes: retry at the slowest pace.
-            return self._settings.backoff_max_s if error.kind is VenueErrorKind.BANNED else 0.0
+            return self._settings.backoff_max_sec if error.kind is VenueErrorKind.BANNED else 0.0
         return 0.0
 
     def _emit(

@@ -52,14 +52,10 @@ from ess.roles.execute.engine import (
     keep_countdown,
 )
 from ess.roles.execute.metrics import ExecutorMetrics
-from ess.statelog import KafkaStateLog, StateLogReader, follow_state
+from ess.settings import ExecuteSettings
+from ess.statelog import KafkaStateLog, StateLog, StateLogReader
 from ess.venues.binance import BinanceVenue
-from ess.venues.config import (
-    ExecutorSettings,
-    VenueConfig,
-    VenueConfigError,
-    VenueCredentials,
-)
+from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from schemas import (
     IDENT_MAX,
@@ -153,20 +149,24 @@ class _Outgoing:
 
 
 class Executor:
-    """Runs the executor role against ``bootstrap`` until :meth:`run`'s ``stop`` is set."""
+    """Runs the executor role against ``bootstrap`` until :meth:`run`'s ``stop`` is set.
+
+    It follows ``ess.state`` through the :class:`~ess.statelog.StateLog` port (``state_log``,
+    by default the Kafka topic), so its following can be exercised on an in-memory log."""
 
     def __init__(
         self,
         bootstrap: str,
         topics: TopicRegistry,
         venues: Sequence[VenuePort],
-        settings: ExecutorSettings,
+        settings: ExecuteSettings,
         *,
         trust: Trust,
         countdowns: Mapping[str, Countdown] | None = None,
         clock: Clock | None = None,
         metrics: ExecutorMetrics | None = None,
         security: KafkaSecurity | None = None,
+        state_log: StateLog | None = None,
     ) -> None:
         names = [venue.name for venue in venues]
         if len(set(names)) != len(names):
@@ -174,6 +174,10 @@ class Executor:
         self.bootstrap = bootstrap
         self.security = security
         self.topics = topics
+        #: ``ess.state`` (the Kafka topic unless a test hands in another adapter).
+        self.state_log: StateLog = state_log or KafkaStateLog(
+            bootstrap, topics.state.name, security=security
+        )
         self.venues = tuple(venues)
         self.settings = settings
         self.countdowns = dict(countdowns or {})
@@ -214,12 +218,12 @@ class Executor:
         self._contact.set()
 
     def log_reachable(self) -> bool:
-        """Whether ``ess.state`` answered within ``settings.log_timeout_s``. While it does
+        """Whether ``ess.state`` answered within ``settings.log_timeout_sec``. While it does
         not, the executor cannot know whether ESS was tripped, so it stops re-arming the
         venues' dead-man's switches and lets the venues cancel (fail closed)."""
         return (
             self._last_contact is not None
-            and time.monotonic() - self._last_contact <= self.settings.log_timeout_s
+            and time.monotonic() - self._last_contact <= self.settings.log_timeout_sec
         )
 
     # ------------------------------------------------------------------ observation
@@ -276,7 +280,7 @@ class Executor:
         def refused(error: VenueError) -> None:
             now = time.monotonic()
             last = self._auth_reported.get(venue.name)
-            if last is not None and now - last < self.settings.credential_probe_interval_s:
+            if last is not None and now - last < self.settings.credential_probe_interval_sec:
                 return
             self._auth_reported[venue.name] = now
             self.metrics.credentials_refused.labels(venue.name).inc()
@@ -338,7 +342,7 @@ class Executor:
 
     async def _follow(self, stop: asyncio.Event) -> None:
         """Catch up on ``ess.state``, then follow it; reconnect after any failure."""
-        state_log = KafkaStateLog(self.bootstrap, self.topics.state.name, security=self.security)
+        state_log = self.state_log
         while not stop.is_set():
             try:
                 if not self._caught_up:
@@ -351,12 +355,8 @@ class Executor:
                         trusted=self._reader.trusted,
                     ).info("executor caught up with ess.state")
                     self._apply()
-                async for records in follow_state(
-                    self.bootstrap,
-                    self.topics,
-                    self._reader.folded.next_offset,
-                    security=self.security,
-                    on_fetch=self._touch,
+                async for records in state_log.follow(
+                    self._reader.folded.next_offset, on_fetch=self._touch
                 ):
                     self._reader.feed(records)
                     self._apply()
@@ -418,10 +418,10 @@ class Executor:
         return True
 
     async def _watchdog(self, stop: asyncio.Event) -> None:
-        """Every ``watchdog_interval_s``: :meth:`check_enforcement` (belt and braces)."""
+        """Every ``watchdog_interval_sec``: :meth:`check_enforcement` (belt and braces)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.watchdog_interval_s)
+                await asyncio.wait_for(stop.wait(), self.settings.watchdog_interval_sec)
             if not stop.is_set() and self._caught_up:
                 self.check_enforcement()
 
@@ -484,12 +484,12 @@ class Executor:
 
     async def unsupported_venues(self) -> dict[str, str]:
         """Venues whose account ESS could never flatten (hedge mode), by name, from one read
-        of each at start (bounded by ``start_check_timeout_s``). A venue that cannot be read
+        of each at start (bounded by ``start_check_timeout_sec``). A venue that cannot be read
         now is not held against the start: the flatten and the probes report it later."""
 
         async def check(venue: VenuePort) -> str | None:
             try:
-                async with asyncio.timeout(self.settings.start_check_timeout_s):
+                async with asyncio.timeout(self.settings.start_check_timeout_sec):
                     await venue.open()
                     await venue.snapshot()
             except VenueError as exc:
@@ -509,12 +509,12 @@ class Executor:
 
     async def _probe(self, venue: VenuePort, stop: asyncio.Event) -> None:
         """While INACTIVE, read ``venue`` with its credentials every
-        ``credential_probe_interval_s``: refused credentials are reported now, not found out
+        ``credential_probe_interval_sec``: refused credentials are reported now, not found out
         in an emergency. (While ACTIVE the flatten itself reports them.)"""
         refused = self._credentials_refused(venue)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.credential_probe_interval_s)
+                await asyncio.wait_for(stop.wait(), self.settings.credential_probe_interval_sec)
             if stop.is_set() or self._enforcement is not None or not self._caught_up:
                 continue
             await self.probe_once(venue, refused)
@@ -567,7 +567,7 @@ async def run_executor(
     topics: TopicRegistry,
     bootstrap: str,
     venues: Sequence[tuple[VenueConfig, VenueCredentials]],
-    settings: ExecutorSettings,
+    settings: ExecuteSettings,
     stop: asyncio.Event,
     *,
     trust: Trust,

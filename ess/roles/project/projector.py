@@ -82,7 +82,6 @@ from loguru import logger
 
 from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.clock import Clock, SystemClock
-from ess.config import EssSettings
 from ess.core import EssState, derive_id
 from ess.core.attestation import seal_problem
 from ess.core.projection import NEVER, event_for, policy_record
@@ -91,6 +90,7 @@ from ess.kafka.clients import KafkaSecurity, UnknownTopicError, consumer, produc
 from ess.observability.status import ProjectorStatus, serve_status
 from ess.policystore.base import PolicyStoreError, PolicyStoreUnavailable
 from ess.roles.project.metrics import LogTally, ProjectorMetrics
+from ess.settings import EssSettings
 from ess.statelog import RawRecord, StateLogReader
 from schemas import (
     ActivatedEntry,
@@ -1011,22 +1011,25 @@ async def run_projector(
     bootstrap: str | None = None,
     metrics: ProjectorMetrics | None = None,
     clock: Clock | None = None,
-    refresh_interval: float = 1.0,
-    health_interval: float = 1.0,
-    component: str = "ess",
-    status_host: str = "127.0.0.1",
+    refresh_interval: float | None = None,
+    health_interval: float | None = None,
+    component: str | None = None,
+    status_host: str | None = None,
     status_port: int | None = None,
 ) -> None:
     """Entry point of ``ess worker --role project``: run a :class:`Projector` on the
     configured topics until ``stop``, with the status server when ``status_port`` is given.
 
-    ``bootstrap`` overrides ``settings.kafka_bootstrap_servers`` (a worker that started the
-    embedded broker passes its address); ``trust`` overrides the keys from ``settings``. There
+    ``bootstrap`` overrides ``settings.kafka.bootstrap_servers`` (a worker that started the
+    embedded broker passes its address); ``trust`` overrides the keys from ``settings``;
+    ``refresh_interval``/``health_interval`` (``ESS_REFRESH_INTERVAL_SEC``), ``component``
+    (``ESS_HEALTH_COMPONENT``) and ``status_host`` (``ESS_STATUS_HOST``) the settings. There
     is no embedded-broker fallback here: a projector following a private, empty broker would
     assert "inactive" for a log nobody writes to. Topics are expected to exist
     (``ensure_topics``); the projector waits for them.
     """
-    target = bootstrap or settings.kafka_bootstrap_servers
+    target = bootstrap or settings.kafka.bootstrap_servers
+    project = settings.project
     if not target:
         raise ValueError(
             "the projector follows a shared ess.state: set KAFKA_BOOTSTRAP_SERVERS "
@@ -1038,18 +1041,19 @@ async def run_projector(
         policy_store,
         trust=trust or settings.state_trust(),
         clock=clock,
-        refresh_interval=refresh_interval,
-        health_interval=health_interval,
-        component=component,
+        refresh_interval=refresh_interval or project.refresh_interval_sec,
+        health_interval=health_interval or project.refresh_interval_sec,
+        component=component or project.health_component,
         metrics=metrics,
-        log_timeout=settings.log_timeout_sec,
-        processor_timeout=settings.processor_timeout_sec,
-        backlog_timeout=settings.command_backlog_timeout_sec,
+        log_timeout=project.log_timeout_sec,
+        processor_timeout=project.processor_timeout_sec,
+        backlog_timeout=project.command_backlog_timeout_sec,
         security=settings.kafka_security(),
     )
     server = None
     if status_port is not None:
-        server = await serve_status(projector, projector.metrics.registry, status_host, status_port)
+        host = status_host or settings.observability.status_host
+        server = await serve_status(projector, projector.metrics.registry, host, status_port)
     try:
         await projector.run(stop)
     finally:
