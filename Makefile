@@ -41,7 +41,7 @@ check-alerts:
 	@.ci/check-alerts
 
 test-unit: install
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/property
+	$(BIN)/pytest $(PYTEST_FLAGS) -m "not integration"
 
 test-integration: install
 	$(BIN)/pytest $(PYTEST_FLAGS) -m integration

@@ -1,5 +1,5 @@
 """Builders of contract input records as JSON-ready dicts (the wire form producers send),
-shared by the suites that feed detection: live (``tests/integration``) and replayed
+shared by the suites that feed detection: live (``tests/roles/detect``) and replayed
 (``tests/audit``)."""
 
 from __future__ import annotations

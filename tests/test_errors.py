@@ -39,7 +39,7 @@ def _public_exceptions() -> list[tuple[str, type[BaseException]]]:
 
 def test_the_walk_finds_the_known_exceptions() -> None:
     names = {name for name, _ in _public_exceptions()}
-    assert "ess.roles.command.processor.FencedError" in names
+    assert "ess.roles.command.errors.FencedError" in names
     assert "ess.venues.ports.VenueError" in names
     assert len(names) >= 20
 

@@ -17,7 +17,7 @@
 #      (kafka-acls.sh --remove), since a revocation window would stop running roles.
 #
 # --dry-run prints the commands of steps 1-3 (passwords masked, every topic assumed missing)
-# instead of running them; tests/unit/test_deployment.py checks the ACLs it would create.
+# instead of running them; tests/test_deployment.py checks the ACLs it would create.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shell functions shared by docker/kafka/start.sh and docker/kafka/init.sh (bash; sourcing
-# this file has no side effects). tests/unit/test_deployment.py sources it too.
+# this file has no side effects). tests/test_deployment.py sources it too.
 
 die() {
     echo "ess-kafka: ERROR: $*" >&2

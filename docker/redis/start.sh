@@ -10,7 +10,7 @@
 #
 #   ESS_REDIS_ACL_TEMPLATE  the template (default /etc/ess/redis/users.acl)
 #   ESS_REDIS_ACL_FILE      the rendered file (default /tmp/ess-users.acl, mode 0600)
-#   start.sh --render-only  render and exit (tests/integration/test_redis_acl.py)
+#   start.sh --render-only  render and exit (tests/policystore/test_redis_acl.py)
 #   start.sh [ARGS...]      render, then redis-server --aclfile FILE (no persistence) ARGS
 set -eu
 # The single quotes around ${...} below are literal on purpose (placeholders, not expansions).

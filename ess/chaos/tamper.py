@@ -3,7 +3,7 @@
 The rest of the forgery campaign sends hostile commands, which the command processor reads.
 But an attacker who can produce to ``ess.commands`` can usually produce to ``ess.state`` and
 ``ess.events`` too, and may reach the Redis PolicyStore the gates read. Each of those paths
-was closed on its own (``tests/integration/test_processor_issue12.py``,
+was closed on its own (``tests/roles/command/test_processor_issue12.py``,
 ``test_projector_foreign.py``, ``test_projector_events.py``, ``test_projector_policystore.py``);
 this phase replays them as attacks, several rounds, against every role running together, and
 measures what got through, so that a regression anywhere shows up as a number.

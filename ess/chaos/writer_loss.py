@@ -47,8 +47,8 @@ Not measured: a *wedged* processor (it beats, but a command waits longer than
 while the beat task runs: SIGSTOP stops both (that is ``sigstop``), and the fault proxy's
 lost answer (:meth:`~ess.chaos.proxy.KafkaFaultProxy.drop_produce_responses`) cuts the
 connection, so the producer retries at once and the command completes. The backlog path is
-covered with simulated beats in ``tests/unit/test_projector.py`` and
-``tests/integration/test_projector_liveness.py`` (a command the processor never reaches).
+covered with simulated beats in ``tests/roles/project/test_projector.py`` and
+``tests/roles/project/test_projector_liveness.py`` (a command the processor never reaches).
 
 Figures
 -------

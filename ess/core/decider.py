@@ -1,7 +1,7 @@
 """The ESS state machine as a decider: ``decide`` turns a command into log entries, ``evolve``
 folds one entry into the state. Both are pure: time comes in as ``now``, keys as data.
 
-Invariants (property-tested in ``tests/property``):
+Invariants (property-tested in ``tests/core/test_decider_properties.py``):
 
 * INACTIVE -> ACTIVE on any trip; a trip while ACTIVE is recorded (``trip_recorded``).
 * Only an authorized reset (known operator, valid signature, fresh, unused nonce, bound to

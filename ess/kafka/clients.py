@@ -503,21 +503,31 @@ async def follow_partition(
     partition: int = 0,
     security: KafkaSecurity | None = None,
     on_fetch: Callable[[], None] | None = None,
+    on_end: Callable[[int], None] | None = None,
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
-    """As :func:`follow_records`, yielding whole records (offsets included)."""
+    """As :func:`follow_records`, yielding whole records (offsets included).
+
+    An answer is a fetch response: the consumer's poll timestamp for the partition moved.
+    ``on_fetch`` is called on each; ``on_end`` then gets the high watermark that same
+    response carried (aiokafka stores both from it), so it covers every record it delivered.
+    """
     tp = TopicPartition(topic, partition)
     reader = consumer(bootstrap, group_id=None, client_id="ess-follower", security=security)
-    await reader.start()
     try:
+        await reader.start()  # inside: a start that fails half-way still holds connections
         reader.assign([tp])
         reader.seek(tp, from_offset)
         last_poll: int | None = None
         while True:
             batch = await reader.getmany(tp, timeout_ms=200)
             polled = reader.last_poll_timestamp(tp)
-            if on_fetch is not None and polled is not None and polled != last_poll:
+            if polled is not None and polled != last_poll:
                 last_poll = polled
-                on_fetch()
+                if on_fetch is not None:
+                    on_fetch()
+                end = reader.highwater(tp)
+                if on_end is not None and end is not None:
+                    on_end(int(end))
             records = batch.get(tp, [])
             if records:
                 yield list(records)

@@ -56,14 +56,27 @@ class StateLog(Protocol):
         ...
 
     def follow(
-        self, from_offset: int = 0, *, on_fetch: Callable[[], None] | None = None
+        self,
+        from_offset: int = 0,
+        *,
+        on_fetch: Callable[[], None] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> AsyncIterator[list[RawRecord]]:
         """Yield non-empty batches of records from ``from_offset`` on, in order, each once,
         forever (the caller stops iterating).
 
         ``on_fetch`` is called whenever the store answered, with or without records: an empty
         wait alone cannot tell an idle log from an unreachable broker, and readers report
-        the difference (a stale view of the log closes the gates)."""
+        the difference (a stale view of the log closes the gates).
+
+        ``on_end`` is called right after ``on_fetch``, with the end of the log as that same
+        answer saw it (the offset the next record would get; on Kafka the fetched high
+        watermark). It is reported *before* the answer's records are yielded, so it always
+        lies beyond them. A follower that has consumed everything up to it has read the
+        whole log as of that answer: that is how a long-running reader knows it caught up,
+        and how far behind it is, without asking the store anything more per poll (on
+        Tansu the listed end, :meth:`end_offset`, can fall short after a multi-record batch
+        from another producer; a fetched end does not)."""
         ...
 
 

@@ -3,6 +3,7 @@ every long-running reader uses."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -85,18 +86,34 @@ class KafkaStateLog:
             lister = consumer(
                 self.bootstrap, group_id=None, client_id="ess-state-end", security=self.security
             )
-            await lister.start()
+            try:
+                await lister.start()
+            except BaseException:
+                # A consumer whose start failed half-way still holds connections.
+                with contextlib.suppress(Exception):
+                    await lister.stop()
+                raise
             lister.assign([self._tp])
             self._lister = lister
         ends = await self._lister.end_offsets([self._tp])
         return int(ends[self._tp])
 
     async def follow(
-        self, from_offset: int = 0, *, on_fetch: Callable[[], None] | None = None
+        self,
+        from_offset: int = 0,
+        *,
+        on_fetch: Callable[[], None] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> AsyncIterator[list[RawRecord]]:
-        """Follow the partition with a consumer of its own (no group, no commits)."""
+        """Follow the partition with a consumer of its own (no group, no commits); the end
+        reported is the high watermark of the same fetch response."""
         async for batch in follow_partition(
-            self.bootstrap, self.topic, from_offset, security=self.security, on_fetch=on_fetch
+            self.bootstrap,
+            self.topic,
+            from_offset,
+            security=self.security,
+            on_fetch=on_fetch,
+            on_end=on_end,
         ):
             yield [RawRecord(record.offset, record.value) for record in batch]
 

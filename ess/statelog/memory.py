@@ -60,7 +60,11 @@ class InMemoryStateLog:
         return len(self._shared.values)
 
     async def follow(
-        self, from_offset: int = 0, *, on_fetch: Callable[[], None] | None = None
+        self,
+        from_offset: int = 0,
+        *,
+        on_fetch: Callable[[], None] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> AsyncIterator[list[RawRecord]]:
         shared = self._shared
         position = max(from_offset, 0)
@@ -70,11 +74,17 @@ class InMemoryStateLog:
                     async with asyncio.timeout(self.idle_report_sec):
                         while len(shared.values) <= position:
                             await shared.appended.wait()
+            # The batch and the end are taken together (no await between them), as one
+            # fetch response carries both.
+            values = shared.values
+            end = len(values)
+            batch = [RawRecord(offset, values[offset]) for offset in range(position, end)]
             if on_fetch is not None:
                 on_fetch()
-            batch = await self.read(position)
+            if on_end is not None:
+                on_end(end)
             if batch:
-                position = batch[-1].offset + 1
+                position = end
                 yield batch
 
     async def __aenter__(self) -> InMemoryStateLog:

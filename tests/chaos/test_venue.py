@@ -26,7 +26,7 @@ from ess.chaos.venue import (
 from ess.roles.execute.service import Executor
 from ess.sim import FaultKind
 from schemas import topic_registry
-from tests.executor.fakes import FakeVenue
+from tests.roles.execute.fakes import FakeVenue
 
 pytestmark = pytest.mark.integration
 

@@ -46,6 +46,10 @@ class _Follower:
     def __init__(self, log: StateLog, from_offset: int = 0) -> None:
         self.records: list[RawRecord] = []
         self.fetches = 0
+        #: Every end reported (``on_end``), in order.
+        self.ends: list[int] = []
+        #: Per yielded batch: (the offset after its last record, the end reported before it).
+        self.batch_ends: list[tuple[int, int | None]] = []
         self._changed = asyncio.Event()
         self._log = log
         self._from = from_offset
@@ -55,8 +59,13 @@ class _Follower:
         self.fetches += 1
         self._changed.set()
 
+    def _ended(self, end: int) -> None:
+        self.ends.append(end)
+        self._changed.set()
+
     async def _run(self) -> None:
-        async for batch in self._log.follow(self._from, on_fetch=self._fetched):
+        async for batch in self._log.follow(self._from, on_fetch=self._fetched, on_end=self._ended):
+            self.batch_ends.append((batch[-1].offset + 1, self.ends[-1] if self.ends else None))
             self.records.extend(batch)
             self._changed.set()
 
@@ -126,6 +135,32 @@ class StateLogContract:
             finally:
                 await follower.close()
         assert follower.records == []
+        # An idle answer still says where the log ends: a reader at 0 is caught up.
+        assert follower.ends
+        assert set(follower.ends) == {0}
+
+    async def test_follow_reports_the_end_with_each_answer(self, opener: Opener) -> None:
+        # How a long-running reader knows it has caught up (and its lag) without asking.
+        async with opened(opener) as log:
+            for value in (b"a", b"b", b"c"):
+                await log.append(value)
+            follower = _Follower(log)
+            try:
+                await follower.until(lambda: len(follower.records) >= 3)
+                # The answer that delivered the records said where the log ended: there.
+                assert follower.ends[-1] == 3
+                await log.append(b"d")
+                await follower.until(lambda: len(follower.records) >= 4)
+                assert follower.ends[-1] == 4
+            finally:
+                await follower.close()
+        # Each batch was announced (on_end, before it was yielded) with an end covering it,
+        # and the ends never went back.
+        for after_batch, reported in follower.batch_ends:
+            assert reported is not None
+            assert reported >= after_batch
+        assert follower.ends == sorted(follower.ends)
+        assert follower.fetches >= len(follower.ends)
 
     async def test_a_new_handle_resumes_from_an_offset(self, opener: Opener) -> None:
         async with opened(opener) as first:

@@ -34,6 +34,8 @@ class TestInMemoryStateLog(StateLogContract):
         finally:
             await follower.close()
         assert follower.records == []
+        assert follower.ends
+        assert set(follower.ends) == {0}
 
 
 async def test_initial_values_are_the_first_records() -> None:

@@ -36,7 +36,9 @@ copy is byte-identical, every reader skips it as a copy, and the processor does 
 Fencing: ``ess.state`` has one writer. Before each append the processor checks the log's
 end; any *authentic* entry it did not write (one signed with the processor key and chained,
 i.e. another processor with the same key) means a second writer exists, and the processor
-stops with :class:`FencedError` instead of writing a diverging history. The consumer group
+stops with :class:`FencedError` instead of writing a diverging history. That discipline lives in
+:class:`~ess.roles.command.writer.StateWriter`, over the state-log port, and is tested there
+without a broker. The consumer group
 adds a second guard: only one member owns the partition. When ownership moves (a restart, a
 standby taking over), the new owner first adopts what the previous owner appended.
 
@@ -61,7 +63,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -80,17 +82,18 @@ from ess.core.decider import (
     trip_is_duplicate,
 )
 from ess.core.ids import derive_id
-from ess.core.reader import LogBroken, LoggedEntry, Trust, digest, fold_log, seal_entry
+from ess.core.reader import LogBroken, Trust
 from ess.core.signing import KeyMaterialError
-from ess.errors import EssError
 from ess.kafka.broker import BrokerError, verify_topic_configs
 from ess.kafka.clients import KafkaSecurity, consumer, producer, supports_idempotence
 from ess.kafka.deadletter import DeadLetterWriter
 from ess.observability.logging import configure_logging
 from ess.observability.status import serve_status
+from ess.roles.command.errors import FencedError, ProcessorError, StartupRefused, critical
 from ess.roles.command.metrics import ProcessorMetrics
+from ess.roles.command.writer import Fed, StateWriter
 from ess.settings import EssSettings, warn_environment
-from ess.statelog import Folded, KafkaStateLog, StateLogReader
+from ess.statelog import Folded, KafkaStateLog, StateLog
 from schemas import (
     ActivatedEntry,
     Command,
@@ -152,25 +155,6 @@ _POLL_MS: Final = 100
 #: the append by one command at most unless commits fail; this bounds the replay when the
 #: group has no commit at all.
 _OUTCOMES_REMEMBERED: Final = 16
-
-_E = TypeVar("_E", bound="ProcessorError")
-
-
-class ProcessorError(EssError, RuntimeError):
-    """The processor cannot run, or must not go on. Never raised for bad input: bad commands
-    are dead-lettered. Raised for infrastructure failures too (an append or a send that
-    failed): the processor then stops without committing, and a restart redoes the command."""
-
-
-class StartupRefused(ProcessorError):
-    """Refused to (re)start processing: the topic layout is wrong, the key is missing, or
-    ``ess.state`` cannot be folded (a ``seq`` gap, an unverifiable reset). Fail closed: a log
-    nobody can trust must not grow."""
-
-
-class FencedError(ProcessorError):
-    """An authentic entry this processor did not write appeared in ``ess.state``: a second
-    writer exists. The processor stops rather than write a diverging history."""
 
 
 class ProcessorHooks:
@@ -442,6 +426,11 @@ class CommandProcessor:
         security: TLS/SASL of every client (default PLAINTEXT).
         beat_interval: Seconds between liveness beats (and idle checks of the log's end).
         metrics: Prometheus metrics (a fresh registry when omitted).
+        wedged_after: Seconds one command may be in hand before ``/status`` calls the
+            processor wedged.
+        state_log: ``ess.state`` (default: the Kafka topic on ``bootstrap``). Appends,
+            fencing and catch-up go through :class:`~ess.roles.command.writer.StateWriter`
+            on this port.
     """
 
     def __init__(
@@ -460,6 +449,7 @@ class CommandProcessor:
         beat_interval: float = 0.5,
         metrics: ProcessorMetrics | None = None,
         wedged_after: float = 30.0,
+        state_log: StateLog | None = None,
     ) -> None:
         if signing_key.key_id not in trust.processor_keys:
             raise ValueError("the processor's own key must be among the trusted processor keys")
@@ -482,8 +472,12 @@ class CommandProcessor:
         self._busy_since: float | None = None
         self._commands = TopicPartition(registry.commands.name, 0)
         #: ``ess.state`` through the port: appended, read back and watched (its end offset).
-        self._log = KafkaStateLog(bootstrap, registry.state.name, security=security)
-        self._reader = StateLogReader(trust, name="command-processor")
+        self._log = (
+            state_log
+            if state_log is not None
+            else KafkaStateLog(bootstrap, registry.state.name, security=security)
+        )
+        self._writer = StateWriter(self._log, key=signing_key, trust=trust, on_fed=self._on_fed)
         #: The last entries appended for commands (``command_offset`` set), read or written.
         self._recent: deque[StateEntry] = deque(maxlen=_OUTCOMES_REMEMBERED)
         self._next_command = 0
@@ -506,11 +500,11 @@ class CommandProcessor:
     @property
     def state(self) -> EssState:
         """The state folded from ``ess.state`` as far as this processor has read or written."""
-        return self._reader.folded.state
+        return self._writer.folded.state
 
     @property
     def folded(self) -> Folded:
-        return self._reader.folded
+        return self._writer.folded
 
     @property
     def next_command_offset(self) -> int:
@@ -524,7 +518,7 @@ class CommandProcessor:
 
     def status(self) -> ProcessorStatus:
         """A snapshot for ``/status`` (no I/O)."""
-        folded = self._reader.folded
+        folded = self._writer.folded
         return ProcessorStatus(
             owner=self._owned,
             running=self._running,
@@ -556,7 +550,7 @@ class CommandProcessor:
                 try:
                     await self._start(stack)
                 except (KafkaError, TimeoutError) as exc:
-                    raise _critical(
+                    raise critical(
                         ProcessorError, f"command processor could not start: {exc!r}"
                     ) from exc
                 self._running = True
@@ -596,7 +590,8 @@ class CommandProcessor:
         ).info("state rebuilt from the log")
 
         self._idempotent = await supports_idempotence(self._bootstrap, security=self._security)
-        self._log.idempotent = self._idempotent
+        if isinstance(self._log, KafkaStateLog):
+            self._log.idempotent = self._idempotent
         await self._log.start()
         stack.push_async_callback(self._log.stop)
         # Dead letters, security events, outcomes, beats; ess.state has its own producer.
@@ -640,7 +635,7 @@ class CommandProcessor:
             if spec.name not in existing
         ]
         if problems:
-            raise _critical(
+            raise critical(
                 StartupRefused,
                 "command processor refuses to start: "
                 + "; ".join(problems)
@@ -653,33 +648,29 @@ class CommandProcessor:
     async def _catch_up(self) -> None:
         """Fold every entry after where this processor stands in ``ess.state``."""
         try:
-            self._feed(await self._log.read(self._reader.folded.next_offset))
+            await self._writer.catch_up()
         except LogBroken as exc:
-            raise _critical(
+            raise critical(
                 StartupRefused,
                 f"state log {self._scope} cannot be folded: {exc}. The command processor "
                 "refuses to run (fail closed); repair the log before restarting.",
                 topic=self._scope,
             ) from exc
 
-    def _feed(self, records: list[Any]) -> list[LoggedEntry]:
-        """Fold records read back from the log; returns the entries that were applied."""
-        before = self._reader.folded.foreign
-        report = self._reader.feed(records)
-        self.metrics.foreign_records(self._reader.folded.foreign - before)
-        self.stats.own_copies += sum(
-            1 for item in report.skipped if item.digest == self._reader.folded.head
-        )
+    def _on_fed(self, fed: Fed) -> None:
+        """Count what a fold of the log brought, and remember the entries of recent commands
+        (their outcomes are published again after a restart)."""
+        self.metrics.foreign_records(fed.foreign)
+        self.stats.own_copies += fed.own_copies
         self._recent.extend(
-            item.entry for item in report.applied if item.entry.command_offset is not None
+            item.entry for item in fed.applied if item.entry.command_offset is not None
         )
-        return list(report.applied)
 
     async def _take_ownership(self) -> None:
         """Adopt what a previous owner appended, then seek to the resume offset. Lock held."""
         await self._catch_up()
         committed = await self._io.commands.committed(self._commands)
-        self._next_command = resume_offset(committed, self._reader.folded.max_command_offset)
+        self._next_command = resume_offset(committed, self._writer.folded.max_command_offset)
         self._io.commands.seek(self._commands, self._next_command)
         # Warm the fencing check: the first ListOffsets of ess.state opens a connection and
         # fetches metadata (figures: BENCHMARKS.md), which would otherwise be added to the
@@ -744,7 +735,7 @@ class CommandProcessor:
             except ProcessorError as exc:
                 self._failure = exc
             except (KafkaError, TimeoutError) as exc:
-                self._failure = _critical(
+                self._failure = critical(
                     ProcessorError, f"taking over the command partition failed: {exc!r}"
                 )
 
@@ -757,7 +748,7 @@ class CommandProcessor:
             try:
                 batches = await self._io.commands.getmany(timeout_ms=_POLL_MS)
             except KafkaError as exc:
-                raise _critical(ProcessorError, f"consuming commands failed: {exc!r}") from exc
+                raise critical(ProcessorError, f"consuming commands failed: {exc!r}") from exc
             generation = self._generation
             self._observe_lag()
             for record in batches.get(self._commands, ()):
@@ -799,7 +790,7 @@ class CommandProcessor:
             await self._handle(record)
         except (KafkaError, TimeoutError) as exc:
             # Not committed: whoever processes next redoes this command from the log's view.
-            raise _critical(
+            raise critical(
                 ProcessorError,
                 f"Kafka failed while processing command at offset {offset}: {exc!r}",
                 command_offset=offset,
@@ -914,27 +905,17 @@ class CommandProcessor:
         return appended
 
     async def _append(self, entry: StateEntry) -> StateEntry:
-        """Seal (chain and sign), append and await the ack, check where it landed, fold it in;
-        returns the entry as written."""
-        folded = self._reader.folded
-        expected = folded.next_offset
-        sealed, value = seal_entry(entry, self._key, scope=self._scope, prev=folded.head)
+        """Append through the writer (seal, append, check where it landed, fold); returns
+        the entry as written."""
+        expected = self._writer.folded.next_offset
         try:
-            offset = await self._log.append(value)
-            if offset == expected:
-                self._reader.folded = fold_log(
-                    [LoggedEntry(offset, sealed, digest(value))], folded, scope=self._scope
-                )
-                if sealed.command_offset is not None:
-                    self._recent.append(sealed)
-            else:  # read back and fed, so remembered by _feed if it was applied
-                await self._landed_elsewhere(sealed, value, expected, offset)
+            sealed, offset = await self._writer.append(entry)
         except (KafkaError, TimeoutError) as exc:
             # The entry may be in the log without being in our fold. Going on (as the idle
             # check would, which tolerates Kafka errors) would later read it back as an
             # entry we did not write and fence us, a false "second writer". Stop instead: a
             # restart folds the log and adopts whatever landed.
-            raise _critical(
+            raise critical(
                 ProcessorError,
                 f"appending seq {entry.seq} to {self._scope} failed and whether it landed is "
                 f"unknown: {exc!r}. Stopping; a restart adopts what the log holds.",
@@ -945,58 +926,20 @@ class CommandProcessor:
         self.metrics.entry_appended(sealed.kind)
         self._log_entry(sealed, offset)
         self._hooks.after_append(sealed, offset)
+        if offset != expected:  # records before ours were read: acknowledge foreign ones
+            await self._acknowledge_foreign()
         return sealed
 
-    async def _landed_elsewhere(
-        self, sealed: StateEntry, value: bytes, expected: int, offset: int
-    ) -> None:
-        """Our entry did not land where the log ended: read what came before it. Copies of
-        our own entry (a retried send whose first answer was lost) and foreign records are
-        harmless (the latter get acknowledged); another authentic entry in its place means a
-        second writer, and we are fenced."""
-        records = [r for r in await self._log.read(expected) if r.offset <= offset]
-        ours = digest(value)
-        try:
-            applied = self._feed(records)
-        except LogBroken as exc:
-            raise await self._fenced(sealed, expected, f"the log cannot be folded: {exc}") from exc
-        if [item.digest for item in applied] != [ours]:
-            raise await self._fenced(
-                sealed, expected, f"our entry landed at offset {offset} behind another writer's"
-            )
-        if offset != applied[0].offset:
-            logger.bind(seq=sealed.seq, first=applied[0].offset, copy=offset).warning(
-                "state log: our entry was written twice (a retried send); the copy is skipped"
-            )
-        await self._acknowledge_foreign()
-
     async def _absorb_tail(self) -> None:
-        """Before deciding: fold whatever appeared after our last entry. Authentic entries
-        we did not write fence us; foreign records are acknowledged with a trip."""
-        expected = self._reader.folded.next_offset
-        # ListOffsets is enough to see a new record even on Tansu: it under-reports only
-        # *within* a multi-record batch, and any batch at or after ``expected`` moves the
-        # reported end past ``expected``.
-        end = await self._log.end_offset()
-        if end > expected:
-            try:
-                applied = self._feed(await self._log.read(expected))
-            except LogBroken as exc:
-                raise await self._fenced(
-                    None, expected, f"the log cannot be folded: {exc}"
-                ) from exc
-            if applied:
-                raise await self._fenced(
-                    None,
-                    expected,
-                    f"{len(applied)} authentic entries appeared that we did not write",
-                )
+        """Before deciding: fold whatever appeared after our last entry (entries of another
+        writer fence us), then acknowledge foreign records with a trip."""
+        await self._writer.absorb_tail()
         await self._acknowledge_foreign()
 
     async def _acknowledge_foreign(self) -> None:
         """Answer foreign records in the log with an ``unauthorized_access`` trip."""
         command = foreign_acknowledgement(
-            self._reader.folded, scope=self._scope, now=self._clock.now()
+            self._writer.folded, scope=self._scope, now=self._clock.now()
         )
         if command is None:
             return
@@ -1005,17 +948,6 @@ class CommandProcessor:
         )
         self.stats.acknowledgements += 1
         await self._decide_and_append(command, None)
-
-    async def _fenced(self, entry: StateEntry | None, expected: int, observed: str) -> FencedError:
-        seq = entry.seq if entry is not None else self.state.next_seq
-        return _critical(
-            FencedError,
-            f"another writer appended to {self._scope}: this processor's next entry belongs at "
-            f"offset {expected} but {observed}. Refusing to append seq {seq}; stop the other "
-            "writer, then restart this processor.",
-            expected_offset=expected,
-            seq=seq,
-        )
 
     async def _publish_security_event(self, entry: StateEntry) -> None:
         try:
@@ -1102,7 +1034,7 @@ class CommandProcessor:
                 await asyncio.wait_for(stop.wait(), self._beat_interval)
 
     async def _publish_beat(self, beat_no: int) -> None:
-        folded = self._reader.folded
+        folded = self._writer.folded
         beat = ProcessorBeat(
             run_id=self._run_id,
             beat_no=beat_no,
@@ -1132,7 +1064,7 @@ class CommandProcessor:
         return {
             "next_seq": self.state.next_seq,
             "status": self.state.status.value,
-            "state_offset": self._reader.folded.next_offset,
+            "state_offset": self._writer.folded.next_offset,
             "next_command_offset": self._next_command,
         }
 
@@ -1184,12 +1116,6 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._processor._acquire(assigned)
 
 
-def _critical(kind: type[_E], message: str, **fields: object) -> _E:
-    """Log ``message`` as critical and return the error to raise (one place for both)."""
-    logger.bind(error=kind.__name__, **fields).critical(message)
-    return kind(message)
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -1216,7 +1142,7 @@ async def run_processor(
     """
     bootstrap = (bootstrap or settings.kafka.bootstrap_servers).strip()
     if not bootstrap:
-        raise _critical(
+        raise critical(
             StartupRefused,
             "KAFKA_BOOTSTRAP_SERVERS is required for the command processor "
             "(for development, `ess broker` runs a broker and prints the value to use)",
@@ -1226,13 +1152,13 @@ async def run_processor(
         key = signing_key or settings.processor_signing_key()
         trust = settings.state_trust(also_trust=key)
     except (KeyMaterialError, OSError, ValueError) as exc:
-        raise _critical(StartupRefused, f"command processor settings: {exc}") from exc
+        raise critical(StartupRefused, f"command processor settings: {exc}") from exc
     try:
         await verify_topic_configs(
             bootstrap, settings.registry(), security=settings.kafka_security()
         )
     except BrokerError as exc:
-        raise _critical(StartupRefused, str(exc)) from exc
+        raise critical(StartupRefused, str(exc)) from exc
     processor = CommandProcessor(
         bootstrap,
         settings.registry(),

@@ -9,13 +9,17 @@ Outputs, all projections of the one log:
 * ESS's own health beat on the health topic;
 * the status snapshot and Prometheus metrics (served by :mod:`ess.observability.status`).
 
-How it reads. One consumer, assigned manually (no group: nothing to balance, and a group
-join costs seconds on Tansu) to three one-partition topics: ``ess.state`` from offset 0,
-folded with the verifying reader every reader uses (:class:`ess.statelog.StateLogReader`);
-``ess.liveness`` near its end, for the command processor's signed beats; and
-``ess.commands`` from its end, only to see how far commands have arrived. "Caught up" means a
-fetch came back empty with the position at both the fetched high watermark and the listed end
-offset: right on real Kafka and on Tansu (whose listed end offset can be short).
+How it reads. ``ess.state`` through the :class:`~ess.statelog.StateLog` port (``state_log``;
+by default the Kafka topic, :class:`~ess.statelog.KafkaStateLog`), followed from offset 0 and
+folded with the verifying reader every reader uses (:class:`ess.statelog.StateLogReader`).
+Every answer of the log is proof the broker is reachable (``on_fetch``) and says where the log
+ends (``on_end``: the fetched high watermark), which gives the lag. "Caught up" means the fold
+has reached both an answer's end and the end listed when the projector connected
+(:meth:`~ess.statelog.StateLog.end_offset`): right on real Kafka and on Tansu (whose listed end
+offset can be short). The other two inputs are not the state log and are read by one consumer
+of the projector's own, assigned manually (no group: nothing to balance, and a group join
+costs seconds on Tansu): ``ess.liveness`` near its end, for the command processor's signed
+beats, and ``ess.commands`` from its end, only to see how far commands have arrived.
 
 When the projector vouches. It writes an INACTIVE record (the one that lets gates open) only
 while *all* of these hold, and otherwise stops refreshing it, so gates go stale-closed within
@@ -70,7 +74,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -91,7 +95,7 @@ from ess.observability.status import ProjectorStatus, serve_status
 from ess.policystore.base import PolicyStoreError, PolicyStoreUnavailable
 from ess.roles.project.metrics import LogTally, ProjectorMetrics
 from ess.settings import EssSettings
-from ess.statelog import RawRecord, StateLogReader
+from ess.statelog import KafkaStateLog, RawRecord, StateLog, StateLogReader
 from schemas import (
     ActivatedEntry,
     EmergencyEvent,
@@ -330,9 +334,9 @@ class WriterWatch:
 
 @dataclass(slots=True)
 class _Clients:
+    #: ``ess.liveness`` and ``ess.commands`` (``ess.state`` is read through the port).
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer
-    listed_end: int
     #: End of ``ess.liveness`` when the projector connected: beats before it are history.
     liveness_end: int = 0
 
@@ -349,6 +353,42 @@ async def _wait_any(seconds: float | None, *events: asyncio.Event) -> None:
             waiter.cancel()
 
 
+async def _run_until(
+    stop: asyncio.Event, work: Coroutine[Any, Any, None], *, grace: float, name: str
+) -> None:
+    """Run ``work`` until it returns or ``stop`` is set, then cancel it and give it at most
+    ``grace`` seconds to clean up; raises what ``work`` raised before ``stop``.
+
+    For a loop that cannot look at ``stop`` itself (one iterating a follow that yields only
+    when records arrive). Bounded: a client that cannot close (broker gone) is interrupted
+    a second time and left to finish in the background, so stopping never hangs on it."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=grace)
+        if not task.done():
+            task.cancel()  # interrupt its cleanup rather than wait for it
+            task.add_done_callback(_retrieve)
+            logger.bind(task=name, grace=grace).warning(
+                "projector task did not stop in time; left to finish in the background"
+            )
+    if task.done() and not task.cancelled():
+        error = task.exception()
+        if error is not None and not stop.is_set():
+            raise error
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark an abandoned task's outcome as seen (asyncio logs unretrieved exceptions)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Projector:
     """Follow ``ess.state`` into the PolicyStore record, ``ess.events``, ESS's health beat,
     a status snapshot and metrics. See the module docstring for when it vouches.
@@ -358,6 +398,11 @@ class Projector:
     ``CollectorRegistry`` when omitted). ``io_timeout`` bounds every PolicyStore call and
     every send, so a hung dependency delays one output, not the others. :meth:`run` never
     raises for I/O failures: it logs, counts and retries.
+
+    ``ess.state`` is read through the :class:`~ess.statelog.StateLog` port (``state_log``, by
+    default the Kafka topic on ``bootstrap``), so that what the projector folds can come from
+    any adapter; liveness, commands and events stay on Kafka. A log built here is closed by
+    :meth:`run`; one handed in belongs to the caller, who closes it.
     """
 
     def __init__(
@@ -377,6 +422,7 @@ class Projector:
         processor_timeout: float = 3.0,
         backlog_timeout: float = 3.0,
         security: KafkaSecurity | None = None,
+        state_log: StateLog | None = None,
     ) -> None:
         positive = (
             refresh_interval,
@@ -391,6 +437,13 @@ class Projector:
         self.bootstrap = bootstrap
         self.security = security
         self.topics = registry
+        #: ``ess.state`` (the Kafka topic unless a test hands in another adapter).
+        self.state_log: StateLog = (
+            state_log
+            if state_log is not None
+            else KafkaStateLog(bootstrap, registry.state.name, security=security)
+        )
+        self._owns_state_log = state_log is None
         self.trust = trust
         self.policy_store = policy_store
         self.clock: Clock = clock or SystemClock()
@@ -418,7 +471,8 @@ class Projector:
         self._tally = LogTally()
         self._caught_up = False
         self._fault: str | None = None
-        self._highwater: int | None = None
+        self._highwater: int | None = None  # end of ess.state as of its last answer
+        self._listed_end = 0  # end of ess.state listed on connecting: catch up to at least it
         self._last_fetch: float | None = None  # time.monotonic() of the last answered fetch
         self._on_topic: dict[int, EmergencyStopEvent | EmergencyResetEvent] = {}
         self._published_seq: int | None = None
@@ -546,6 +600,7 @@ class Projector:
         ).info("projector started; replaying ess.state from offset 0")
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._guard("state", self._follow_state(stop)))
                 group.create_task(self._guard("follower", self._follow(clients, stop)))
                 group.create_task(self._guard("writer", self._write_loop(stop)))
                 group.create_task(
@@ -575,9 +630,9 @@ class Projector:
 
         The topics are checked by listing (never by naming them in a request: Tansu would
         auto-create a missing ``ess.state`` with 4 partitions); a missing topic is waited
-        for, never created here."""
+        for, never created here. The end of ``ess.state`` is listed here too (through the
+        port), after the check: catching up means reaching at least it."""
         topics = self.topics
-        state_tp = TopicPartition(topics.state.name, 0)
         liveness_tp = TopicPartition(topics.liveness.name, 0)
         commands_tp = TopicPartition(topics.commands.name, 0)
         while not stop.is_set():
@@ -596,17 +651,17 @@ class Projector:
                 for spec in (topics.state, topics.health, topics.liveness, topics.commands):
                     if spec.name not in existing:
                         raise UnknownTopicError(f"topic {spec.name} does not exist")
-                follower.assign([state_tp, liveness_tp, commands_tp])
-                await follower.seek_to_beginning(state_tp)
-                ends = await follower.end_offsets([state_tp, liveness_tp])
+                self._listed_end = await self.state_log.end_offset()
+                # Listed once per run: a log built here need not keep the client open.
+                await self._close_state_log()
+                follower.assign([liveness_tp, commands_tp])
+                ends = await follower.end_offsets([liveness_tp])
                 follower.seek(liveness_tp, max(0, int(ends[liveness_tp]) - _BEATS_ON_START))
                 await follower.seek_to_end(commands_tp)
                 # One record per batch: ess.events is read "to the end" on every start.
                 sender = producer(self.bootstrap, read_to_end_safe=True, security=self.security)
                 await sender.start()
-                return _Clients(
-                    follower, sender, int(ends[state_tp]), liveness_end=int(ends[liveness_tp])
-                )
+                return _Clients(follower, sender, liveness_end=int(ends[liveness_tp]))
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "projector cannot connect; retrying"
@@ -616,9 +671,28 @@ class Projector:
                         with contextlib.suppress(Exception):
                             await client.stop()
                 await _wait_any(self.refresh_interval, stop)
+        await self._close_state_log()
         return None
 
+    async def _close_state_log(self) -> None:
+        """Close the state log if this projector built it (bounded, best effort): what
+        :meth:`~ess.statelog.StateLog.end_offset` opened (following opens and closes its own
+        client). It reopens on its next use, so a later run can list the end again."""
+        if not self._owns_state_log:
+            return
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                await self.state_log.stop()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            logger.warning("projector state log stop was interrupted by its own fetch task")
+        except Exception as exc:  # stopping is best effort; the process is going away
+            logger.bind(error=str(exc)).warning("projector state log did not stop cleanly")
+
     async def _close(self, clients: _Clients) -> None:
+        await self._close_state_log()
         for client in (clients.consumer, clients.producer):
             try:
                 # Bounded: with the broker gone, a producer would wait to flush queued beats.
@@ -655,36 +729,73 @@ class Projector:
 
     # ------------------------------------------------------------------ follower
 
+    async def _follow_state(self, stop: asyncio.Event) -> None:
+        """Fold ``ess.state`` through the port until ``stop``. After any failure it follows
+        again from where the fold stands (the reader holds the position: nothing is applied
+        twice, nothing skipped); a new :meth:`run` starts over from offset 0."""
+        while not stop.is_set():
+            try:
+                await _run_until(stop, self._fold_state(), grace=self.io_timeout, name="state")
+            except Exception as exc:
+                logger.bind(error=f"{type(exc).__name__}: {exc}").error(
+                    "ess.state fetch failed; retrying"
+                )
+            else:
+                if stop.is_set():
+                    return
+                logger.error("ess.state follow ended; following again")
+            await _wait_any(self.refresh_interval, stop)
+
+    async def _fold_state(self) -> None:
+        """One follow of the port: apply each batch (none after a fault: the log does not
+        heal), and see whether that caught up."""
+        batches = self.state_log.follow(
+            self._reader.folded.next_offset, on_fetch=self._state_answered, on_end=self._state_end
+        )
+        try:
+            async for records in batches:
+                if self._fault is None:
+                    self._apply(records)
+                    self._check_caught_up()
+        finally:
+            # Close the follow's client now, not whenever the generator is collected.
+            if isinstance(batches, AsyncGenerator):
+                await batches.aclose()
+
+    def _state_answered(self) -> None:
+        """``on_fetch``: the log answered (with or without records), the broker is there."""
+        self._last_fetch = time.monotonic()
+
+    def _state_end(self, end: int) -> None:
+        """``on_end``: where the log ended as of that answer (before its records are
+        yielded). An answer while the fold is already there (an idle log) catches up."""
+        self._highwater = end
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        """Caught up once the fold reached both the end of the last answer and the end
+        listed on connecting, as :func:`ess.kafka.clients.read_to_end` decides it: right on
+        real Kafka and on Tansu (whose listed end can be short)."""
+        if self._caught_up or self._fault is not None or self._highwater is None:
+            return
+        if self._reader.folded.next_offset >= max(self._highwater, self._listed_end):
+            self._on_caught_up()
+
     async def _follow(self, clients: _Clients, stop: asyncio.Event) -> None:
-        state_tp = TopicPartition(self.topics.state.name, 0)
+        """Read ``ess.liveness`` (beats) and ``ess.commands`` (its high watermark) for the
+        writer watch, and export the lag and writer metrics once per poll."""
         liveness_tp = TopicPartition(self.topics.liveness.name, 0)
         commands_tp = TopicPartition(self.topics.commands.name, 0)
         follower = clients.consumer
-        last_poll: int | None = None
         while not stop.is_set():
             try:
                 batches = await follower.getmany(timeout_ms=_POLL_MS)
                 now = time.monotonic()
-                polled = follower.last_poll_timestamp(state_tp)
-                if polled is not None and polled != last_poll:
-                    # A fetch was answered (with or without records): the broker is there.
-                    last_poll = polled
-                    self._last_fetch = now
                 for record in batches.get(liveness_tp, []):
                     self._take_beat(record.value, now, live=record.offset >= clients.liveness_end)
                 commands_highwater = follower.highwater(commands_tp)
                 if commands_highwater is not None:
                     self._writer.commands_seen(int(commands_highwater), now)
-                self._highwater = follower.highwater(state_tp)
-                batch = batches.get(state_tp, [])
-                if batch and self._fault is None:
-                    self._apply([RawRecord(r.offset, r.value) for r in batch])
-                if not self._caught_up and not batch and self._fault is None:
-                    position = await follower.position(state_tp)
-                    if self._highwater is not None and position >= max(
-                        self._highwater, clients.listed_end
-                    ):
-                        self._on_caught_up()
                 self.metrics.observe_lag(self._lag())
                 self.metrics.observe_writer(
                     self.writer_problem() is None, self._writer.backlog_age(now)
@@ -692,7 +803,7 @@ class Projector:
             except Exception as exc:
                 # aiokafka retries connections itself; this catches the rest without dying.
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
-                    "ess.state fetch failed; retrying"
+                    "liveness/commands fetch failed; retrying"
                 )
                 await _wait_any(self.refresh_interval, stop)
 

@@ -1,1 +1,0 @@
-"""Executor tests: the flatten engine with fakes, the Binance adapters against the simulator."""
