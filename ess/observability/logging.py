@@ -95,7 +95,26 @@ def _json_line(record: Record) -> str:
         exc_type, exc_value, _ = record["exception"]
         name = exc_type.__name__ if exc_type else "Exception"
         payload["exception"] = redact_text(f"{name}: {exc_value}")
-    return orjson.dumps(payload, default=str).decode()
+    try:
+        return orjson.dumps(payload, default=str).decode()
+    except TypeError:
+        # Text that is not valid UTF-8 (lone surrogates, from hostile input) cannot be
+        # encoded as is; escaped, the line is still written rather than lost.
+        return orjson.dumps(_utf8_safe(payload)).decode()
+
+
+def _utf8_safe(value: Any) -> Any:
+    """``value`` with every string's lone surrogates escaped (``\\ud800``), anything JSON
+    has no type for turned into its text first."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(str(key)): _utf8_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _utf8_safe(str(value))
 
 
 def _json_sink(target: TextIO) -> Callable[[Message], None]:
