@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlparse
 
 from ccxt.base import errors as ccxt_errors
@@ -45,8 +44,9 @@ from ess.core.flatten import (
     VenueSnapshot,
     quantity_text,
 )
+from ess.venues import answers
 from ess.venues.budget import RateBudget
-from ess.venues.ccxt_client import make_exchange
+from ess.venues.ccxt_client import ExchangeKind, make_exchange
 from ess.venues.config import VenueConfig, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind
 
@@ -87,7 +87,6 @@ _KIND_BY_CCXT_ERROR: Final[tuple[tuple[type[Exception], VenueErrorKind], ...]] =
 _NOTHING_TO_CANCEL: Final = frozenset({-2011})
 #: Slack of the outer ``asyncio.timeout`` over ccxt's own per-request timeout.
 _TIMEOUT_GRACE_S: Final = 0.5
-_QUERY: Final = re.compile(r"\?\S*")
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class BinanceVenue:
     async def _load_markets(self) -> None:
         if self._exchange is None:
             self._exchange = make_exchange(
-                self._config.exchange,
+                cast(ExchangeKind, self._config.exchange),  # the config allows only these two
                 self._config.base_url,
                 self._credentials.api_key.get_secret_value(),
                 self._credentials.secret.get_secret_value(),
@@ -224,10 +223,10 @@ class BinanceVenue:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # ccxt parses exchangeInfo itself and fails with plain Python errors on a mangled
             # document (the budget's ValueError cannot happen: checked in __init__).
-            error = _malformed(f"markets: unparseable exchangeInfo ({exc!r})")
+            error = answers.malformed(f"markets: unparseable exchangeInfo ({exc!r})")
             raise self._failed(error, "markets") from exc
         if not isinstance(markets, dict) or not markets:
-            raise self._failed(_malformed("markets: no markets listed"), "markets")
+            raise self._failed(answers.malformed("markets: no markets listed"), "markets")
         self._index_markets(markets.values())
         self._log.bind(markets=len(self._lots)).info("venue open")
 
@@ -250,9 +249,11 @@ class BinanceVenue:
         answer = await self._call(call, {"symbol": step.symbol})
         if answer is not None:  # None: nothing was open (-2011), which is what a cancel wants
             if self.kind is MarketKind.SPOT:
-                _rows(answer, call)  # the cancelled orders
+                answers.rows(answer, call)  # the cancelled orders
             else:
-                _mapping(answer, call)  # {"code": 200, "msg": "The operation of cancel all..."}
+                answers.mapping(
+                    answer, call
+                )  # {"code": 200, "msg": "The operation of cancel all..."}
         self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
 
     async def close(self, step: CloseStep) -> None:
@@ -284,15 +285,15 @@ class BinanceVenue:
         if self.kind is MarketKind.FUTURES:
             params["reduceOnly"] = "true"
         answer = await self._call("order", params)
-        row = _mapping(answer, "order")
-        _order_id(row, "orderId", "order")
+        row = answers.mapping(answer, "order")
+        answers.order_id(row, "orderId", "order")
         log.bind(amount=params["quantity"], status=row.get("status")).info("close sent")
 
     async def arm_countdown(self, symbol: str, countdown_ms: int) -> None:
         if not self.supports_countdown:
             raise VenueError(VenueErrorKind.REJECTED, "no countdown on spot")
         answer = await self._call("countdown", {"symbol": symbol, "countdownTime": countdown_ms})
-        _text(_mapping(answer, "countdown"), "symbol", "countdown")
+        answers.text(answers.mapping(answer, "countdown"), "symbol", "countdown")
         self._log.bind(symbol=symbol, countdown_ms=countdown_ms).debug("countdown armed")
 
     async def aclose(self) -> None:
@@ -313,7 +314,7 @@ class BinanceVenue:
         hedged = sorted(
             {
                 str(row.get("symbol"))
-                for row in _rows(risk, "positionRisk")
+                for row in answers.rows(risk, "positionRisk")
                 if row.get("positionSide") in {"LONG", "SHORT"}
             }
         )
@@ -325,28 +326,32 @@ class BinanceVenue:
                 "(Binance: Preferences > Position Mode)",
             )
         rows = [
-            *_rows(risk, "positionRisk"),
-            *_rows(_mapping(account, "account").get("positions"), "account.positions"),
+            *answers.rows(risk, "positionRisk"),
+            *answers.rows(
+                answers.mapping(account, "account").get("positions"), "account.positions"
+            ),
         ]
         # Two independent reads of the same positions: a stale or partial one must not hide
         # exposure the other shows, so the larger size wins.
         sizes: dict[str, Decimal] = {}
         for row in rows:
-            symbol = _text(row, "symbol", "position")
+            symbol = answers.text(row, "symbol", "position")
             quantity = _decimal(row, "positionAmt", "position")
             if abs(quantity) > abs(sizes.get(symbol, Decimal(0))):
                 sizes[symbol] = quantity
         views = [
-            OrderView(_text(row, "symbol", "order"), _order_id(row, "orderId", "order"))
-            for row in _rows(orders, "openOrders")
+            OrderView(
+                answers.text(row, "symbol", "order"), answers.order_id(row, "orderId", "order")
+            )
+            for row in answers.rows(orders, "openOrders")
         ]
         views += [
             OrderView(
-                _text(row, "symbol", "algo order"),
-                _order_id(row, "algoId", "algo order"),
+                answers.text(row, "symbol", "algo order"),
+                answers.order_id(row, "algoId", "algo order"),
                 conditional=True,
             )
-            for row in _rows(conditional, "openAlgoOrders")
+            for row in answers.rows(conditional, "openAlgoOrders")
         ]
         return self._build(sizes, views)
 
@@ -355,8 +360,8 @@ class BinanceVenue:
         keep = {self._config.quote, *self._config.keep_assets}
         held: dict[str, Decimal] = {}
         stranded: dict[str, Decimal] = {}
-        for row in _rows(_mapping(account, "account").get("balances"), "balances"):
-            asset = _text(row, "asset", "balance")
+        for row in answers.rows(answers.mapping(account, "account").get("balances"), "balances"):
+            asset = answers.text(row, "asset", "balance")
             total = _decimal(row, "free", "balance") + _decimal(row, "locked", "balance")
             if asset in keep or not total:
                 continue
@@ -368,8 +373,10 @@ class BinanceVenue:
             else:
                 held[symbol] = held.get(symbol, Decimal(0)) + total
         views = [
-            OrderView(_text(row, "symbol", "order"), _order_id(row, "orderId", "order"))
-            for row in _rows(orders, "openOrders")
+            OrderView(
+                answers.text(row, "symbol", "order"), answers.order_id(row, "orderId", "order")
+            )
+            for row in answers.rows(orders, "openOrders")
         ]
         snapshot = self._build(held, views)
         return replace(
@@ -509,7 +516,7 @@ def _error_answer(
         kind,
         f"{where} answered HTTP {status}{detail}",
         code=code,
-        retry_after=_retry_after(headers)
+        retry_after=answers.retry_after(headers)
         if kind in {VenueErrorKind.RATE_LIMITED, VenueErrorKind.BANNED}
         else None,
     )
@@ -527,55 +534,16 @@ def _kind_by_code(code: int | None, msg: str) -> VenueErrorKind | None:
     return None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds (Binance sends seconds; an HTTP date is ignored)."""
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
-
-
 def _from_ccxt(exc: ccxt_errors.BaseError, call: str) -> VenueError:
     """A failure ccxt raised without an error answer (timeouts, refused connections, local
     checks). Its message may hold the request URL: the query string is cut."""
     kind = next(
         (k for cls, k in _KIND_BY_CCXT_ERROR if isinstance(exc, cls)), VenueErrorKind.REJECTED
     )
-    return VenueError(kind, f"{call}: {type(exc).__name__}: {_QUERY.sub('', str(exc))}")
+    return VenueError(kind, f"{call}: {type(exc).__name__}: {answers.QUERY.sub('', str(exc))}")
 
 
 # -- shape validation -------------------------------------------------------------------------
-
-
-def _malformed(message: str) -> VenueError:
-    return VenueError(VenueErrorKind.MALFORMED, message)
-
-
-def _describe(value: Any) -> str:
-    """What an unexpected answer was, short (a raw body is shown, a structure only named)."""
-    return repr(value)[:60] if isinstance(value, str) else type(value).__name__
-
-
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise _malformed(f"{what}: expected an object, got {_describe(value)}")
-    return value
-
-
-def _rows(value: Any, what: str) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list):
-        raise _malformed(f"{what}: expected a list, got {_describe(value)}")
-    return [_mapping(row, what) for row in value]
-
-
-def _text(row: Mapping[str, Any], key: str, what: str) -> str:
-    value = row.get(key)
-    if not isinstance(value, str) or not value:
-        raise _malformed(f"{what}: no {key!r} in {row!r:.200}")
-    return value
 
 
 def _decimal(row: Mapping[str, Any], key: str, what: str) -> Decimal:
@@ -586,12 +554,5 @@ def _decimal(row: Mapping[str, Any], key: str, what: str) -> Decimal:
     except InvalidOperation:
         number = None
     if number is None or not number.is_finite() or isinstance(value, bool):
-        raise _malformed(f"{what}: bad {key!r} in {row!r:.200}")
+        raise answers.malformed(f"{what}: bad {key!r} in {row!r:.200}")
     return number
-
-
-def _order_id(row: Mapping[str, Any], key: str, what: str) -> str:
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
-        raise _malformed(f"{what}: no {key!r} in {row!r:.200}")
-    return str(value)

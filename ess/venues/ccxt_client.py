@@ -41,12 +41,22 @@ _TABLE_BY_PREFIX: Final = (
 
 
 def localize_urls(exchange: Any, base_url: str) -> None:
-    """Point every ``urls['api']`` entry at ``base_url``, keeping each entry's path."""
+    """Point every REST URL of the client at ``base_url`` (a string ``urls['api']`` or every
+    entry of its sections, nested ones too), keeping each URL's path: how unmodified ccxt
+    talks to a gateway or the loopback simulator."""
     base = base_url.rstrip("/")
     api = exchange.urls["api"]
-    for section, url in list(api.items()):
-        if isinstance(url, str):
-            api[section] = base + urllib.parse.urlparse(url).path
+    if isinstance(api, str):
+        exchange.urls["api"] = base + urllib.parse.urlparse(api).path
+        return
+    stack: list[dict[str, Any]] = [api] if isinstance(api, dict) else []
+    while stack:
+        section = stack.pop()
+        for key, value in list(section.items()):
+            if isinstance(value, str):
+                section[key] = base + urllib.parse.urlparse(value).path
+            elif isinstance(value, dict):
+                stack.append(value)
 
 
 def route_exceptions_by_path(exchange: Any) -> None:

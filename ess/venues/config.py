@@ -22,21 +22,39 @@ Example ``venues.toml``::
     exchange = "binance"
     account = "main"
     quote = "USDT"
+
+    [[venues]]
+    name = "bybit-perps"
+    exchange = "bybit"              # any id in ccxt.exchanges
+    adapter = "generic"             # optional: "auto" picks it for every non-Binance id
+    market = "futures"              # required for the generic adapter: "futures" or "spot"
+
+``adapter`` chooses the code that talks to the venue: ``"binance"`` (:mod:`ess.venues.binance`:
+Binance's raw endpoints, error codes and weights; ``binanceusdm`` and ``binance`` only),
+``"generic"`` (:mod:`ess.venues.generic`: ccxt's unified API, for any ccxt exchange id; the
+venue must offer what a flatten needs, checked when the executor opens it) or ``"auto"`` (the
+default: ``binance`` for ``binanceusdm``/``binance``, ``generic`` for every other id).
+``market`` says whether the account holds derivative positions (``"futures"``: closed
+reduce-only) or spot balances (``"spot"``: sold into ``quote``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ess.core.flatten import MarketKind
 from ess.errors import EssError
+
+if TYPE_CHECKING:
+    from ess.venues.ports import VenuePort
 
 __all__ = [
     "VenueConfig",
@@ -45,10 +63,19 @@ __all__ = [
     "configured_venues",
     "declared_env_names",
     "load_venues",
+    "make_venue",
     "parse_venues",
 ]
 
-ExchangeId = Literal["binanceusdm", "binance"]
+#: A ccxt exchange id (validated against ``ccxt.exchanges``).
+ExchangeId = str
+#: Which adapter serves a venue; ``auto`` is resolved when the config is validated.
+AdapterName = Literal["auto", "binance", "generic"]
+#: The exchange ids the Binance adapter serves, and the market each one is.
+_BINANCE_MARKETS: dict[str, MarketKind] = {
+    "binanceusdm": MarketKind.FUTURES,
+    "binance": MarketKind.SPOT,
+}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -66,8 +93,15 @@ class VenueConfig(BaseModel):
 
     #: Unique name: part of report keys, metric labels and derived client order ids.
     name: str
-    #: ccxt exchange id: ``binanceusdm`` (USD-M futures) or ``binance`` (spot).
+    #: ccxt exchange id: ``binanceusdm`` (USD-M futures), ``binance`` (spot) or, with the
+    #: generic adapter, any other id in ``ccxt.exchanges``.
     exchange: ExchangeId
+    #: ``binance``, ``generic`` or ``auto`` (binance for ``binanceusdm``/``binance``, generic
+    #: otherwise); holds the resolved adapter after validation.
+    adapter: AdapterName = "auto"
+    #: ``futures`` (derivative positions, closed reduce-only) or ``spot`` (balances, sold into
+    #: ``quote``). Implied by the exchange id for Binance; required for the generic adapter.
+    market: Literal["futures", "spot"] | None = None
     #: Account label for reports and logs (never a credential).
     account: str = "main"
     #: Override of the venue's REST base URL (a gateway, a test host, the simulator).
@@ -81,13 +115,18 @@ class VenueConfig(BaseModel):
     quote: str = "USDT"
     #: Spot: assets never sold (besides ``quote``), e.g. fee tokens held on purpose.
     keep_assets: tuple[str, ...] = ()
-    #: Futures: symbols whose ``countdownCancelAll`` dead-man's switch is kept armed.
+    #: Futures: symbols whose ``countdownCancelAll`` dead-man's switch is kept armed. Generic
+    #: adapter: only where ccxt has ``cancelAllOrdersAfter``, which is account-wide (one entry,
+    #: any symbol, is enough).
     countdown_symbols: tuple[str, ...] = ()
     #: Countdown length; the switch is re-armed every third of it.
     countdown_ms: int = Field(default=60_000, ge=1_000, le=3_600_000)
-    #: Request-weight budget per minute (Binance: futures 2400, spot 6000 per IP).
+    #: Request-weight budget per minute (Binance: futures 2400, spot 6000 per IP). Generic
+    #: adapter: requests per minute (each unified call counts 1), default 80 % of ccxt's
+    #: ``rateLimit`` pace for the exchange.
     weight_per_minute: int = Field(default=0, ge=0)
-    #: Order budget per 10 s (Binance: futures 300, spot 100 per account).
+    #: Order budget per 10 s (Binance: futures 300, spot 100 per account). Generic adapter:
+    #: default a sixth of the request budget.
     orders_per_10s: int = Field(default=0, ge=0)
     #: Most requests in flight at once on this venue.
     max_in_flight: int = Field(default=64, ge=1, le=256)
@@ -101,21 +140,49 @@ class VenueConfig(BaseModel):
             raise ValueError(f"{value!r} must match {_NAME.pattern}")
         return value
 
+    @field_validator("exchange")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        if value in _BINANCE_MARKETS:
+            return value
+        known = _ccxt_exchanges()
+        if value not in known:
+            close = difflib.get_close_matches(value.lower(), known, n=3, cutoff=0.6)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise ValueError(f"unknown ccxt exchange id {value!r}{hint}")
+        return value
+
     @model_validator(mode="after")
     def _defaults_by_exchange(self) -> VenueConfig:
-        futures = self.exchange == "binanceusdm"
+        adapter, market = _adapter_and_market(self.exchange, self.adapter, self.market)
+        object.__setattr__(self, "adapter", adapter)
+        object.__setattr__(self, "market", market)
+        futures = market == MarketKind.FUTURES.value
+        if adapter == "generic" and not self.weight_per_minute:
+            # One unit per unified call; 80 % of ccxt's pace for the exchange (``rateLimit``
+            # ms between requests), orders at most one in six requests.
+            rate_ms = _ccxt_describe(self.exchange).get("rateLimit") or 2000
+            requests = max(1, int(0.8 * 60_000 / float(rate_ms)))
+            object.__setattr__(self, "weight_per_minute", requests)
+            if not self.orders_per_10s:
+                object.__setattr__(self, "orders_per_10s", max(1, requests // 6))
         # 80 % of the published budgets: the trading services share the IP weight budget.
         if not self.weight_per_minute:
             object.__setattr__(self, "weight_per_minute", 1920 if futures else 4800)
         if not self.orders_per_10s:
             object.__setattr__(self, "orders_per_10s", 240 if futures else 80)
-        if self.countdown_symbols and not futures:
-            raise ValueError("countdown_symbols: only binanceusdm has countdownCancelAll")
+        if self.countdown_symbols:
+            if adapter == "binance" and not futures:
+                raise ValueError("countdown_symbols: only binanceusdm has countdownCancelAll")
+            if adapter == "generic" and not _ccxt_has(self.exchange, "cancelAllOrdersAfter"):
+                raise ValueError(
+                    f"countdown_symbols: ccxt has no cancelAllOrdersAfter for {self.exchange}"
+                )
         return self
 
     @property
     def market_kind(self) -> MarketKind:
-        return MarketKind.FUTURES if self.exchange == "binanceusdm" else MarketKind.SPOT
+        return MarketKind.FUTURES if self.market == MarketKind.FUTURES.value else MarketKind.SPOT
 
     def env_names(self) -> tuple[str, str]:
         """The environment variables of this venue's key and secret."""
@@ -217,6 +284,60 @@ def load_venues(
         )
         loaded.append((venue, credentials))
     return tuple(loaded)
+
+
+def _adapter_and_market(
+    exchange: str, adapter: AdapterName, market: str | None
+) -> tuple[AdapterName, str]:
+    """The adapter ``auto`` stands for, and the market the venue holds."""
+    binance = _BINANCE_MARKETS.get(exchange)
+    if adapter == "auto":
+        adapter = "binance" if binance is not None else "generic"
+    if adapter == "binance":
+        if binance is None:
+            raise ValueError(
+                f"adapter 'binance' serves only binanceusdm and binance, not "
+                f"{exchange!r}: use adapter 'generic'"
+            )
+        if market is not None and market != binance.value:
+            raise ValueError(f"{exchange} is {binance.value}, not {market}")
+        return adapter, binance.value
+    if market is None:
+        # Guessing (ccxt's default type) could flatten the wrong book and leave the account's
+        # real exposure open: a generic venue says what it holds.
+        raise ValueError(
+            f"{exchange} (generic adapter): set market to 'futures' (derivative positions, "
+            "closed reduce-only) or 'spot' (balances, sold into quote)"
+        )
+    return adapter, market
+
+
+def make_venue(config: VenueConfig, credentials: VenueCredentials) -> VenuePort:
+    """The adapter ``config.adapter`` names, not opened yet (ccxt is imported on demand)."""
+    if config.adapter == "binance":
+        from ess.venues.binance import BinanceVenue  # noqa: PLC0415 - ccxt is heavy
+
+        return BinanceVenue(config, credentials)
+    from ess.venues.generic import CcxtVenue  # noqa: PLC0415 - ccxt is heavy
+
+    return CcxtVenue(config, credentials)
+
+
+def _ccxt_exchanges() -> list[str]:
+    import ccxt  # noqa: PLC0415 - heavy; only for ids the Binance adapter does not serve
+
+    return list(ccxt.exchanges)
+
+
+def _ccxt_describe(exchange: str) -> dict[str, Any]:
+    import ccxt  # noqa: PLC0415 - heavy; only for ids the Binance adapter does not serve
+
+    described: dict[str, Any] = getattr(ccxt, exchange)().describe()
+    return described
+
+
+def _ccxt_has(exchange: str, capability: str) -> bool:
+    return _ccxt_describe(exchange).get("has", {}).get(capability) is True
 
 
 def _read(path: Path) -> str:

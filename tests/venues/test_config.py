@@ -152,7 +152,7 @@ def test_countdown_on_spot_is_refused() -> None:
     "venue",
     [
         {"name": "bad name!", "exchange": "binance"},
-        {"name": "x", "exchange": "kraken"},
+        {"name": "x", "exchange": "krakn"},
         {"name": "x", "exchange": "binance", "timeout_ms": 10},
         {"name": "x", "exchange": "binance", "unknown": 1},
     ],
@@ -220,3 +220,66 @@ def test_an_explicit_empty_list_means_no_venues_on_purpose(tmp_path: Path) -> No
     path = tmp_path / "venues.toml"
     path.write_text("venues = []\n")
     assert load_venues({"ESS_VENUES_FILE": str(path)}) == ()
+
+
+def test_an_unknown_exchange_id_is_refused_with_close_matches() -> None:
+    with pytest.raises(VenueConfigError, match=r"unknown ccxt exchange id 'bynance'.*binance"):
+        parse_venues([{"name": "x", "exchange": "bynance"}])
+
+
+def test_auto_picks_binance_for_binance_ids_and_generic_otherwise() -> None:
+    futures, spot, bybit, okx = parse_venues(
+        [
+            {"name": "f", "exchange": "binanceusdm"},
+            {"name": "s", "exchange": "binance"},
+            {"name": "b", "exchange": "bybit", "market": "futures"},
+            {"name": "o", "exchange": "okx", "market": "spot"},
+        ]
+    )
+    assert (futures.adapter, futures.market_kind) == ("binance", MarketKind.FUTURES)
+    assert (spot.adapter, spot.market_kind) == ("binance", MarketKind.SPOT)
+    assert (bybit.adapter, bybit.market_kind) == ("generic", MarketKind.FUTURES)
+    assert (okx.adapter, okx.market_kind) == ("generic", MarketKind.SPOT)
+
+
+def test_a_generic_venue_must_say_which_market_it_holds() -> None:
+    # A guess (ccxt's default type) could flatten the wrong book and leave the real one open.
+    with pytest.raises(VenueConfigError, match="set market to 'futures'"):
+        parse_venues([{"name": "o", "exchange": "okx"}])
+
+
+def test_binance_ids_can_use_the_generic_adapter() -> None:
+    (venue,) = parse_venues(
+        [{"name": "g", "exchange": "binanceusdm", "adapter": "generic", "market": "futures"}]
+    )
+    assert (venue.adapter, venue.market_kind) == ("generic", MarketKind.FUTURES)
+    assert venue.weight_per_minute > 0
+    assert venue.orders_per_10s > 0
+
+
+@pytest.mark.parametrize(
+    ("venue", "match"),
+    [
+        ({"exchange": "bybit", "adapter": "binance"}, "adapter 'binance' serves only"),
+        ({"exchange": "binance", "market": "futures"}, "binance is spot"),
+        (
+            {
+                "exchange": "binance",
+                "adapter": "generic",
+                "market": "spot",
+                "countdown_symbols": ["BTC/USDT"],
+            },
+            "no cancelAllOrdersAfter",
+        ),
+    ],
+)
+def test_inconsistent_adapter_settings_are_refused(venue: dict[str, object], match: str) -> None:
+    with pytest.raises(VenueConfigError, match=match):
+        parse_venues([{"name": "x", **venue}])
+
+
+def test_a_generic_countdown_needs_cancel_all_orders_after() -> None:
+    (venue,) = parse_venues(
+        [{"name": "b", "exchange": "bybit", "market": "futures", "countdown_symbols": ["x"]}]
+    )
+    assert venue.countdown_symbols == ("x",)

@@ -54,8 +54,7 @@ from ess.roles.execute.engine import (
 from ess.roles.execute.metrics import ExecutorMetrics
 from ess.settings import ExecuteSettings
 from ess.statelog import KafkaStateLog, StateLog, StateLogReader
-from ess.venues.binance import BinanceVenue
-from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials
+from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials, make_venue
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from schemas import (
     IDENT_MAX,
@@ -586,7 +585,7 @@ async def run_executor(
     executor = Executor(
         bootstrap,
         topics,
-        [BinanceVenue(config, credentials) for config, credentials in venues],
+        [make_venue(config, credentials) for config, credentials in venues],
         settings,
         trust=trust,
         countdowns={

@@ -1,0 +1,688 @@
+"""The generic adapter of :class:`~ess.venues.ports.VenuePort`: any ccxt exchange, through
+ccxt's unified API only.
+
+Where :mod:`ess.venues.binance` reads Binance's raw endpoints and codes, this adapter uses
+``load_markets``, ``fetch_positions`` / ``fetch_balance``, ``fetch_open_orders`` (and, where
+ccxt's ``features`` say the venue keeps trigger orders in a book of their own,
+``fetch_open_orders(params={"trigger": True})``), ``cancel_all_orders`` (or ``cancel_order``
+per order), ``create_order`` and ``cancel_all_orders_after``. The same safety rules hold:
+
+* **A venue that lacks something a flatten needs is refused at open.**
+  :func:`check_capabilities` lists what is missing from ccxt's ``has`` flags, ``features`` and
+  the loaded markets; :meth:`CcxtVenue.open` raises ``UNSUPPORTED`` naming all of it, which
+  makes the executor refuse to start.
+* **Nothing unverified reads as "nothing".** ccxt parses an empty or unparseable HTTP 200 into
+  "no positions"; a hook on ccxt's ``handle_errors`` turns such an answer into
+  ``MALFORMED`` before ccxt sees it, and every unified structure is checked for the fields
+  used (symbol, id, side, size) before a snapshot is built from it.
+* **Closes never flip.** Derivative closes are market orders with ``reduceOnly`` for the
+  size read; spot closes sell at most the free balance read just before. Client order ids
+  are the derived ones of :class:`~ess.core.flatten.CloseStep` (ccxt's ``clientOrderId``).
+* **Errors by ccxt's unified classes** (:data:`_KIND_BY_CCXT_ERROR`), with the HTTP status and
+  ``Retry-After`` of the failed answer attached by the same hook (HTTP 418 is ``BANNED``).
+
+Symbols are ccxt's unified symbols (``BTC/USDT:USDT``, ``BTC/USDT``). ccxt's throttle is off
+(it charges Binance's weights as ``cost x rateLimit`` of waiting, so one account-wide
+open-order read queues every later call for ~2 s, past the timeout); instead every unified
+call waits in a :class:`~ess.venues.budget.RateBudget` counting one request (and one order
+per ``create_order``) against the config's ``weight_per_minute``/``orders_per_10s``, whose
+generic defaults derive from ccxt's ``rateLimit`` for the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import ccxt.async_support as ccxt_async
+from ccxt.base import errors as ccxt_errors
+from loguru import logger
+
+from ess.core.flatten import (
+    CancelStep,
+    CloseStep,
+    MarketKind,
+    OrderView,
+    PositionView,
+    VenueSnapshot,
+    quantity_text,
+)
+from ess.venues import answers
+from ess.venues.budget import RateBudget
+from ess.venues.ccxt_client import localize_urls
+from ess.venues.config import VenueConfig, VenueCredentials
+from ess.venues.ports import VenueError, VenueErrorKind
+
+__all__ = ["CcxtVenue", "check_capabilities"]
+
+#: ccxt's unified exception classes -> kind, most specific first (an exception matches the
+#: first class it is an instance of). Anything else ccxt raises is ``REJECTED``.
+_KIND_BY_CCXT_ERROR: Final[tuple[tuple[type[Exception], VenueErrorKind], ...]] = (
+    (ccxt_errors.RequestTimeout, VenueErrorKind.TIMEOUT),
+    (ccxt_errors.RateLimitExceeded, VenueErrorKind.RATE_LIMITED),
+    (ccxt_errors.DDoSProtection, VenueErrorKind.RATE_LIMITED),
+    (ccxt_errors.ExchangeNotAvailable, VenueErrorKind.UNAVAILABLE),  # incl. OnMaintenance
+    (ccxt_errors.InvalidNonce, VenueErrorKind.UNAVAILABLE),  # clock skew: retry
+    # The connection broke in some other way: the request may have been executed.
+    (ccxt_errors.NetworkError, VenueErrorKind.TIMEOUT),
+    (ccxt_errors.BadResponse, VenueErrorKind.MALFORMED),  # incl. NullResponse
+    (ccxt_errors.AuthenticationError, VenueErrorKind.AUTH),  # incl. PermissionDenied
+    (ccxt_errors.DuplicateOrderId, VenueErrorKind.DUPLICATE_ID),
+    (ccxt_errors.NotSupported, VenueErrorKind.UNSUPPORTED),
+)
+#: A refusal whose message says this is a reduce-only rejection ("ReduceOnly Order is
+#: rejected", "reduce-only", "reduce only").
+_REDUCE_ONLY: Final = re.compile(r"reduce[\s_-]?only", re.IGNORECASE)
+#: The venue's numeric error code inside ccxt's message, when it quotes the JSON body.
+_CODE: Final = re.compile(r"""["']?(?:code|retCode|error_code)["']?\s*[:=]\s*["']?(-?\d+)""")
+#: Slack of the outer ``asyncio.timeout`` over ccxt's per-request timeout.
+_TIMEOUT_GRACE_S: Final = 0.5
+#: Client options that keep ccxt from refusing or warning on account-wide reads.
+_DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"warnOnFetchOpenOrdersWithoutSymbol": False}
+_DERIVATIVE_TYPES: Final = ("swap", "future")
+
+
+# -- capabilities -------------------------------------------------------------------------------
+
+
+def check_capabilities(exchange: Any, kind: MarketKind) -> list[str]:
+    """What a flatten of a ``kind`` account needs and ``exchange`` lacks, by name (empty: all
+    there). Pure over ``exchange.has``, ``exchange.features`` and ``exchange.markets`` (loaded
+    markets; ``None`` or empty reports ``markets``).
+
+    Futures need ``fetchPositions``, ``fetchOpenOrders`` over all symbols, a way to cancel
+    (``cancelAllOrders`` or ``cancelOrder``), ``createOrder`` with ``createReduceOnlyOrder``,
+    and, where the venue accepts trigger orders (``features.<type>.createOrder.triggerPrice``),
+    a listing of them (``features.<type>.fetchOpenOrders.trigger``): a stop the adapter cannot
+    see is a stop it cannot cancel. Spot needs ``fetchBalance``, ``fetchOpenOrders`` over all
+    symbols, a way to cancel and ``createOrder`` with ``createMarketOrder``. Spot trigger
+    orders are assumed to be listed with the regular ones unless the features give them a
+    book of their own (then it is read too).
+    """
+    has: Mapping[str, Any] = getattr(exchange, "has", None) or {}
+    missing: list[str] = []
+
+    def need(*names: str) -> None:
+        for name in names:
+            if has.get(name) is not True:
+                missing.append(name)
+
+    need("fetchMarkets")
+    markets = _markets_of(exchange, kind)
+    if not markets:
+        missing.append(f"markets ({kind.value})")
+    if kind is MarketKind.FUTURES:
+        need("fetchPositions", "fetchOpenOrders")
+    else:
+        need("fetchBalance", "fetchOpenOrders")
+    if has.get("cancelAllOrders") is not True and has.get("cancelOrder") is not True:
+        missing.append("cancelAllOrders or cancelOrder")
+    need("createOrder")
+    need("createReduceOnlyOrder" if kind is MarketKind.FUTURES else "createMarketOrder")
+    for feature in _features_of(exchange, kind, markets):
+        listing = feature.get("fetchOpenOrders")
+        if isinstance(listing, Mapping) and listing.get("symbolRequired") is True:
+            _add(missing, "fetchOpenOrders without a symbol")
+        if (
+            kind is MarketKind.FUTURES
+            and _accepts_triggers(feature)
+            and not _lists_triggers(feature)
+        ):
+            _add(missing, "fetchOpenOrders(trigger)")
+    return missing
+
+
+def _add(missing: list[str], name: str) -> None:
+    if name not in missing:
+        missing.append(name)
+
+
+def _markets_of(exchange: Any, kind: MarketKind) -> list[Mapping[str, Any]]:
+    markets = getattr(exchange, "markets", None)
+    if not isinstance(markets, Mapping):
+        return []
+    return [
+        market
+        for market in markets.values()
+        if isinstance(market, Mapping) and _market_kind(market) is kind
+    ]
+
+
+def _market_kind(market: Mapping[str, Any]) -> MarketKind | None:
+    if market.get("spot") is True or market.get("type") == "spot":
+        return MarketKind.SPOT
+    if market.get("type") in _DERIVATIVE_TYPES or market.get("swap") or market.get("future"):
+        return MarketKind.FUTURES
+    return None  # options, margin-only and the like: not served
+
+
+def _features_of(
+    exchange: Any, kind: MarketKind, markets: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """ccxt's ``features`` entries of the market types in ``markets`` (``{}`` for a type the
+    features do not describe: nothing is then known, so nothing is claimed)."""
+    features = getattr(exchange, "features", None)
+    if not isinstance(features, Mapping):
+        return [{}]
+    if kind is MarketKind.SPOT:
+        spot = features.get("spot")
+        return [spot if isinstance(spot, Mapping) else {}]
+    found: list[Mapping[str, Any]] = []
+    for type_, sub in sorted(
+        {(str(m.get("type")), "inverse" if m.get("inverse") else "linear") for m in markets}
+    ):
+        by_sub = features.get(type_)
+        entry = by_sub.get(sub) if isinstance(by_sub, Mapping) else None
+        found.append(entry if isinstance(entry, Mapping) else {})
+    return found
+
+
+def _accepts_triggers(feature: Mapping[str, Any]) -> bool:
+    create = feature.get("createOrder")
+    if not isinstance(create, Mapping):
+        return True  # unknown: a trigger order may exist
+    return any(bool(create.get(key)) for key in ("triggerPrice", "stopLossPrice"))
+
+
+def _lists_triggers(feature: Mapping[str, Any]) -> bool:
+    listing = feature.get("fetchOpenOrders")
+    return isinstance(listing, Mapping) and listing.get("trigger") is True
+
+
+# -- the adapter ----------------------------------------------------------------------------------
+
+
+class CcxtVenue:
+    """One account on any ccxt exchange, futures (derivative positions) or spot (balances),
+    as a :class:`~ess.venues.ports.VenuePort`.
+
+    ``options`` are merged into the ccxt client's options (e.g. to keep ``load_markets`` to
+    the market types served). ``budget`` defaults to one built from the config (each unified
+    call counts 1; pass one to share it). The client is built in :meth:`open`, inside the
+    event loop.
+    """
+
+    def __init__(
+        self,
+        config: VenueConfig,
+        credentials: VenueCredentials,
+        *,
+        options: Mapping[str, Any] | None = None,
+        budget: RateBudget | None = None,
+    ) -> None:
+        exchange_class = getattr(ccxt_async, config.exchange, None)
+        if exchange_class is None:
+            raise ValueError(f"{config.name}: ccxt has no exchange {config.exchange!r}")
+        self._config = config
+        self._credentials = credentials
+        self._class = exchange_class
+        self._options = {**_DEFAULT_OPTIONS, **(options or {})}
+        self._timeout_s = config.timeout_ms / 1000 + _TIMEOUT_GRACE_S
+        self._budget = budget or RateBudget(
+            config.weight_per_minute, config.orders_per_10s, config.max_in_flight
+        )
+        self._log = logger.bind(venue=config.name, account=config.account)
+        self._exchange: Any = None
+        self._opened = False
+        #: Whether trigger orders have a book of their own (read and cancelled separately).
+        self._trigger_book = False
+        #: Whether the class advertises ``cancelAllOrdersAfter`` (known before opening).
+        self._countdown = False
+        with contextlib.suppress(Exception):
+            described = exchange_class().describe()
+            self._countdown = described.get("has", {}).get("cancelAllOrdersAfter") is True
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def account(self) -> str:
+        return self._config.account
+
+    @property
+    def kind(self) -> MarketKind:
+        return self._config.market_kind
+
+    @property
+    def supports_countdown(self) -> bool:
+        return self._countdown
+
+    @property
+    def budget(self) -> RateBudget:
+        return self._budget
+
+    async def open(self) -> None:
+        """Build the client, load markets and check capabilities, once: after a success
+        further calls return at once. A venue lacking what a flatten needs raises
+        ``UNSUPPORTED`` naming every missing capability."""
+        if self._opened:
+            return
+        await self._load_markets()
+        missing = check_capabilities(self._exchange, self.kind)
+        if missing:
+            raise self._failed(
+                VenueError(
+                    VenueErrorKind.UNSUPPORTED,
+                    f"ccxt's {self._config.exchange} lacks what a {self.kind.value} flatten "
+                    f"needs: {', '.join(missing)}",
+                ),
+                "capabilities",
+            )
+        self._trigger_book = any(
+            _lists_triggers(feature)
+            for feature in _features_of(
+                self._exchange, self.kind, _markets_of(self._exchange, self.kind)
+            )
+        )
+        self._opened = True
+        self._log.bind(trigger_book=self._trigger_book).info("venue open")
+
+    async def snapshot(self) -> VenueSnapshot:
+        if self.kind is MarketKind.FUTURES:
+            snapshot = await self._futures_snapshot()
+        else:
+            snapshot = await self._spot_snapshot()
+        self._log.bind(
+            positions=len(snapshot.positions), orders=len(snapshot.orders), dust=len(snapshot.dust)
+        ).debug("venue snapshot")
+        return snapshot
+
+    async def cancel_all(self, step: CancelStep) -> None:
+        if step.conditional and not self._trigger_book:
+            raise VenueError(
+                VenueErrorKind.REJECTED, f"no separate conditional order book on {self.name}"
+            )
+        params: dict[str, Any] = {"trigger": True} if step.conditional else {}
+        exchange = self._client()
+        if exchange.has.get("cancelAllOrders") is True:
+            await self._call(
+                "cancel", exchange.cancel_all_orders, step.symbol, params, nothing_ok=True
+            )
+        else:
+            orders = await self._call(
+                "orders", exchange.fetch_open_orders, step.symbol, None, None, params
+            )
+            ids = [
+                answers.order_id(row, "id", "open order")
+                for row in answers.rows(orders, "open orders")
+            ]
+            await asyncio.gather(
+                *(
+                    self._call(
+                        "cancel", exchange.cancel_order, id_, step.symbol, params, nothing_ok=True
+                    )
+                    for id_ in ids
+                )
+            )
+        self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
+
+    async def close(self, step: CloseStep) -> None:
+        """A market order for ``step.amount`` cut to the market's precision (nothing if that is
+        below the minimum): reduce-only on futures; on spot at most the free balance."""
+        exchange = self._client()
+        market = exchange.markets.get(step.symbol) if exchange.markets else None
+        if market is None:
+            await self._load_markets()  # listed since we opened?
+            market = (exchange.markets or {}).get(step.symbol)
+        if market is None:
+            raise VenueError(VenueErrorKind.REJECTED, f"no market {step.symbol}")
+        wanted = step.amount
+        params: dict[str, Any] = {"clientOrderId": step.client_order_id}
+        if self.kind is MarketKind.FUTURES:
+            params["reduceOnly"] = True
+        else:
+            balance = answers.mapping(
+                await self._call("balance", exchange.fetch_balance), "balance"
+            )
+            free = answers.mapping(balance.get("free"), "balance.free")
+            wanted = min(wanted, _decimal(free.get(market["base"], 0), "free balance"))
+        amount = self._tradable(step.symbol, wanted)
+        log = self._log.bind(
+            symbol=step.symbol, side=step.side, client_order_id=step.client_order_id
+        )
+        if not amount:
+            log.bind(amount=str(wanted)).info("close below the lot size: nothing to send")
+            return
+        order = await self._call(
+            "order",
+            exchange.create_order,
+            step.symbol,
+            "market",
+            step.side,
+            float(amount),
+            None,
+            params,
+        )
+        row = answers.mapping(order, "order")
+        answers.order_id(row, "id", "order")
+        log.bind(amount=quantity_text(amount), status=row.get("status")).info("close sent")
+
+    async def arm_countdown(self, symbol: str, countdown_ms: int) -> None:
+        """ccxt's ``cancelAllOrdersAfter`` is account-wide: ``symbol`` only names the
+        request in logs."""
+        if not self.supports_countdown:
+            raise VenueError(VenueErrorKind.REJECTED, f"no cancelAllOrdersAfter on {self.name}")
+        exchange = self._client()
+        await self._call("countdown", exchange.cancel_all_orders_after, countdown_ms)
+        self._log.bind(symbol=symbol, countdown_ms=countdown_ms).debug("countdown armed")
+
+    async def aclose(self) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._opened = False
+        if exchange is None:
+            return
+        try:
+            await exchange.close()
+        except Exception as exc:  # best effort by contract: never raises
+            self._log.bind(error=repr(exc)).warning("closing the ccxt client failed")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _load_markets(self) -> None:
+        if self._exchange is None:
+            self._exchange = self._build()
+        try:
+            # reload: ccxt caches the result of the first load, even an empty one.
+            markets = await self._call("markets", self._exchange.load_markets, True)
+        except VenueError:
+            raise
+        if not isinstance(markets, dict) or not markets:
+            raise self._failed(answers.malformed("markets: no markets listed"), "markets")
+
+    def _build(self) -> Any:
+        config: dict[str, Any] = {
+            "enableRateLimit": False,
+            "timeout": self._config.timeout_ms,
+            "apiKey": self._credentials.api_key.get_secret_value(),
+            "secret": self._credentials.secret.get_secret_value(),
+            "options": {
+                "defaultType": "swap" if self.kind is MarketKind.FUTURES else "spot",
+                **self._options,
+            },
+        }
+        exchange = self._class(config)
+        exchange.timeout_on_exit = 0
+        if self._config.base_url is not None:
+            localize_urls(exchange, self._config.base_url)
+        _annotate_errors(exchange)
+        return exchange
+
+    async def _futures_snapshot(self) -> VenueSnapshot:
+        exchange = self._client()
+        reads: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]] = [
+            ("positions", exchange.fetch_positions, ()),
+            ("orders", exchange.fetch_open_orders, ()),
+        ]
+        if self._trigger_book:
+            reads.append(
+                (
+                    "trigger orders",
+                    exchange.fetch_open_orders,
+                    (None, None, None, {"trigger": True}),
+                )
+            )
+        replies = await self._read(reads)
+        sizes: dict[str, Decimal] = {}
+        hedged: set[str] = set()
+        for row in answers.rows(replies[0], "positions"):
+            symbol = answers.text(row, "symbol", "position")
+            contracts = _decimal(row.get("contracts"), f"position {symbol} contracts")
+            if not contracts:
+                continue
+            side = row.get("side")
+            if side not in {"long", "short"}:
+                raise answers.malformed(f"position {symbol}: side {side!r}")
+            if row.get("hedged") is True:
+                hedged.add(symbol)
+            signed = abs(contracts) if side == "long" else -abs(contracts)
+            if abs(signed) > abs(sizes.get(symbol, Decimal(0))):
+                sizes[symbol] = signed
+        if hedged:
+            raise VenueError(
+                VenueErrorKind.UNSUPPORTED,
+                f"the account is in hedge mode (dual-side positions: "
+                f"{', '.join(sorted(hedged)[:5])}); ESS closes one-way positions only: switch "
+                "it to one-way mode",
+            )
+        views = _orders(replies[1], conditional=False)
+        if self._trigger_book:
+            views += _orders(replies[2], conditional=True)
+        return self._build_snapshot(sizes, views)
+
+    async def _spot_snapshot(self) -> VenueSnapshot:
+        exchange = self._client()
+        balance, orders = await self._read(
+            [("balance", exchange.fetch_balance, ()), ("orders", exchange.fetch_open_orders, ())]
+        )
+        total = answers.mapping(answers.mapping(balance, "balance").get("total"), "balance.total")
+        keep = {self._config.quote, *self._config.keep_assets}
+        by_base = {
+            market["base"]: market["symbol"]
+            for market in _markets_of(exchange, MarketKind.SPOT)
+            if market.get("quote") == self._config.quote and market.get("active") is not False
+        }
+        held: dict[str, Decimal] = {}
+        stranded: dict[str, Decimal] = {}
+        for asset, amount in total.items():
+            quantity = _decimal(amount, f"balance of {asset}")
+            if asset in keep or not quantity:
+                continue
+            symbol = by_base.get(asset)
+            if symbol is None:
+                # Held, but no <asset>/<quote> market to sell it on: exposure, never "flat".
+                stranded[asset] = stranded.get(asset, Decimal(0)) + quantity
+            else:
+                held[symbol] = held.get(symbol, Decimal(0)) + quantity
+        views = _orders(orders, conditional=False)
+        if self._trigger_book:
+            triggers = await self._call(
+                "trigger orders", exchange.fetch_open_orders, None, None, None, {"trigger": True}
+            )
+            views += _orders(triggers, conditional=True)
+        snapshot = self._build_snapshot(held, views)
+        return replace(
+            snapshot,
+            stranded=tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items())),
+        )
+
+    async def _read(
+        self, reads: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """The reads, concurrently; the first failure cancels the others and is raised."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._call(name, method, *args))
+                    for name, method, args in reads
+                ]
+        except ExceptionGroup as failed:
+            first = failed.exceptions[0]
+        else:
+            return [task.result() for task in tasks]
+        raise first
+
+    def _build_snapshot(
+        self, exposure: Mapping[str, Decimal], orders: list[OrderView]
+    ) -> VenueSnapshot:
+        """Split exposure into positions and dust (no order could remove it). A symbol without
+        a known market is kept as a position: unknown is never assumed to be small."""
+        positions: list[PositionView] = []
+        dust: list[PositionView] = []
+        for symbol, quantity in sorted(exposure.items()):
+            if not quantity:
+                continue
+            tradable = self._tradable(symbol, abs(quantity), unknown_is_tradable=True)
+            (positions if tradable else dust).append(PositionView(symbol, quantity))
+        orders = sorted(orders, key=lambda o: (o.symbol, o.conditional, o.order_id))
+        return VenueSnapshot(tuple(positions), tuple(orders), tuple(dust))
+
+    def _tradable(
+        self, symbol: str, amount: Decimal, *, unknown_is_tradable: bool = False
+    ) -> Decimal:
+        """``amount`` cut to the market's precision by ccxt (truncated, never rounded up); 0 if
+        below the market's minimum."""
+        exchange = self._client()
+        market = (exchange.markets or {}).get(symbol)
+        if market is None:
+            return amount if unknown_is_tradable else Decimal(0)
+        try:
+            cut = Decimal(str(exchange.amount_to_precision(symbol, float(amount))))
+        except ccxt_errors.InvalidOrder:  # below the precision: rounds to nothing
+            return Decimal(0)
+        except (ccxt_errors.BaseError, ArithmeticError, TypeError, ValueError):
+            return amount if unknown_is_tradable else Decimal(0)
+        minimum = ((market.get("limits") or {}).get("amount") or {}).get("min")
+        floor = Decimal(str(minimum)) if isinstance(minimum, int | float) else Decimal(0)
+        return cut if cut > 0 and cut >= floor else Decimal(0)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._exchange is None:
+            raise RuntimeError("CcxtVenue.open() must be called first")
+        return self._exchange
+
+    async def _call(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]],
+        *args: Any,
+        nothing_ok: bool = False,
+    ) -> Any:
+        """One unified call within ``max_in_flight`` and the timeout; every failure comes out
+        as a :class:`VenueError`. ``nothing_ok``: ``OrderNotFound`` (nothing left to cancel)
+        is success and returns ``None``."""
+        async with self._budget.request(1, 1 if name == "order" else 0):
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await method(*args)
+            except TimeoutError as exc:
+                error = VenueError(VenueErrorKind.TIMEOUT, f"{name}: no answer")
+                raise self._failed(error, name) from exc
+            except ccxt_errors.OrderNotFound as exc:
+                if nothing_ok:
+                    return None
+                raise self._failed(_from_ccxt(exc, name), name) from exc
+            except ccxt_errors.BaseError as exc:
+                raise self._failed(_from_ccxt(exc, name), name) from exc
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                # ccxt parses answers itself and fails with plain Python errors on a mangled
+                # document.
+                error = answers.malformed(f"{name}: unparseable answer ({type(exc).__name__})")
+                raise self._failed(error, name) from exc
+
+    def _failed(self, error: VenueError, call: str) -> VenueError:
+        self._log.bind(call=call, kind=error.kind.value, code=error.code).warning(
+            "venue call failed: {}", str(error)
+        )
+        return error
+
+
+# -- transport hooks ------------------------------------------------------------------------------
+
+
+def _annotate_errors(exchange: Any) -> None:
+    """Hook ccxt's ``handle_errors`` (called synchronously with the status, headers and body
+    of the very answer at hand): an empty or unparseable 2xx body raises ``NullResponse``
+    (ccxt would read it as "nothing"), and every exception ccxt raises for an error answer
+    carries that answer's HTTP status and ``Retry-After``."""
+    original = exchange.handle_errors
+
+    def handle_errors(  # noqa: PLR0917 - ccxt calls it with these 9 positional arguments
+        status: int,
+        reason: str,
+        url: str,
+        method: str,
+        headers: Mapping[str, str] | None,
+        body: str | None,
+        response: Any,
+        request_headers: Any,
+        request_body: Any,
+    ) -> Any:
+        try:
+            result = original(
+                status,
+                reason,
+                url,
+                method,
+                headers,
+                body,
+                response,
+                request_headers,
+                request_body,
+            )
+            if status >= 400:
+                exchange.handle_http_status_code(status, reason, url, method, body or "")
+        except ccxt_errors.BaseError as exc:
+            exc.ess_status = status
+            exc.ess_retry_after = answers.retry_after(headers or {})
+            raise
+        if 200 <= status < 300 and status != 204 and response is None:
+            what = "an empty body" if not (body or "").strip() else "an unparseable body"
+            raise ccxt_errors.NullResponse(f"{method} {url} answered HTTP {status} with {what}")
+        return result
+
+    exchange.handle_errors = handle_errors
+
+
+def _from_ccxt(exc: ccxt_errors.BaseError, call: str) -> VenueError:
+    """The :class:`VenueError` of a ccxt exception. Its message may hold the request URL: the
+    query string (signatures, on some venues the key) is cut."""
+    status = getattr(exc, "ess_status", None)
+    kind = next(
+        (k for cls, k in _KIND_BY_CCXT_ERROR if isinstance(exc, cls)), VenueErrorKind.REJECTED
+    )
+    text = answers.QUERY.sub("", str(exc))
+    if kind is VenueErrorKind.RATE_LIMITED and status == 418:
+        kind = VenueErrorKind.BANNED
+    elif kind is VenueErrorKind.REJECTED and call == "order" and _REDUCE_ONLY.search(text):
+        kind = VenueErrorKind.REDUCE_ONLY_REJECTED
+    code = None
+    match = _CODE.search(text)
+    if match:
+        code = int(match.group(1))
+    status_text = f" (HTTP {status})" if status is not None else ""
+    return VenueError(
+        kind,
+        f"{call}: {type(exc).__name__}{status_text}: {text[:300]}",
+        code=code,
+        retry_after=getattr(exc, "ess_retry_after", None)
+        if kind in {VenueErrorKind.RATE_LIMITED, VenueErrorKind.BANNED}
+        else None,
+    )
+
+
+# -- shape validation -----------------------------------------------------------------------------
+
+
+def _decimal(value: Any, what: str) -> Decimal:
+    """A number as ccxt gives it (float, int or decimal string); ``None`` is malformed."""
+    try:
+        number = (
+            Decimal(str(value))
+            if isinstance(value, int | float | str) and not isinstance(value, bool)
+            else None
+        )
+    except InvalidOperation:
+        number = None
+    if number is None or not number.is_finite():
+        raise answers.malformed(f"{what}: bad number {value!r:.40}")
+    return number
+
+
+def _orders(answer: Any, *, conditional: bool) -> list[OrderView]:
+    what = "trigger orders" if conditional else "open orders"
+    return [
+        OrderView(
+            answers.text(row, "symbol", what),
+            answers.order_id(row, "id", what),
+            conditional=conditional,
+        )
+        for row in answers.rows(answer, what)
+    ]
