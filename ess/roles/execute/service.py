@@ -244,6 +244,8 @@ class Executor:
             checks[f"venue:{item.venue}"] = item.phase.value + (
                 f" ({item.last_error})" if item.last_error and item.phase is not Phase.FLAT else ""
             )
+        for name, switch in self.dead_mans_switches().items():
+            checks[f"dead_mans_switch:{name}"] = switch
         return ExecutorStatus(
             status=state.status.value,
             activation_seq=state.activation.seq if state.activation else None,
@@ -255,6 +257,23 @@ class Executor:
             reports_dropped=self._dropped,
             checks=checks,
         )
+
+    def dead_mans_switches(self) -> dict[str, str]:
+        """For each venue, whether the venue itself will cancel its orders if ESS dies: its
+        native dead-man's switch kept armed (while the log is seen), one available but not
+        configured, or none at all. Those without one rely on ESS staying alive."""
+        switches: dict[str, str] = {}
+        for venue in self.venues:
+            countdown = self.countdowns.get(venue.name)
+            if not venue.supports_countdown:
+                switches[venue.name] = "none: the venue has no native dead-man's switch"
+            elif countdown is None or not countdown.symbols:
+                switches[venue.name] = "available, not configured (set countdown_symbols)"
+            else:
+                switches[venue.name] = (
+                    f"kept armed: {len(countdown.symbols)} symbol(s), {countdown.countdown_ms} ms"
+                )
+        return switches
 
     def report(self, report: ActionReport) -> None:
         """Queue ``report`` for ``ess.actions`` (never blocks; drops the oldest on overflow)."""
@@ -308,6 +327,11 @@ class Executor:
         logger.bind(
             venues=[venue.name for venue in self.venues], topic=self.topics.state.name
         ).info("executor starting")
+        for name, switch in self.dead_mans_switches().items():
+            if not switch.startswith("kept armed"):
+                logger.bind(venue=name, dead_mans_switch=switch).warning(
+                    "no dead-man's switch on this venue: its orders stay if ESS dies"
+                )
         tasks = [
             asyncio.create_task(self._follow(stop), name="ess-executor-follow"),
             asyncio.create_task(self._publish(stop), name="ess-executor-publish"),

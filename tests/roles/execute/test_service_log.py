@@ -16,8 +16,9 @@ from decimal import Decimal
 
 import pytest
 
+from ess.core.flatten import MarketKind
 from ess.core.reader import RawRecord
-from ess.roles.execute.service import Executor
+from ess.roles.execute.service import Countdown, Executor
 from schemas import ReasonCode, ResetEntry, TriggerRef, encode, topic_registry
 from tests.helpers import eventually
 from tests.roles.execute.fakes import FAST_SETTINGS, FakeVenue
@@ -175,3 +176,31 @@ async def test_while_a_foreign_record_is_unacknowledged_even_an_authentic_reset_
     assert current.activation.seq == 2
     assert not current.stop.is_set()
     assert executor.status().checks["log"] == "ok"
+
+
+def test_status_says_which_venues_have_a_dead_mans_switch() -> None:
+    """Issue 15, item 2: a venue whose orders would outlive ESS is named, not left implicit."""
+    armed, available, spot = (
+        FakeVenue("armed"),
+        FakeVenue("available"),
+        FakeVenue("spot", kind=MarketKind.SPOT),
+    )
+    executor = Executor(
+        "unused:9092",
+        topic_registry("ess"),
+        [armed, available, spot],
+        SETTINGS,
+        trust=trust(SCOPE),
+        countdowns={"armed": Countdown(("BTCUSDT", "ETHUSDT"), 60_000)},
+    )
+
+    switches = executor.dead_mans_switches()
+
+    assert switches == {
+        "armed": "kept armed: 2 symbol(s), 60000 ms",
+        "available": "available, not configured (set countdown_symbols)",
+        "spot": "none: the venue has no native dead-man's switch",
+    }
+    checks = executor.status().checks
+    assert checks["dead_mans_switch:spot"] == switches["spot"]
+    assert checks["dead_mans_switch:armed"].startswith("kept armed")
