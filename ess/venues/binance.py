@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Final, cast
@@ -46,7 +46,7 @@ from ess.core.flatten import (
 )
 from ess.venues import answers
 from ess.venues.budget import RateBudget
-from ess.venues.ccxt_client import ExchangeKind, make_exchange
+from ess.venues.ccxt_client import Answer, ExchangeKind, hook_answers, make_exchange
 from ess.venues.config import VenueConfig, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind
 
@@ -459,33 +459,17 @@ class BinanceVenue:
 
 
 def _classify_http_errors(exchange: Any) -> None:
-    """Raise a :class:`VenueError` for every error answer, before ccxt's own tables see it.
+    """Raise a :class:`VenueError` for every error answer, before ccxt's own tables see it;
+    non-error answers go on to ccxt unchanged."""
 
-    ccxt calls ``handle_errors`` synchronously right after reading a response, with its HTTP
-    status, headers, body and parsed JSON, so this sees exactly the answer of the request at
-    hand even with many requests in flight. Non-error answers go on to ccxt unchanged.
-    """
-    original = exchange.handle_errors
-
-    def handle_errors(  # noqa: PLR0917 - ccxt calls it with these 9 positional arguments
-        status: int,
-        reason: str,
-        url: str,
-        method: str,
-        headers: Mapping[str, str] | None,
-        body: str | None,
-        response: Any,
-        request_headers: Any,
-        request_body: Any,
-    ) -> Any:
-        error = _error_answer(status, f"{method} {urlparse(url).path}", headers or {}, response)
+    def classify(answer: Answer, ccxt_handling: Callable[[], Any]) -> Any:
+        where = f"{answer.method} {urlparse(answer.url).path}"
+        error = _error_answer(answer.status, where, answer.headers, answer.response)
         if error is not None:
             raise error
-        return original(
-            status, reason, url, method, headers, body, response, request_headers, request_body
-        )
+        return ccxt_handling()
 
-    exchange.handle_errors = handle_errors
+    hook_answers(exchange, classify)
 
 
 def _error_answer(

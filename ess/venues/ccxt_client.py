@@ -20,12 +20,20 @@ requests", "Error tables"):
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import ccxt.async_support as ccxt_async
 
-__all__ = ["ExchangeKind", "localize_urls", "make_exchange", "route_exceptions_by_path"]
+__all__ = [
+    "Answer",
+    "ExchangeKind",
+    "hook_answers",
+    "localize_urls",
+    "make_exchange",
+    "route_exceptions_by_path",
+]
 
 ExchangeKind = Literal["binanceusdm", "binance"]
 
@@ -57,6 +65,51 @@ def localize_urls(exchange: Any, base_url: str) -> None:
                 section[key] = base + urllib.parse.urlparse(value).path
             elif isinstance(value, dict):
                 stack.append(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer as ccxt's ``handle_errors`` sees it, right after reading it."""
+
+    status: int
+    reason: str
+    url: str
+    method: str
+    headers: Mapping[str, str]
+    body: str
+    #: The parsed JSON (``None`` when the body is empty or not JSON).
+    response: Any
+
+
+def hook_answers(exchange: Any, hook: Callable[[Answer, Callable[[], Any]], Any]) -> None:
+    """Put ``hook`` in front of ccxt's ``handle_errors`` for this client: it gets each answer
+    and a function that runs ccxt's own handling, and returns what ccxt's would.
+
+    ccxt calls ``handle_errors`` synchronously right after reading a response, so the hook
+    sees exactly the answer of the request at hand even with many requests in flight: the
+    one place an adapter can classify an answer itself before ccxt's tables do."""
+    original = exchange.handle_errors
+
+    def handle_errors(  # noqa: PLR0917 - ccxt calls it with these 9 positional arguments
+        status: int,
+        reason: str,
+        url: str,
+        method: str,
+        headers: Mapping[str, str] | None,
+        body: str | None,
+        response: Any,
+        request_headers: Any,
+        request_body: Any,
+    ) -> Any:
+        answer = Answer(status, reason, url, method, headers or {}, body or "", response)
+        return hook(
+            answer,
+            lambda: original(
+                status, reason, url, method, headers, body, response, request_headers, request_body
+            ),
+        )
+
+    exchange.handle_errors = handle_errors
 
 
 def route_exceptions_by_path(exchange: Any) -> None:

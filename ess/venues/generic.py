@@ -54,7 +54,7 @@ from ess.core.flatten import (
 )
 from ess.venues import answers
 from ess.venues.budget import RateBudget
-from ess.venues.ccxt_client import localize_urls
+from ess.venues.ccxt_client import Answer, hook_answers, localize_urls
 from ess.venues.config import VenueConfig, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind
 
@@ -588,47 +588,30 @@ class CcxtVenue:
 
 
 def _annotate_errors(exchange: Any) -> None:
-    """Hook ccxt's ``handle_errors`` (called synchronously with the status, headers and body
-    of the very answer at hand): an empty or unparseable 2xx body raises ``NullResponse``
-    (ccxt would read it as "nothing"), and every exception ccxt raises for an error answer
-    carries that answer's HTTP status and ``Retry-After``."""
-    original = exchange.handle_errors
+    """An empty or unparseable 2xx body raises ``NullResponse`` (ccxt would read it as
+    "nothing"), and every exception ccxt raises for an error answer carries that answer's
+    HTTP status and ``Retry-After``."""
 
-    def handle_errors(  # noqa: PLR0917 - ccxt calls it with these 9 positional arguments
-        status: int,
-        reason: str,
-        url: str,
-        method: str,
-        headers: Mapping[str, str] | None,
-        body: str | None,
-        response: Any,
-        request_headers: Any,
-        request_body: Any,
-    ) -> Any:
+    def annotate(answer: Answer, ccxt_handling: Callable[[], Any]) -> Any:
+        status = answer.status
         try:
-            result = original(
-                status,
-                reason,
-                url,
-                method,
-                headers,
-                body,
-                response,
-                request_headers,
-                request_body,
-            )
+            result = ccxt_handling()
             if status >= 400:
-                exchange.handle_http_status_code(status, reason, url, method, body or "")
+                exchange.handle_http_status_code(
+                    status, answer.reason, answer.url, answer.method, answer.body
+                )
         except ccxt_errors.BaseError as exc:
             exc.ess_status = status
-            exc.ess_retry_after = answers.retry_after(headers or {})
+            exc.ess_retry_after = answers.retry_after(answer.headers)
             raise
-        if 200 <= status < 300 and status != 204 and response is None:
-            what = "an empty body" if not (body or "").strip() else "an unparseable body"
-            raise ccxt_errors.NullResponse(f"{method} {url} answered HTTP {status} with {what}")
+        if 200 <= status < 300 and status != 204 and answer.response is None:
+            what = "an empty body" if not answer.body.strip() else "an unparseable body"
+            raise ccxt_errors.NullResponse(
+                f"{answer.method} {answer.url} answered HTTP {status} with {what}"
+            )
         return result
 
-    exchange.handle_errors = handle_errors
+    hook_answers(exchange, annotate)
 
 
 def _from_ccxt(exc: ccxt_errors.BaseError, call: str) -> VenueError:

@@ -64,7 +64,9 @@ class GenericPairs(VenueContract):
                 adapter="generic",
                 market=self.kind.value,
                 name=f"gen-{self.exchange}",
-                **overrides,
+                # ccxt's futures position read is two requests (leverage brackets first): a
+                # 300 ms request timeout is too tight for that on a loaded 2-core machine.
+                **{"timeout_ms": 1000, **overrides},
             )
             options = SIM_OPTIONS[self.exchange]
             return CcxtVenue(config, keys, options=options, budget=short_budget(config))

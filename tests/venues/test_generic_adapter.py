@@ -53,7 +53,14 @@ async def open_generic(
     async def factory(exchange: str, **overrides: Any) -> CcxtVenue:
         market = "futures" if exchange == "binanceusdm" else "spot"
         config = venue_config(
-            sim, exchange, adapter="generic", market=market, name=f"gen-{exchange}", **overrides
+            sim,
+            exchange,
+            adapter="generic",
+            market=market,
+            name=f"gen-{exchange}",
+            # ccxt's futures position read is two requests (leverage brackets first): a
+            # 300 ms request timeout is too tight for that on a loaded 2-core machine.
+            **{"timeout_ms": 1000, **overrides},
         )
         venue = CcxtVenue(config, credentials, options=SIM_OPTIONS[exchange])
         opened.append(venue)
