@@ -41,6 +41,7 @@ reduce-only) or spot balances (``"spot"``: sold into ``quote``).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 import tomllib
@@ -60,6 +61,7 @@ __all__ = [
     "VenueConfig",
     "VenueConfigError",
     "VenueCredentials",
+    "ccxt_has",
     "configured_venues",
     "declared_env_names",
     "load_venues",
@@ -174,7 +176,7 @@ class VenueConfig(BaseModel):
         if self.countdown_symbols:
             if adapter == "binance" and not futures:
                 raise ValueError("countdown_symbols: only binanceusdm has countdownCancelAll")
-            if adapter == "generic" and not _ccxt_has(self.exchange, "cancelAllOrdersAfter"):
+            if adapter == "generic" and not ccxt_has(self.exchange, "cancelAllOrdersAfter"):
                 raise ValueError(
                     f"countdown_symbols: ccxt has no cancelAllOrdersAfter for {self.exchange}"
                 )
@@ -329,14 +331,17 @@ def _ccxt_exchanges() -> list[str]:
     return list(ccxt.exchanges)
 
 
+@functools.cache
 def _ccxt_describe(exchange: str) -> dict[str, Any]:
+    """ccxt's description of ``exchange`` (read-only: shared by every caller)."""
     import ccxt  # noqa: PLC0415 - heavy; only for ids the Binance adapter does not serve
 
     described: dict[str, Any] = getattr(ccxt, exchange)().describe()
     return described
 
 
-def _ccxt_has(exchange: str, capability: str) -> bool:
+def ccxt_has(exchange: str, capability: str) -> bool:
+    """Whether ccxt's ``exchange`` class advertises ``capability`` (known without a client)."""
     return _ccxt_describe(exchange).get("has", {}).get(capability) is True
 
 

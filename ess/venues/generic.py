@@ -32,7 +32,6 @@ generic defaults derive from ccxt's ``rateLimit`` for the exchange.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
@@ -55,7 +54,7 @@ from ess.core.flatten import (
 from ess.venues import answers
 from ess.venues.budget import RateBudget
 from ess.venues.ccxt_client import Answer, hook_answers, localize_urls
-from ess.venues.config import VenueConfig, VenueCredentials
+from ess.venues.config import VenueConfig, VenueCredentials, ccxt_has
 from ess.venues.ports import VenueError, VenueErrorKind
 
 __all__ = ["CcxtVenue", "check_capabilities"]
@@ -232,10 +231,7 @@ class CcxtVenue:
         #: Whether trigger orders have a book of their own (read and cancelled separately).
         self._trigger_book = False
         #: Whether the class advertises ``cancelAllOrdersAfter`` (known before opening).
-        self._countdown = False
-        with contextlib.suppress(Exception):
-            described = exchange_class().describe()
-            self._countdown = described.get("has", {}).get("cancelAllOrdersAfter") is True
+        self._countdown = ccxt_has(config.exchange, "cancelAllOrdersAfter")
 
     @property
     def name(self) -> str:
