@@ -58,13 +58,19 @@ _SPOT_ORDER_PARAMS: Final = frozenset(
 
 
 class ApiError(EssError):
-    """A request the exchange rejects: Binance ``code``/``msg`` and the HTTP status to use."""
+    """A request the exchange rejects: ``code``/``msg`` and the HTTP status to use.
 
-    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+    Codes are the engine's native ones (Binance's), which each simulator family translates
+    into its exchange's own; ``native=True`` marks an error a family raised in its own codes,
+    passed through untranslated.
+    """
+
+    def __init__(self, code: int, msg: str, status: int = 400, *, native: bool = False) -> None:
         super().__init__(f"{code} {msg}")
         self.code = code
         self.msg = msg
         self.status = status
+        self.native = native
 
 
 def missing(name: str) -> ApiError:

@@ -158,16 +158,24 @@ class _VenueState:
 
 
 class RateLimiter:
-    """Admits or refuses requests against :class:`RateLimits`, per venue (and account)."""
+    """Admits or refuses requests against :class:`RateLimits`, per venue (and account).
+
+    The defaults are Binance's; another simulator family passes its own budgets, weights and
+    ``order_endpoints`` (the routes that count against the order budgets). Refusals are
+    :class:`ApiError` in the engine's (Binance's) codes, which the family translates:
+    status 418 while banned, -1015 over an order budget, -1003 over the weight budget."""
 
     def __init__(
         self,
         limits: Mapping[Venue, RateLimits] | None = None,
         weights: Mapping[tuple[str, str], tuple[int, int]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        order_endpoints: frozenset[tuple[str, str]] = ORDER_ENDPOINTS,
     ) -> None:
         merged = {**DEFAULT_LIMITS, **(limits or {})}
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.order_endpoints = order_endpoints
         self._clock = clock
         self._venues = {venue: _VenueState(merged[venue]) for venue in Venue}
         self._orders: dict[tuple[Venue, str | None], tuple[SlidingWindow, SlidingWindow]] = {}
@@ -221,7 +229,7 @@ class RateLimiter:
                 "updates to avoid polling the API.",
                 status=429,
             )
-        is_order = (method, path) in ORDER_ENDPOINTS
+        is_order = (method, path) in self.order_endpoints
         if refusal is None and is_order:
             ten, minute = self._order_windows(venue, account)
             if limits.orders_per_10s is not None and ten.used(now) + 1 > limits.orders_per_10s:

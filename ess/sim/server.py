@@ -1,92 +1,63 @@
-"""The exchange simulator: a Binance look-alike HTTP server on loopback for unmodified ccxt.
+"""The exchange simulator: exchange look-alike HTTP servers on loopback for unmodified ccxt.
 
-One :class:`ExchangeSimulator` serves both the USD-M futures API (``/fapi/...``) and the spot API
-(``/api/v3/...``) on one port: ccxt's ``urls['api']`` entries differ in path, so rewriting only
-their host (:func:`ess.venues.ccxt_client.make_exchange`) points every client at the same server
-without collisions.
+One :class:`ExchangeSimulator` serves three API families on one port, over one shared matching
+engine (:mod:`ess.sim.book`): Binance (USD-M futures ``/fapi`` and spot ``/api/v3``), Bybit v5
+(``/v5``: linear perpetuals and spot) and OKX v5 (``/api/v5``: swaps and spot). Their paths
+never overlap, so rewriting only the host of ccxt's URLs
+(:func:`ess.venues.ccxt_client.localize_urls`) points any of their clients at the same server.
+What differs between exchanges lives in the family (:mod:`ess.sim.families`); accounts, books,
+faults, the request log, late fills and dead-man's-switch timers are shared, so one seeded
+account can be flattened through any family.
 
 Every request goes through the same pipeline, in this order, and is appended to :attr:`log`:
 
-1. rate limits (:mod:`ess.sim.ratelimit`): over budget is answered 429/-1003 (-1015 for orders),
-   or 418 while banned;
+1. the family's rate limits (:mod:`ess.sim.ratelimit`): over budget is answered with the
+   family's rate-limit error;
 2. a matching fault (:mod:`ess.sim.faults`) that replaces the answer, if any;
-3. authentication of signed routes: known ``X-MBX-APIKEY`` (else -2015), HMAC-SHA256 of the query
-   string or form body before ``&signature=`` with that account's secret (else -1022), and the
-   ``timestamp`` within ``recvWindow`` of the server clock (else -1021);
+3. the family's authentication of signed routes (key, signature, timestamp window);
 4. the route's handler, which mutates the account's state;
 5. a fault that mangles the answer after execution (``exec_then_hang``, ``empty``, ``bad_json``).
 
-The simulator also runs Binance's futures dead-man's switch (``countdownCancelAll``) itself: when
-an armed countdown expires without being refreshed, the symbol's open regular orders are
-cancelled by the server, with no client involved.
+The simulator also runs the exchanges' dead-man's switches itself (:meth:`arm_switch`): when an
+armed timer expires without being refreshed, the open regular orders it covers are cancelled
+by the server, with no client involved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
-import hashlib
-import hmac
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Final, Self
-from urllib.parse import parse_qsl
+from typing import Any, Self
 
 from aiohttp import web
 from loguru import logger
 
-from ess.sim import payloads
-from ess.sim.book import ZERO, Account, ApiError, Engine, Fill, Order, Position, missing
+from ess.sim.book import ZERO, Account, ApiError, Engine, Fill, Order, Position
+from ess.sim.families.base import Ctx, Family
+from ess.sim.families.binance import BinanceFamily
+from ess.sim.families.bybit import BybitFamily
+from ess.sim.families.okx import OkxFamily
 from ess.sim.faults import ENGINE_KINDS, POST_KINDS, Fault, FaultKind
-from ess.sim.markets import (
-    DEFAULT_MARKETS,
-    Market,
-    Venue,
-    exchange_info,
-    fmt,
-    index_markets,
-)
+from ess.sim.markets import DEFAULT_MARKETS, Market, Venue, index_markets
 from ess.sim.ratelimit import RateCounters, RateLimiter, RateLimits
 
 __all__ = ["ExchangeSimulator", "LoggedRequest", "SimEvent"]
 
 _log = logger.bind(component="ess.sim")
 
-#: What a fault of each "instead of the exchange" kind answers: HTTP status, Binance code
-#: (``None``: a non-JSON body, as a gateway or load balancer would send) and message.
-_CANNED: Final[Mapping[FaultKind, tuple[int, int | None, str]]] = {
-    FaultKind.HTTP_429: (
-        429,
-        -1003,
-        "Too many requests; current limit of IP(127.0.0.1) request weight per minute is 2400. "
-        "Please use WebSocket Streams for live updates to avoid polling the API.",
-    ),
-    FaultKind.HTTP_418: (
-        418,
-        -1003,
-        "Way too much request weight used; IP banned until 4102444800000. "
-        "Please use WebSocket Streams for live updates to avoid bans.",
-    ),
-    FaultKind.HTTP_500: (500, None, "<html><body><h1>500 Internal Server Error</h1></body></html>"),
-    FaultKind.HTTP_502: (502, None, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
-    FaultKind.HTTP_503: (503, None, "<html><body><h1>503 Service Unavailable</h1></body></html>"),
-    FaultKind.RATE_LIMIT_CODE: (
-        400,
-        -1003,
-        "Too much request weight used; current limit is 2400 request weight per 1 MINUTE.",
-    ),
-    FaultKind.INVALID_KEY: (401, -2015, "Invalid API-key, IP, or permissions for action."),
-    FaultKind.UNKNOWN_ORDER: (400, -2011, "Unknown order sent."),
-    FaultKind.REDUCE_ONLY_REJECTED: (400, -2022, "ReduceOnly Order is rejected."),
+#: What the HTTP-level faults answer: a gateway's page, not the exchange's JSON.
+_GATEWAY_PAGES: dict[FaultKind, tuple[int, str]] = {
+    FaultKind.HTTP_500: (500, "<html><body><h1>500 Internal Server Error</h1></body></html>"),
+    FaultKind.HTTP_502: (502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    FaultKind.HTTP_503: (503, "<html><body><h1>503 Service Unavailable</h1></body></html>"),
 }
-
-_CANCEL_ALL_DONE: Final = {"code": 200, "msg": "The operation of cancel all open order is done."}
 
 
 @dataclass
@@ -94,7 +65,8 @@ class LoggedRequest:
     """One request as the simulator saw it (the signature is never kept).
 
     ``status`` is ``None`` for a request that was never answered (``hang``, or
-    ``exec_then_hang`` until released); ``code`` is the Binance error code of an error answer.
+    ``exec_then_hang`` until released); ``code`` is the error code of an error answer, in
+    the engine's (Binance's) codes; ``family`` names the API the request was sent to.
     """
 
     ts: float
@@ -107,6 +79,7 @@ class LoggedRequest:
     status: int | None = None
     code: int | None = None
     fault: FaultKind | None = None
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,54 +94,17 @@ class SimEvent:
 
 
 @dataclass
-class _Ctx:
-    """What a route handler gets: the parsed request and the authenticated account."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    entry: LoggedRequest
-    raw_query: str = ""
-    raw_body: str = ""
-    signature: str | None = None
-    api_key: str | None = None
-    account: Account | None = None
-
-    @property
-    def acct(self) -> Account:
-        assert self.account is not None, "signed routes always have an account"
-        return self.account
-
-
-Handler = Callable[[_Ctx], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class _Route:
-    handler: Handler
-    signed: bool
-
-
-@dataclass
-class _Countdown:
+class _Switch:
     handle: asyncio.TimerHandle
     deadline: float
 
 
-def _venue_of(path: str) -> Venue | None:
-    if path.startswith("/fapi/"):
-        return Venue.FUTURES
-    if path.startswith(("/api/", "/sapi/")):
-        return Venue.SPOT
-    return None
-
-
-def _strip_signature(raw: str) -> str:
-    return "&".join(part for part in raw.split("&") if part and not part.startswith("signature="))
+#: A dead-man's switch: (account, family, venue, symbol or ``None`` for every symbol).
+SwitchKey = tuple[str, str, Venue, str | None]
 
 
 class ExchangeSimulator:
-    """A stateful Binance (USD-M futures + spot) simulator served over loopback HTTP.
+    """A stateful exchange simulator (Binance, Bybit and OKX families) served over loopback HTTP.
 
     Use as ``async with ExchangeSimulator() as sim:`` (or ``await sim.start()`` /
     ``await sim.stop()``), then point ccxt at :attr:`url` with
@@ -176,7 +112,8 @@ class ExchangeSimulator:
     :meth:`seed_position`, :meth:`seed_order`, :meth:`seed_balance`, :meth:`set_mark_price`;
     inspect it with :meth:`positions`, :meth:`open_orders`, :meth:`fills`, :attr:`log`,
     :meth:`rate_counters`; act as the market with :meth:`fill_order`; break it with
-    :meth:`add_fault`.
+    :meth:`add_fault`. Symbols are the engine's (Binance's) market ids, e.g. ``BTCUSDT``,
+    whichever family a client uses.
 
     ``latency_ms`` delays every answer by a simulated network round trip (half before the
     exchange acts, half after), so that concurrency pays off as it does against a real venue
@@ -184,7 +121,9 @@ class ExchangeSimulator:
 
     ``seed`` drives the RNG behind probabilistic faults. ``verify_signatures`` and
     ``check_recv_window`` can be turned off for hand-made requests; ``clock_skew_ms`` shifts the
-    server clock (``/time`` and the recvWindow check) to provoke -1021.
+    server clock (server time and the timestamp window check) to provoke timestamp errors.
+    ``rate_limits``/``weights`` configure the Binance family's budgets; ``family_limits`` the
+    others' (``{"bybit": {Venue.FUTURES: RateLimits(...)}}``).
     """
 
     def __init__(
@@ -193,6 +132,7 @@ class ExchangeSimulator:
         markets: Iterable[Market] | None = None,
         rate_limits: Mapping[Venue, RateLimits] | None = None,
         weights: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+        family_limits: Mapping[str, Mapping[Venue, RateLimits]] | None = None,
         seed: int = 0,
         verify_signatures: bool = True,
         check_recv_window: bool = True,
@@ -202,14 +142,13 @@ class ExchangeSimulator:
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
         self.latency_ms = latency_ms
-        self._markets = index_markets(DEFAULT_MARKETS if markets is None else markets)
-        self._marks: dict[tuple[Venue, str], Decimal] = {
+        self.markets_by_venue = index_markets(DEFAULT_MARKETS if markets is None else markets)
+        self.marks: dict[tuple[Venue, str], Decimal] = {
             (venue, symbol): market.mark_price
-            for venue, book in self._markets.items()
+            for venue, book in self.markets_by_venue.items()
             for symbol, market in book.items()
         }
-        self._engine = Engine(self._markets, self._marks, self._now_ms)
-        self._limiter = RateLimiter(rate_limits, weights)
+        self.engine = Engine(self.markets_by_venue, self.marks, self.now_ms)
         self._rng = random.Random(seed)  # noqa: S311 - reproducible fault schedule, not crypto
         self.verify_signatures = verify_signatures
         self.check_recv_window = check_recv_window
@@ -219,12 +158,17 @@ class ExchangeSimulator:
         self._faults: list[Fault] = []
         self._log: list[LoggedRequest] = []
         self._events: list[SimEvent] = []
-        self._countdowns: dict[tuple[str, str], _Countdown] = {}
+        self._switches: dict[SwitchKey, _Switch] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
-        self._routes: dict[tuple[str, str], _Route] = self._build_routes()
+        limits = family_limits or {}
+        self._families: list[Family] = [
+            BinanceFamily(self, RateLimiter(rate_limits, weights)),
+            BybitFamily(self, BybitFamily.make_limiter(limits.get(BybitFamily.name))),
+            OkxFamily(self, OkxFamily.make_limiter(limits.get(OkxFamily.name))),
+        ]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -248,9 +192,9 @@ class ExchangeSimulator:
     async def stop(self) -> None:
         """Stop serving: hung requests are released at once, timers and countdowns dropped."""
         self._released.set()
-        for countdown in self._countdowns.values():
-            countdown.handle.cancel()
-        self._countdowns.clear()
+        for switch in self._switches.values():
+            switch.handle.cancel()
+        self._switches.clear()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -323,13 +267,13 @@ class ExchangeSimulator:
     ) -> None:
         """Set a futures position: ``qty`` signed (negative short), ``0`` removes it."""
         state = self.account(account)
-        self._engine.market(Venue.FUTURES, symbol)
+        self.engine.market(Venue.FUTURES, symbol)
         amount = Decimal(str(qty))
         if amount == 0:
             state.positions.pop(symbol, None)
             return
         state.positions[symbol] = Position(
-            symbol, amount, Decimal(str(entry_price)), update_ms=self._now_ms()
+            symbol, amount, Decimal(str(entry_price)), update_ms=self.now_ms()
         )
 
     def seed_balance(
@@ -371,7 +315,7 @@ class ExchangeSimulator:
         (algo) order, which lives in Binance's separate algo book: only
         ``cancel_all_orders(sym, {'trigger': True})`` removes it.
         """
-        order = self._engine.seed_order(
+        order = self.engine.seed_order(
             self.account(account),
             venue,
             symbol,
@@ -390,20 +334,24 @@ class ExchangeSimulator:
     ) -> None:
         """Set the price market orders fill at, on one venue or (default) on every venue
         that lists ``symbol``."""
-        venues = [venue] if venue is not None else [v for v in Venue if symbol in self._markets[v]]
+        venues = (
+            [venue]
+            if venue is not None
+            else [v for v in Venue if symbol in self.markets_by_venue[v]]
+        )
         if not venues:
             raise KeyError(f"unknown symbol {symbol!r}")
         for each in venues:
-            self._engine.market(each, symbol)
-            self._marks[(each, symbol)] = Decimal(str(price))
+            self.engine.market(each, symbol)
+            self.marks[(each, symbol)] = Decimal(str(price))
 
     def mark_price(self, symbol: str, venue: Venue = Venue.FUTURES) -> Decimal:
         """The current mark of ``symbol`` on ``venue``."""
-        return self._marks[(venue, symbol)]
+        return self.marks[(venue, symbol)]
 
     def markets(self, venue: Venue) -> list[Market]:
         """The markets listed on ``venue``, in ``exchangeInfo`` order."""
-        return list(self._markets[venue].values())
+        return list(self.markets_by_venue[venue].values())
 
     def fill_order(
         self,
@@ -418,7 +366,7 @@ class ExchangeSimulator:
         order = state.orders.get(order_id)
         if order is None or not order.is_open:
             raise KeyError(f"no open regular order {order_id} in {account!r}")
-        return self._engine.fill_resting(
+        return self.engine.fill_resting(
             state,
             order,
             Decimal(str(qty)) if qty is not None else None,
@@ -499,22 +447,37 @@ class ExchangeSimulator:
         """Server-side actions: countdown cancels and late fills."""
         return self._events
 
-    def rate_counters(self, venue: Venue, account: str | None = None) -> RateCounters:
-        """Rate-limit usage of ``venue`` (order counts of ``account``, or of all accounts).
+    def rate_counters(
+        self, venue: Venue, account: str | None = None, *, family: str = "binance"
+    ) -> RateCounters:
+        """Rate-limit usage of ``venue`` on ``family`` (order counts of ``account``, or of all
+        accounts).
 
         To prove a client stayed within budget: ``rejected == 0`` and ``banned == 0``; the
         ``peak_*`` fields show the closest it came.
         """
-        return self._limiter.counters(venue, account)
+        return self.family(family).limiter.counters(venue, account)
 
-    def countdowns(self, account: str) -> dict[str, float]:
-        """Armed ``countdownCancelAll`` timers of ``account``: symbol -> seconds left."""
+    def countdowns(self, account: str, *, family: str | None = None) -> dict[str, float]:
+        """Armed dead-man's switches of ``account``: symbol (or ``*`` for one that covers
+        every symbol of a venue) -> seconds left; on every family unless ``family`` says."""
         now = asyncio.get_running_loop().time()
         return {
-            symbol: max(0.0, countdown.deadline - now)
-            for (name, symbol), countdown in self._countdowns.items()
-            if name == account
+            symbol or "*": max(0.0, switch.deadline - now)
+            for (name, owner, _, symbol), switch in self._switches.items()
+            if name == account and (family is None or owner == family)
         }
+
+    def family(self, name: str) -> Family:
+        """The API family ``name`` (``binance``, ``bybit``, ``okx``)."""
+        for family in self._families:
+            if family.name == name:
+                return family
+        raise KeyError(f"unknown family {name!r}")
+
+    def account_by_key(self, api_key: str) -> Account | None:
+        """The account an API key belongs to (families authenticate with it)."""
+        return self._by_key.get(api_key)
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -561,9 +524,11 @@ class ExchangeSimulator:
         """The injected faults, in matching order (live list)."""
         return self._faults
 
-    def _take_fault(
-        self, ctx: _Ctx, kinds: Iterable[FaultKind] | None, exclude: bool
+    def take_fault(
+        self, ctx: Ctx, kinds: Iterable[FaultKind] | None, exclude: bool
     ) -> Fault | None:
+        """The first live fault matching ``ctx`` whose kind is (``exclude=False``) or is not
+        (``exclude=True``) in ``kinds``, counted as fired; ``None`` if none fires."""
         wanted = set(kinds or ())
         account = ctx.entry.account
         for fault in self._faults:
@@ -580,45 +545,44 @@ class ExchangeSimulator:
 
     # -- request pipeline ------------------------------------------------------------------
 
-    def _now_ms(self) -> int:
+    # -- request pipeline ------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """The server clock in epoch milliseconds (shifted by ``clock_skew_ms``)."""
         return int(time.time() * 1000) + self.clock_skew_ms
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.method.upper()
         path = request.path
-        raw_query = request.rel_url.raw_query_string
-        raw_body = (
-            (await request.read()).decode("utf-8", "replace") if request.can_read_body else ""
-        )
-        params = dict(parse_qsl(raw_query, keep_blank_values=True))
-        params.update(parse_qsl(raw_body, keep_blank_values=True))
-        signature = params.pop("signature", None)
-        api_key = request.headers.get("X-MBX-APIKEY")
-        known = self._by_key.get(api_key) if api_key else None
-        venue = _venue_of(path)
         entry = LoggedRequest(
-            ts=time.time(),
-            method=method,
-            path=path,
-            params=dict(params),
-            account=known.name if known else None,
-            venue=venue,
+            ts=time.time(), method=method, path=path, params={}, account=None, venue=None
         )
         self._log.append(entry)
-        ctx = _Ctx(
+        family = next((each for each in self._families if each.owns(path)), None)
+        if family is None:
+            entry.status = 404
+            return web.Response(status=404, text="<html><body>404 Not Found</body></html>")
+        ctx = Ctx(
             method=method,
             path=path,
-            params=params,
             entry=entry,
-            raw_query=raw_query,
-            raw_body=raw_body,
-            signature=signature,
-            api_key=api_key,
+            headers=request.headers,
+            raw_query=request.rel_url.raw_query_string,
+            raw_body=(
+                (await request.read()).decode("utf-8", "replace") if request.can_read_body else ""
+            ),
         )
+        await family.parse(request, ctx)
+        known = self._by_key.get(ctx.api_key) if ctx.api_key else None
+        ctx.venue = family.venue_of(ctx)
+        entry.params = dict(ctx.params)
+        entry.account = known.name if known else None
+        entry.venue = ctx.venue
+        entry.family = family.name
         try:
             if self.latency_ms:
                 await asyncio.sleep(self.latency_ms / 2000)
-            response = await self._pipeline(ctx, venue)
+            response = await self._pipeline(family, ctx)
             if self.latency_ms:
                 await asyncio.sleep(self.latency_ms / 2000)
             return response
@@ -626,6 +590,7 @@ class ExchangeSimulator:
             _log.bind(
                 method=method,
                 path=path,
+                family=family.name,
                 account=entry.account,
                 status=entry.status,
                 code=entry.code,
@@ -633,40 +598,42 @@ class ExchangeSimulator:
                 weight=entry.weight,
             ).debug("sim request")
 
-    async def _pipeline(self, ctx: _Ctx, venue: Venue | None) -> web.StreamResponse:
+    async def _pipeline(self, family: Family, ctx: Ctx) -> web.StreamResponse:
         entry = ctx.entry
-        route = self._routes.get((ctx.method, ctx.path))
+        route = family.routes.get((ctx.method, ctx.path))
+        venue = ctx.venue
         if route is None or venue is None:
             entry.status = 404
             return web.Response(status=404, text="<html><body>404 Not Found</body></html>")
-        weight, refusal = self._limiter.admit(
+        weight, refusal = family.limiter.admit(
             venue, entry.account, ctx.method, ctx.path, ctx.params
         )
         entry.weight = weight
         if refusal is not None:
-            return self._error(ctx, venue, refusal, retry_after=True)
-        fault = self._take_fault(ctx, ENGINE_KINDS, exclude=True)
+            return self._error(family, ctx, refusal, refused=True)
+        fault = self.take_fault(ctx, ENGINE_KINDS, exclude=True)
         if fault is not None and fault.kind not in POST_KINDS:
-            early = await self._pre_fault(ctx, venue, fault)
+            early = await self._pre_fault(family, ctx, fault)
             if early is not None:
                 return early
             fault = None  # a slow answer (hang with delay_s): now served normally
         try:
             if route.signed:
-                ctx.account = self._authenticate(ctx)
+                ctx.account = family.authenticate(ctx)
             payload = await route.handler(ctx)
-            response: web.StreamResponse = self._json(ctx, venue, 200, payload)
+            status, document = family.render(ctx, payload)
+            response: web.StreamResponse = self._json(family, ctx, status, document)
         except ApiError as err:
-            response = self._error(ctx, venue, err)
-        except Exception:  # a simulator bug: answer like Binance's catch-all, keep the trace
+            response = self._error(family, ctx, err)
+        except Exception:  # a simulator bug: answer like the exchange's catch-all, keep the trace
             _log.bind(method=ctx.method, path=ctx.path).exception("sim handler failed")
             unknown = ApiError(-1000, "An unknown error occured while processing the request.")
-            response = self._error(ctx, venue, unknown)
+            response = self._error(family, ctx, unknown)
         if fault is not None:
-            return await self._post_fault(ctx, venue, fault, response)
+            return await self._post_fault(family, ctx, fault, response)
         return response
 
-    async def _pre_fault(self, ctx: _Ctx, venue: Venue, fault: Fault) -> web.StreamResponse | None:
+    async def _pre_fault(self, family: Family, ctx: Ctx, fault: Fault) -> web.StreamResponse | None:
         if fault.kind is FaultKind.HANG:
             released = await self._hold(fault.delay_s)
             if not released:
@@ -674,17 +641,17 @@ class ExchangeSimulator:
             ctx.entry.status = None
             return web.Response(status=503, text="simulator stopped")
         if fault.kind is FaultKind.ERROR:
-            return self._error(ctx, venue, ApiError(fault.code, fault.msg, fault.status))
-        status, code, msg = _CANNED[fault.kind]
-        if code is None:
-            ctx.entry.status = status
-            return web.Response(status=status, text=msg, content_type="text/html")
-        return self._error(
-            ctx, venue, ApiError(code, msg, status), retry_after=status in {418, 429}
-        )
+            err = ApiError(fault.code, fault.msg, fault.status, native=True)
+            return self._error(family, ctx, err)
+        page = _GATEWAY_PAGES.get(fault.kind)
+        if page is not None:
+            ctx.entry.status = page[0]
+            return web.Response(status=page[0], text=page[1], content_type="text/html")
+        canned = family.canned(fault.kind)
+        return self._error(family, ctx, canned, refused=canned.status in {418, 429})
 
     async def _post_fault(
-        self, ctx: _Ctx, venue: Venue, fault: Fault, response: web.StreamResponse
+        self, family: Family, ctx: Ctx, fault: Fault, response: web.StreamResponse
     ) -> web.StreamResponse:
         if fault.kind is FaultKind.EXEC_THEN_HANG:
             answered = ctx.entry.status
@@ -695,9 +662,10 @@ class ExchangeSimulator:
             return response
         ctx.entry.status = 200
         ctx.entry.code = None
-        headers = self._limiter.headers(venue, ctx.entry.account)
-        body = "" if fault.kind is FaultKind.EMPTY else '{"symbol": "BTCUSDT", "orderId": 1'
-        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
+        body = "" if fault.kind is FaultKind.EMPTY else family.mangled_body
+        return web.Response(
+            status=200, text=body, content_type="application/json", headers=family.headers(ctx)
+        )
 
     async def _hold(self, delay_s: float | None) -> bool:
         """Wait ``delay_s`` (``None``: forever); ``True`` if released by :meth:`stop` first."""
@@ -707,308 +675,39 @@ class ExchangeSimulator:
             return False
         return True
 
-    def _authenticate(self, ctx: _Ctx) -> Account:
-        api_key, signature = ctx.api_key, ctx.signature
-        if not api_key:
-            raise ApiError(-2014, "API-key format invalid.", status=401)
-        account = self._by_key.get(api_key)
-        if account is None:
-            raise ApiError(-2015, "Invalid API-key, IP, or permissions for action.", status=401)
-        if not ctx.params.get("timestamp"):
-            raise missing("timestamp")
-        if self.verify_signatures:
-            if signature is None:
-                raise missing("signature")
-            payload = _strip_signature(ctx.raw_query) + _strip_signature(ctx.raw_body)
-            expected = hmac.new(
-                account.secret.encode(), payload.encode(), hashlib.sha256
-            ).hexdigest()
-            if not hmac.compare_digest(expected, signature.lower()):
-                raise ApiError(-1022, "Signature for this request is not valid.")
-        if self.check_recv_window:
-            try:
-                stamp = int(ctx.params["timestamp"])
-                window = int(ctx.params.get("recvWindow", "5000"))
-            except ValueError:
-                raise ApiError(
-                    -1100, "Illegal characters found in parameter 'timestamp'."
-                ) from None
-            now = self._now_ms()
-            if stamp >= now + 1000:
-                raise ApiError(
-                    -1021, "Timestamp for this request was 1000ms ahead of the server's time."
-                )
-            if now - stamp > window:
-                raise ApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
-        return account
-
-    def _json(self, ctx: _Ctx, venue: Venue, status: int, payload: Any) -> web.Response:
+    def _json(
+        self, family: Family, ctx: Ctx, status: int, document: Any, refused: ApiError | None = None
+    ) -> web.Response:
         ctx.entry.status = status
-        headers = self._limiter.headers(venue, ctx.entry.account)
         return web.Response(
             status=status,
-            text=json.dumps(payload, separators=(",", ":")),
+            text=json.dumps(document, separators=(",", ":")),
             content_type="application/json",
-            headers=headers,
+            headers=family.headers(ctx, refused=refused),
         )
 
     def _error(
-        self, ctx: _Ctx, venue: Venue, err: ApiError, *, retry_after: bool = False
+        self, family: Family, ctx: Ctx, err: ApiError, *, refused: bool = False
     ) -> web.Response:
-        response = self._json(ctx, venue, err.status, {"code": err.code, "msg": err.msg})
+        status, document = family.render_error(ctx, err)
+        response = self._json(family, ctx, status, document, err if refused else None)
         ctx.entry.code = err.code
-        if retry_after:
-            response.headers["Retry-After"] = str(
-                max(1, int(self._limiter.limits(venue).weight_window_s))
-            )
         return response
 
-    # -- routes ----------------------------------------------------------------------------
+    # -- cancels, late fills and dead-man's switches ---------------------------------------
 
-    def _build_routes(self) -> dict[tuple[str, str], _Route]:
-        public: dict[tuple[str, str], Handler] = {
-            ("GET", "/fapi/v1/ping"): self._ping,
-            ("GET", "/fapi/v1/time"): self._time,
-            ("GET", "/fapi/v1/exchangeInfo"): self._futures_exchange_info,
-            ("GET", "/api/v3/ping"): self._ping,
-            ("GET", "/api/v3/time"): self._time,
-            ("GET", "/api/v3/exchangeInfo"): self._spot_exchange_info,
-        }
-        signed: dict[tuple[str, str], Handler] = {
-            ("GET", "/fapi/v1/leverageBracket"): self._leverage_bracket,
-            ("GET", "/fapi/v2/account"): self._futures_account,
-            ("GET", "/fapi/v3/account"): self._futures_account,
-            ("GET", "/fapi/v2/positionRisk"): self._position_risk_v2,
-            ("GET", "/fapi/v3/positionRisk"): self._position_risk_v3,
-            ("GET", "/fapi/v1/openOrders"): self._futures_open_orders,
-            ("GET", "/fapi/v1/order"): self._futures_get_order,
-            ("POST", "/fapi/v1/order"): self._futures_post_order,
-            ("DELETE", "/fapi/v1/order"): self._futures_cancel_order,
-            ("DELETE", "/fapi/v1/allOpenOrders"): self._futures_cancel_all,
-            ("POST", "/fapi/v1/algoOrder"): self._algo_post,
-            ("GET", "/fapi/v1/algoOrder"): self._algo_get,
-            ("DELETE", "/fapi/v1/algoOrder"): self._algo_cancel,
-            ("GET", "/fapi/v1/openAlgoOrders"): self._algo_open_orders,
-            ("DELETE", "/fapi/v1/algoOpenOrders"): self._algo_cancel_all,
-            ("POST", "/fapi/v1/countdownCancelAll"): self._countdown_cancel_all,
-            ("GET", "/api/v3/account"): self._spot_account,
-            ("GET", "/api/v3/openOrders"): self._spot_open_orders,
-            ("DELETE", "/api/v3/openOrders"): self._spot_cancel_all,
-            ("POST", "/api/v3/order"): self._spot_post_order,
-            ("GET", "/api/v3/order"): self._spot_get_order,
-            ("DELETE", "/api/v3/order"): self._spot_cancel_order,
-        }
-        routes = {key: _Route(handler, signed=False) for key, handler in public.items()}
-        routes |= {key: _Route(handler, signed=True) for key, handler in signed.items()}
-        return routes
-
-    async def _ping(self, ctx: _Ctx) -> Any:
-        return {}
-
-    async def _time(self, ctx: _Ctx) -> Any:
-        return {"serverTime": self._now_ms()}
-
-    async def _futures_exchange_info(self, ctx: _Ctx) -> Any:
-        return exchange_info(
-            Venue.FUTURES,
-            self._markets[Venue.FUTURES],
-            self._limiter.exchange_info_limits(Venue.FUTURES),
-            self._now_ms(),
-        )
-
-    async def _spot_exchange_info(self, ctx: _Ctx) -> Any:
-        return exchange_info(
-            Venue.SPOT,
-            self._markets[Venue.SPOT],
-            self._limiter.exchange_info_limits(Venue.SPOT),
-            self._now_ms(),
-        )
-
-    async def _leverage_bracket(self, ctx: _Ctx) -> Any:
-        symbol = ctx.params.get("symbol")
-        if symbol:
-            market = self._engine.market(Venue.FUTURES, symbol)
-            return payloads.leverage_brackets([market.symbol])[0]
-        return payloads.leverage_brackets(self._markets[Venue.FUTURES])
-
-    async def _futures_account(self, ctx: _Ctx) -> Any:
-        return payloads.futures_account(ctx.acct, self._marks, self._now_ms())
-
-    def _position_rows(self, ctx: _Ctx, *, v2: bool) -> list[dict[str, Any]]:
-        symbol = ctx.params.get("symbol")
-        if symbol:
-            self._engine.market(Venue.FUTURES, symbol)
-        account = ctx.acct
-        symbols = self._markets[Venue.FUTURES] if v2 else sorted(account.positions)
-        rows = []
-        for each in symbols:
-            if symbol and each != symbol:
-                continue
-            position = account.positions.get(each) or Position(each)
-            if not v2 and position.qty == 0:
-                continue
-            market = self._markets[Venue.FUTURES][each]
-            mark = self._marks[(Venue.FUTURES, each)]
-            rows.append(
-                payloads.position_risk(
-                    position, market, mark, account.leverage, v2=v2, hedge_mode=account.hedge_mode
-                )
-            )
-        return rows
-
-    async def _position_risk_v3(self, ctx: _Ctx) -> Any:
-        return self._position_rows(ctx, v2=False)
-
-    async def _position_risk_v2(self, ctx: _Ctx) -> Any:
-        return self._position_rows(ctx, v2=True)
-
-    def _symbol_filter(self, ctx: _Ctx, venue: Venue, *, required: bool) -> str | None:
-        symbol = ctx.params.get("symbol")
-        if symbol or required:
-            return self._engine.market(venue, symbol).symbol
-        return None
-
-    async def _futures_open_orders(self, ctx: _Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=False)
-        return [payloads.futures_order(o) for o in ctx.acct.open_orders(Venue.FUTURES, symbol)]
-
-    def _lookup(self, ctx: _Ctx, venue: Venue, *, conditional: bool = False) -> Order | None:
-        symbol = self._symbol_filter(ctx, venue, required=True)
-        assert symbol is not None
-        id_key, client_key = (
-            ("algoId", "clientAlgoId") if conditional else ("orderId", "origClientOrderId")
-        )
-        order_id = ctx.params.get(id_key)
-        client_id = ctx.params.get(client_key)
-        if order_id is None and client_id is None:
-            raise ApiError(
-                -1102, f"Param '{id_key}' or '{client_key}' must be sent, but both were empty/null!"
-            )
-        return self._engine.find_order(
-            ctx.acct, venue, symbol, order_id=order_id, client_id=client_id, conditional=conditional
-        )
-
-    async def _futures_get_order(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES)
-        if order is None:
-            raise ApiError(-2013, "Order does not exist.")
-        return payloads.futures_order(order)
-
-    async def _futures_post_order(self, ctx: _Ctx) -> Any:
-        fault = self._take_fault(ctx, {FaultKind.PARTIAL_FILL}, exclude=False)
-        order = self._engine.place_futures(
-            ctx.acct, ctx.params, fill_ratio=fault.fill_ratio if fault else None
-        )
-        return payloads.futures_order(order)
-
-    async def _futures_cancel_order(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES)
-        if order is None or not order.is_open:
-            raise ApiError(-2011, "Unknown order sent.")
-        self._cancel_orders(ctx, [order])
-        return payloads.futures_order(dataclasses.replace(order, status="CANCELED"))
-
-    async def _futures_cancel_all(self, ctx: _Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
-        self._cancel_orders(ctx, ctx.acct.open_orders(Venue.FUTURES, symbol))
-        return _CANCEL_ALL_DONE
-
-    async def _algo_post(self, ctx: _Ctx) -> Any:
-        return payloads.algo_order(self._engine.place_algo(ctx.acct, ctx.params))
-
-    async def _algo_get(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES, conditional=True)
-        if order is None:
-            raise ApiError(-2013, "Order does not exist.")
-        return payloads.algo_order(order)
-
-    async def _algo_cancel(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES, conditional=True)
-        if order is None or not order.is_open:
-            raise ApiError(-2011, "Unknown order sent.")
-        self._engine.cancel(ctx.acct, order)
-        return {
-            "algoId": order.order_id,
-            "clientAlgoId": order.client_order_id,
-            "code": "200",
-            "msg": "success",
-        }
-
-    async def _algo_open_orders(self, ctx: _Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=False)
-        orders = ctx.acct.open_orders(Venue.FUTURES, symbol, conditional=True)
-        return [payloads.algo_order(o) for o in orders]
-
-    async def _algo_cancel_all(self, ctx: _Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
-        for order in ctx.acct.open_orders(Venue.FUTURES, symbol, conditional=True):
-            self._engine.cancel(ctx.acct, order)
-        return _CANCEL_ALL_DONE
-
-    async def _spot_account(self, ctx: _Ctx) -> Any:
-        return payloads.spot_account(ctx.acct, self._now_ms())
-
-    async def _spot_open_orders(self, ctx: _Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.SPOT, required=False)
-        return [payloads.spot_order(o) for o in ctx.acct.open_orders(Venue.SPOT, symbol)]
-
-    async def _spot_cancel_all(self, ctx: _Ctx) -> Any:
-        """Binance answers -2011 when nothing is open; ccxt raises ``OrderNotFound`` for it."""
-        symbol = self._symbol_filter(ctx, Venue.SPOT, required=True)
-        orders = ctx.acct.open_orders(Venue.SPOT, symbol)
-        if not orders:
-            raise ApiError(-2011, "Unknown order sent.")
-        self._cancel_orders(ctx, orders)
-        return [payloads.spot_order(dataclasses.replace(o, status="CANCELED")) for o in orders]
-
-    async def _spot_post_order(self, ctx: _Ctx) -> Any:
-        fault = self._take_fault(ctx, {FaultKind.PARTIAL_FILL}, exclude=False)
-        before = len(ctx.acct.fills)
-        order = self._engine.place_spot(
-            ctx.acct, ctx.params, fill_ratio=fault.fill_ratio if fault else None
-        )
-        if ctx.params.get("newOrderRespType", "FULL") != "FULL":
-            return payloads.spot_order(order)
-        market = self._markets[Venue.SPOT][order.symbol]
-        fills = [
-            {
-                "price": fmt(fill.price),
-                "qty": fmt(fill.qty),
-                "commission": "0",
-                "commissionAsset": market.quote,
-                "tradeId": index,
-            }
-            for index, fill in enumerate(ctx.acct.fills[before:], start=before + 1)
-        ]
-        return payloads.spot_order(order, fills=fills)
-
-    async def _spot_get_order(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.SPOT)
-        if order is None:
-            raise ApiError(-2013, "Order does not exist.")
-        return payloads.spot_order(order)
-
-    async def _spot_cancel_order(self, ctx: _Ctx) -> Any:
-        order = self._lookup(ctx, Venue.SPOT)
-        if order is None or not order.is_open:
-            raise ApiError(-2011, "Unknown order sent.")
-        self._cancel_orders(ctx, [order])
-        return payloads.spot_order(dataclasses.replace(order, status="CANCELED"))
-
-    # -- cancels, late fills and the countdown ---------------------------------------------
-
-    def _cancel_orders(self, ctx: _Ctx, orders: list[Order]) -> None:
+    def cancel_orders(self, ctx: Ctx, orders: list[Order]) -> None:
         """Cancel ``orders``, unless a ``late_fill`` fault turns the cancel into a late fill:
         the orders leave the book now (the client is told they are cancelled) and are filled
         ``delay_s`` later (0: before this answer is sent)."""
         account = ctx.acct
-        fault = self._take_fault(ctx, {FaultKind.LATE_FILL}, exclude=False) if orders else None
+        fault = self.take_fault(ctx, {FaultKind.LATE_FILL}, exclude=False) if orders else None
         if fault is None:
             for order in orders:
-                self._engine.cancel(account, order)
+                self.engine.cancel(account, order)
             return
         for order in orders:
-            self._engine.detach(order)
+            self.engine.detach(order)
         if not fault.delay_s:
             self._late_fill(account, orders)
             return
@@ -1026,7 +725,7 @@ class ExchangeSimulator:
     def _late_fill(self, account: Account, orders: list[Order]) -> None:
         filled = []
         for order in orders:
-            if self._engine.fill_resting(account, order, late=True) is not None:
+            if self.engine.fill_resting(account, order, late=True) is not None:
                 filled.append(order.order_id)
         symbols = sorted({order.symbol for order in orders})
         self._events.append(
@@ -1034,46 +733,35 @@ class ExchangeSimulator:
         )
         _log.bind(account=account.name, symbols=symbols, orders=filled).info("sim late fill")
 
-    async def _countdown_cancel_all(self, ctx: _Ctx) -> Any:
-        """Binance's dead-man's switch: (re)arm, or with ``countdownTime=0`` disarm, a timer
-        that cancels the symbol's open orders when it expires.
+    def arm_switch(
+        self, account: str, family: str, venue: Venue, symbol: str | None, timeout_ms: int
+    ) -> None:
+        """(Re)arm, or with ``timeout_ms=0`` disarm, a dead-man's switch: when it expires
+        without being refreshed, the account's open regular orders on ``venue`` (of ``symbol``,
+        or every symbol for ``None``) are cancelled by the server.
 
-        Only the regular book is cancelled: Binance documents the countdown as cancelling
-        "all open orders", and whether that covers the separate algo book is not something to
-        rely on, so the simulator assumes it does not.
+        Only the regular book is cancelled: exchanges document these switches as cancelling
+        "all open orders", and whether that covers conditional orders is not something to rely
+        on, so the simulator assumes it does not.
         """
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
-        assert symbol is not None
-        text = ctx.params.get("countdownTime")
-        if not text:
-            raise missing("countdownTime")
-        try:
-            countdown_ms = int(text)
-        except ValueError:
-            raise ApiError(
-                -1100, "Illegal characters found in parameter 'countdownTime'."
-            ) from None
-        if countdown_ms < 0:
-            raise missing("countdownTime")
-        key = (ctx.acct.name, symbol)
-        previous = self._countdowns.pop(key, None)
+        key: SwitchKey = (account, family, venue, symbol)
+        previous = self._switches.pop(key, None)
         if previous is not None:
             previous.handle.cancel()
-        if countdown_ms:
+        if timeout_ms:
             loop = asyncio.get_running_loop()
-            handle = loop.call_later(countdown_ms / 1000, self._countdown_fire, key)
-            self._countdowns[key] = _Countdown(handle, loop.time() + countdown_ms / 1000)
-        return {"symbol": symbol, "countdownTime": str(countdown_ms)}
+            handle = loop.call_later(timeout_ms / 1000, self._switch_fire, key)
+            self._switches[key] = _Switch(handle, loop.time() + timeout_ms / 1000)
 
-    def _countdown_fire(self, key: tuple[str, str]) -> None:
-        name, symbol = key
-        self._countdowns.pop(key, None)
+    def _switch_fire(self, key: SwitchKey) -> None:
+        name, family, venue, symbol = key
+        self._switches.pop(key, None)
         account = self._accounts[name]
-        orders = account.open_orders(Venue.FUTURES, symbol)
+        orders = account.open_orders(venue, symbol)
         for order in orders:
-            self._engine.cancel(account, order)
+            self.engine.cancel(account, order)
         ids = tuple(order.order_id for order in orders)
-        self._events.append(SimEvent(time.time(), "countdown_cancel", name, symbol, ids))
-        _log.bind(account=name, symbol=symbol, cancelled=len(ids)).info(
-            "sim countdownCancelAll expired"
+        self._events.append(SimEvent(time.time(), "countdown_cancel", name, symbol or "*", ids))
+        _log.bind(account=name, family=family, symbol=symbol, cancelled=len(ids)).info(
+            "sim dead-man's switch expired"
         )
