@@ -37,6 +37,7 @@ from schemas import (
     decode,
     encode,
 )
+from tests.helpers import eventually
 from tests.statelog_support import ALICE, OPERATOR_KEYS, PROCESSOR, LogBuilder
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,15 @@ def processor(env: TopicRegistry) -> Iterator[None]:
     thread = threading.Thread(target=run, name="ess-test-processor", daemon=True)
     thread.start()
     assert ready.wait(10)
+    # The CLI's --timeout is the operator's wait for a running processor, not for its start:
+    # hand over only once it owns the command partition (its beat says so).
+    asyncio.run(
+        eventually(
+            lambda: owner_beat_seen(settings.kafka.bootstrap_servers, env),
+            timeout=60,
+            message="the command processor never reported owning the command partition",
+        )
+    )
     try:
         yield
     finally:
@@ -119,6 +129,13 @@ def processor(env: TopicRegistry) -> Iterator[None]:
         thread.join(30)
     assert not thread.is_alive(), "the command processor did not stop"
     assert not failure, failure
+
+
+async def owner_beat_seen(bootstrap: str, registry: TopicRegistry) -> bool:
+    """Whether a processor beat on ``ess.liveness`` says it owns the command partition."""
+    records = await read_to_end(bootstrap, registry.liveness.name)
+    beats = (json.loads(record.value) for record in records if record.value)
+    return any(beat.get("kind") == "processor_beat" and beat.get("owner") for beat in beats)
 
 
 def invoke(*args: str) -> Result:
