@@ -4,9 +4,13 @@ One *run* is: a fresh, seeded :class:`~ess.sim.ExchangeSimulator` (rate-limit wi
 a 429 or 418 says ``Retry-After: 1``); one account holding futures positions with regular and
 conditional orders, and spot balances with resting sells (the demo book plus generated
 markets); every fault kind of :mod:`ess.sim.faults` armed at once on the endpoints it applies
-to; then the real executor engine (:func:`~ess.roles.execute.engine.enforce_all` over the futures
-and spot :class:`~ess.venues.binance.BinanceVenue` adapters, through ccxt over HTTP) enforces
-an activation until the run is flat or its deadline passes.
+to; then the real executor engine (:func:`~ess.roles.execute.engine.enforce_all` over the
+account's futures and spot books, through ccxt over HTTP) enforces an activation until the run
+is flat or its deadline passes. Runs take turns over the three simulator families
+(:data:`FAMILIES`): Binance (USD-M and spot through :class:`~ess.venues.binance.BinanceVenue`),
+Bybit v5 and OKX v5 (linear/swap and spot through the generic
+:class:`~ess.venues.generic.CcxtVenue`), each with its own exchange's paths, signing, error
+codes and rate-limit answers; ``by_family`` has each family's figures.
 
 What "30 % fault rate" means. The simulator matches faults in order, each with its own
 probability, and the first one that fires wins. Arming 14 kinds at 0.3 each would fault 99 %
@@ -62,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import secrets
 import time
@@ -86,9 +91,13 @@ from ess.roles.execute.service import Executor
 from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
 from ess.sim.demo import seed_demo_book, seed_many
+from ess.sim.families.bybit import BybitFamily
+from ess.sim.families.okx import OkxFamily
 from ess.venues.binance import BinanceVenue
 from ess.venues.budget import RateBudget
 from ess.venues.config import VenueConfig, VenueCredentials
+from ess.venues.generic import CcxtVenue
+from ess.venues.ports import VenuePort
 from schemas import (
     ActionReport,
     ReasonCode,
@@ -123,6 +132,7 @@ TIMEOUT_MS: Final = 300
 
 _API_KEY: Final = "chaos-venue-key"
 _SECRET: Final = "chaos-venue-secret"  # noqa: S105 - a simulator-only credential
+_PASSPHRASE: Final = "chaos-venue-pass"  # noqa: S105 - a simulator-only credential
 _ACCOUNT: Final = "chaos"
 _QUOTE: Final = "USDT"
 _EXTRA_FUTURES: Final = 5
@@ -158,33 +168,104 @@ _ANYWHERE: Final = (
 
 @dataclass(frozen=True)
 class _Endpoints:
-    """A group of endpoints and the kinds that apply to it."""
+    """A group of endpoints and the kinds that apply to it (``params``: only requests
+    carrying these, e.g. the derivatives category of an order route shared with spot)."""
 
     method: str
     paths: tuple[str, ...]
     kinds: tuple[FaultKind, ...]
     inside: FaultKind | None = None  # partial_fill or late_fill, drawn separately
+    params: tuple[tuple[str, str], ...] = ()
 
 
-_GROUPS: Final = (
-    # Reads: positions, account, open orders of both books, exchangeInfo.
-    _Endpoints("GET", ("/fapi/*", "/api/*"), _ANYWHERE),
-    # Cancels; -2011 on a cancel reads as "nothing was open": a lie the next read must catch.
-    _Endpoints(
-        "DELETE",
-        ("/fapi/v1/allOpenOrders", "/fapi/v1/algoOpenOrders", "/api/v3/openOrders"),
-        (*_ANYWHERE, FaultKind.UNKNOWN_ORDER),
-        inside=FaultKind.LATE_FILL,
+#: The endpoint groups of each simulator family (their paths never overlap, so arming every
+#: family's faults at once leaves each client only its own exchange's).
+_GROUPS: Final[dict[str, tuple[_Endpoints, ...]]] = {
+    "binance": (
+        # Reads: positions, account, open orders of both books, exchangeInfo.
+        _Endpoints("GET", ("/fapi/*", "/dapi/*", "/api/v3/*"), _ANYWHERE),
+        # Cancels; -2011 on a cancel reads as "nothing was open": a lie the next read must
+        # catch.
+        _Endpoints(
+            "DELETE",
+            (
+                "/fapi/v1/allOpenOrders",
+                "/fapi/v1/algoOpenOrders",
+                "/dapi/v1/allOpenOrders",
+                "/dapi/v1/algoOpenOrders",
+                "/api/v3/openOrders",
+            ),
+            (*_ANYWHERE, FaultKind.UNKNOWN_ORDER),
+            inside=FaultKind.LATE_FILL,
+        ),
+        # Closes; -2022 only where reduce-only exists.
+        _Endpoints(
+            "POST",
+            ("/fapi/v1/order", "/dapi/v1/order"),
+            (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
+            inside=FaultKind.PARTIAL_FILL,
+        ),
+        _Endpoints("POST", ("/api/v3/order",), _ANYWHERE, inside=FaultKind.PARTIAL_FILL),
     ),
-    # Closes; -2022 only where reduce-only exists.
-    _Endpoints(
-        "POST",
-        ("/fapi/v1/order",),
-        (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
-        inside=FaultKind.PARTIAL_FILL,
+    "bybit": (
+        _Endpoints("GET", ("/v5/*",), _ANYWHERE),
+        _Endpoints(
+            "POST",
+            ("/v5/order/cancel-all", "/v5/order/cancel", "/v5/order/cancel-batch"),
+            (*_ANYWHERE, FaultKind.UNKNOWN_ORDER),
+            inside=FaultKind.LATE_FILL,
+        ),
+        _Endpoints(
+            "POST",
+            ("/v5/order/create",),
+            (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
+            inside=FaultKind.PARTIAL_FILL,
+            params=(("category", "linear"),),
+        ),
+        _Endpoints(
+            "POST",
+            ("/v5/order/create",),
+            _ANYWHERE,
+            inside=FaultKind.PARTIAL_FILL,
+            params=(("category", "spot"),),
+        ),
     ),
-    _Endpoints("POST", ("/api/v3/order",), _ANYWHERE, inside=FaultKind.PARTIAL_FILL),
-)
+    "okx": (
+        _Endpoints("GET", ("/api/v5/*",), _ANYWHERE),
+        _Endpoints(
+            "POST",
+            (
+                "/api/v5/trade/cancel-batch-orders",
+                "/api/v5/trade/cancel-order",
+                "/api/v5/trade/cancel-algos",
+            ),
+            (*_ANYWHERE, FaultKind.UNKNOWN_ORDER),
+            inside=FaultKind.LATE_FILL,
+        ),
+        _Endpoints(
+            "POST",
+            ("/api/v5/trade/order",),
+            (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
+            inside=FaultKind.PARTIAL_FILL,
+            params=(("tdMode", "cross"),),
+        ),
+        _Endpoints(
+            "POST",
+            ("/api/v5/trade/order",),
+            _ANYWHERE,
+            inside=FaultKind.PARTIAL_FILL,
+            params=(("tdMode", "cash"),),
+        ),
+    ),
+}
+#: The families the campaign flattens through, and how: Binance through its tuned adapter,
+#: the others through the generic ccxt adapter (as a venues file with ``adapter = "auto"``).
+FAMILIES: Final = ("binance", "bybit", "okx")
+_EXCHANGE_IDS: Final[dict[str, tuple[str, str]]] = {
+    "binance": ("binanceusdm", "binance"),
+    "bybit": ("bybit", "bybit"),
+    "okx": ("okx", "okx"),
+}
 
 
 def _spread(rate: float, count: int) -> list[float]:
@@ -200,23 +281,40 @@ def _spread(rate: float, count: int) -> list[float]:
 
 
 def arm_faults(sim: ExchangeSimulator, rate: float = FAULT_RATE) -> None:
-    """Every fault kind, forever, on the endpoints it applies to, at ``rate`` (see module)."""
-    for group in _GROUPS:
-        for path in group.paths:
-            for kind, probability in zip(group.kinds, _spread(rate, len(group.kinds)), strict=True):
-                extra: dict[str, Any] = {}
-                if kind is FaultKind.HANG:
-                    extra["delay_s"] = HANG_DELAY_S
-                sim.add_fault(
-                    group.method, path, kind, times=None, probability=probability, **extra
-                )
-            if group.inside is not None:
-                extra = (
-                    {"delay_s": LATE_FILL_DELAY_S} if group.inside is FaultKind.LATE_FILL else {}
-                )
-                sim.add_fault(
-                    group.method, path, group.inside, times=None, probability=rate, **extra
-                )
+    """Every fault kind, forever, on the endpoints it applies to in every family, at ``rate``
+    (see module)."""
+    for groups in _GROUPS.values():
+        for group in groups:
+            _arm_group(sim, group, rate)
+
+
+def _arm_group(sim: ExchangeSimulator, group: _Endpoints, rate: float) -> None:
+    params = dict(group.params)
+    for path in group.paths:
+        for kind, probability in zip(group.kinds, _spread(rate, len(group.kinds)), strict=True):
+            extra: dict[str, Any] = {}
+            if kind is FaultKind.HANG:
+                extra["delay_s"] = HANG_DELAY_S
+            sim.add_fault(
+                group.method,
+                path,
+                kind,
+                times=None,
+                probability=probability,
+                params=params,
+                **extra,
+            )
+        if group.inside is not None:
+            extra = {"delay_s": LATE_FILL_DELAY_S} if group.inside is FaultKind.LATE_FILL else {}
+            sim.add_fault(
+                group.method,
+                path,
+                group.inside,
+                times=None,
+                probability=rate,
+                params=params,
+                **extra,
+            )
 
 
 def seed_book(sim: ExchangeSimulator, account: str, seed: int) -> dict[str, Decimal]:
@@ -274,6 +372,7 @@ class RunResult:
     late_fill_flips: int
     faults: dict[str, int]
     reports: int
+    family: str = "binance"
 
 
 def _activation(seed: int) -> Activation:
@@ -288,17 +387,25 @@ def _activation(seed: int) -> Activation:
     )
 
 
-def _venue(sim: ExchangeSimulator, exchange: str) -> BinanceVenue:
+def _venue(sim: ExchangeSimulator, exchange: str, market: str = "") -> VenuePort:
+    """The adapter a venues file naming ``exchange`` (and ``market``) gets: the Binance
+    adapter for Binance's ids, the generic ccxt adapter for the others."""
+    generic = exchange not in {"binanceusdm", "binance"}
     config = VenueConfig.model_validate(
         {
-            "name": f"chaos-{exchange}",
+            "name": f"chaos-{exchange}-{market}" if market else f"chaos-{exchange}",
             "exchange": exchange,
             "account": _ACCOUNT,
             "base_url": sim.url,
-            "timeout_ms": TIMEOUT_MS,
+            # The generic adapter's futures read is two requests (ccxt's position and market
+            # reads): 300 ms each is too tight for both on a busy 2-core machine.
+            "timeout_ms": TIMEOUT_MS * 3 if generic else TIMEOUT_MS,
+            **({"market": market} if market else {}),
         }
     )
-    credentials = VenueCredentials(api_key=SecretStr(_API_KEY), secret=SecretStr(_SECRET))
+    credentials = VenueCredentials(
+        api_key=SecretStr(_API_KEY), secret=SecretStr(_SECRET), passphrase=SecretStr(_PASSPHRASE)
+    )
     # The simulator counts weight over 1 s windows (so a 429 costs 1 s, not a minute); the
     # client budget keeps its per-window figures over the same 1 s, or it would throttle a
     # run with many retries to a handful of reads per minute.
@@ -309,35 +416,66 @@ def _venue(sim: ExchangeSimulator, exchange: str) -> BinanceVenue:
         weight_window_s=1.0,
         orders_window_s=1.0,
     )
+    if generic:
+        return CcxtVenue(config, credentials, budget=budget)
     return BinanceVenue(config, credentials, budget=budget)
 
 
+def _venues(sim: ExchangeSimulator, family: str) -> list[VenuePort]:
+    """The family's futures and spot books."""
+    if family == "binance":
+        return [_venue(sim, "binanceusdm"), _venue(sim, "binance")]
+    futures, spot = _EXCHANGE_IDS[family]
+    return [_venue(sim, futures, "futures"), _venue(sim, spot, "spot")]
+
+
+def _add_account(sim: ExchangeSimulator) -> str:
+    return sim.add_account(
+        _API_KEY, _SECRET, name=_ACCOUNT, spot={_QUOTE: "1000"}, passphrase=_PASSPHRASE
+    )
+
+
 def _simulator(seed: int) -> ExchangeSimulator:
-    """A seeded simulator with 1 s rate-limit windows (not started)."""
+    """A seeded simulator with 1 s rate-limit windows on every family (not started)."""
     limits = {
         Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
         Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
     }
+    family_limits = {
+        cls.name: {
+            venue: dataclasses.replace(
+                budget,
+                weight_window_s=1.0,
+                orders_10s_window_s=1.0,
+                orders_minute_window_s=1.0,
+            )
+            for venue, budget in cls.default_limits.items()
+        }
+        for cls in (BybitFamily, OkxFamily)
+    }
     return ExchangeSimulator(
         markets=default_markets(extra_futures=_EXTRA_FUTURES, extra_spot=_EXTRA_SPOT),
         rate_limits=limits,
+        family_limits=family_limits,
         seed=seed,
     )
 
 
-async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
-    """One run (see the module docstring), cleaned up whatever happens."""
+async def run_once(
+    seed: int, *, family: str = "binance", deadline_s: float = DEADLINE_S
+) -> RunResult:
+    """One run through ``family`` (see the module docstring), cleaned up whatever happens."""
     sim = _simulator(seed)
     await sim.start()
-    venues: list[BinanceVenue] = []
+    venues: list[VenuePort] = []
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     reports: list[ActionReport] = []
     try:
-        account = sim.add_account(_API_KEY, _SECRET, name=_ACCOUNT, spot={_QUOTE: "1000"})
+        account = _add_account(sim)
         start_book = seed_book(sim, account, seed)
         arm_faults(sim)
-        venues = [_venue(sim, "binanceusdm"), _venue(sim, "binance")]
+        venues = _venues(sim, family)
         flatteners = [
             VenueFlattener(venue, SETTINGS, clock=SystemClock(), report=reports.append)
             for venue in venues
@@ -369,6 +507,7 @@ async def run_once(seed: int, *, deadline_s: float = DEADLINE_S) -> RunResult:
             late_fill_flips=late_flips,
             faults=_fault_hits(sim),
             reports=len(reports),
+            family=family,
         )
     finally:
         stop.set()
@@ -513,13 +652,13 @@ async def run_multi(
     """One multi-entry run (see the module docstring), cleaned up whatever happens."""
     sim = _simulator(seed)
     await sim.start()
-    venues: list[BinanceVenue] = []
+    venues: list[VenuePort] = []
     executor: Executor | None = None
     try:
-        account = sim.add_account(_API_KEY, _SECRET, name=_ACCOUNT, spot={_QUOTE: "1000"})
+        account = _add_account(sim)
         seed_book(sim, account, seed)
         arm_faults(sim)
-        venues = [_venue(sim, "binanceusdm"), _venue(sim, "binance")]
+        venues = _venues(sim, "binance")
         registry = topic_registry(f"chaos-venue-{seed}")
         log = SignedLog(registry)
         executor = Executor(
@@ -645,6 +784,22 @@ def _fault_hits(sim: ExchangeSimulator) -> dict[str, int]:
     return dict(hits)
 
 
+def _family_figures(results: Sequence[RunResult], family: str) -> dict[str, Any]:
+    """The single-activation figures of the runs through ``family``."""
+    mine = [r for r in results if r.family == family]
+    times = [r.time_to_flat_s for r in mine if r.time_to_flat_s is not None]
+    return {
+        "runs": len(mine),
+        "not_flat": len(mine) - len(times),
+        "positions_flipped": sum(r.flips for r in mine),
+        "faults_fired": sum(sum(r.faults.values()) for r in mine),
+        "time_to_flat_s": {
+            "p50": rounded(percentile(times, 0.5)),
+            "max": rounded(max(times, default=None)),
+        },
+    }
+
+
 async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     """Run the campaign (quick: 3 runs, and one multi-entry run per scenario plus one drawn
     from the seed; full: 30, and every scenario twice plus 10 drawn) and return its figures
@@ -663,10 +818,12 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
     scenarios += [(f"random_{n}", random_fetches(rng)) for n in range(1 if quick else 10)]
 
     async def one(index: int) -> RunResult:
+        family = FAMILIES[index % len(FAMILIES)]
         async with gate:
-            result = await run_once(seed + index)
+            result = await run_once(seed + index, family=family)
         logger.bind(
             run=index,
+            family=family,
             time_to_flat_s=result.time_to_flat_s,
             flips=result.flips,
             faults=sum(result.faults.values()),
@@ -705,6 +862,7 @@ async def run_campaign(*, quick: bool, seed: int = 0) -> dict[str, Any]:
             "max": rounded(max(times, default=None)),
         },
         "faults_fired": dict(sorted(fired.items())),
+        "by_family": {family: _family_figures(results, family) for family in FAMILIES},
         "fault_rate": FAULT_RATE,
         "deadline_s": DEADLINE_S,
         "settle_s": SETTLE_S,

@@ -20,13 +20,17 @@ here rather than in the I/O code, because they are what makes a retry safe:
   ids unique among *open* orders, so a filled market close frees its id again: what makes a
   retry safe there is reduce-only (futures) or selling at most the held balance (spot),
   always planned from a fresh read. The ids make every close traceable to its activation.
+
+What a spot venue sells is a policy of the venue (:data:`SpotPolicy`), applied here to the
+snapshot the planner sees (:func:`apply_spot_policy`), so that both adapters and the planner
+agree on it and it never depends on which adapter read the venue.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
@@ -40,12 +44,19 @@ __all__ = [
     "MarketKind",
     "OrderView",
     "PositionView",
+    "SpotPolicy",
     "SymbolPlan",
     "VenueSnapshot",
+    "apply_spot_policy",
     "close_order_id",
     "plan_flatten",
     "quantity_text",
 ]
+
+#: What a flatten does with a spot account's balances: ``sell`` every asset with a market in
+#: the quote currency (except the kept ones), or ``cancel_only``: cancel the orders and sell
+#: nothing, leaving every such balance in place as reported, never-flat exposure.
+SpotPolicy = Literal["sell", "cancel_only"]
 
 #: Binance allows 36 characters ``[.A-Z:/a-z0-9_-]`` in a client order id: "ess-" + 32 hex.
 _CLIENT_ID_PREFIX = "ess-"
@@ -90,7 +101,8 @@ class VenueSnapshot:
     ``dust`` lists exposure too small to trade (below the venue's minimum quantity or
     notional): reported, but not counted against "flat", since no order can remove it.
     ``stranded`` lists exposure of a size that matters but that no order on this venue can
-    remove (a spot asset without a market in the quote currency): it is never "flat", so the
+    remove (a spot asset without a market in the quote currency), or that the venue's spot
+    policy leaves in place (see :func:`apply_spot_policy`): it is never "flat", so the
     flatten keeps reporting it (``stalled``) until a human moves it.
     """
 
@@ -170,6 +182,28 @@ def close_order_id(
     """The client order id of the close for ``observed`` on ``symbol`` (36 characters)."""
     digest = derive_id("close", activation_id, venue, symbol, quantity_text(observed), attempt)
     return _CLIENT_ID_PREFIX + uuid.UUID(digest).hex
+
+
+def apply_spot_policy(snapshot: VenueSnapshot, policy: SpotPolicy) -> VenueSnapshot:
+    """The snapshot of a spot venue as the planner must see it under ``policy``.
+
+    ``sell`` changes nothing: every position is a balance :func:`plan_flatten` sells.
+    ``cancel_only`` moves every position to ``stranded``, so the plan holds the cancels and
+    no sell. The balances stay exposure: the venue is never read as flat while one is held
+    (a balance ESS should ignore belongs in ``keep_assets``), and since the executor's reports
+    name stranded exposure by symbol and quantity only, the name carries the reason, e.g.
+    ``BTCUSDT (not sold: spot_policy=cancel_only)``, so that the ``stalled`` report says the
+    balance was left on purpose and not that a sell failed. Dust stays dust: no order could
+    sell it under either policy.
+    """
+    if policy == "sell":
+        return snapshot
+    left = tuple(
+        PositionView(f"{position.symbol} (not sold: spot_policy={policy})", position.quantity)
+        for position in snapshot.positions
+        if position.quantity
+    )
+    return replace(snapshot, positions=(), stranded=(*snapshot.stranded, *left))
 
 
 def plan_flatten(

@@ -12,6 +12,13 @@ order for exactly its size leaves exactly zero (no float dust that a verifier wo
 There is no matching engine: market orders fill at once at the symbol's mark price, limit and
 conditional orders rest until a test fills them (:meth:`Engine.fill_resting`) or a fault does.
 That keeps every outcome decided by the test, not by a race with a price feed.
+
+Derivative orders work on either derivative book (:data:`~ess.sim.markets.DERIVATIVE_VENUES`):
+USD-M (linear: quantity in the base coin, PnL in USDT into ``futures_wallet``) and COIN-M
+(inverse: quantity in contracts of ``contract_size`` USD, entry price averaged harmonically,
+PnL ``contracts x contract_size x (1/entry - 1/exit)`` in the base coin into
+``coinm_wallet``). Derivative symbols are unique across the two books, so positions are kept
+by symbol in one dict.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Final
 
 from ess.errors import EssError
-from ess.sim.markets import Market, Venue, fmt
+from ess.sim.markets import DERIVATIVE_VENUES, Market, Venue, fmt
 
 __all__ = [
     "Account",
@@ -105,6 +112,8 @@ class Order:
     close_position: bool = False
     executed_qty: Decimal = ZERO
     cum_quote: Decimal = ZERO
+    #: COIN-M: the filled value in the base coin (``qty x contract_size / price`` summed).
+    cum_base: Decimal = ZERO
     status: str = "NEW"
     update_ms: int = 0
 
@@ -156,12 +165,14 @@ class Fill:
 
 @dataclass
 class Account:
-    """One API key's state on both venues (a Binance key trades spot and USD-M alike)."""
+    """One API key's state on every venue (a Binance key trades spot, USD-M and COIN-M alike)."""
 
     name: str
     api_key: str
     secret: str = field(repr=False)
     futures_wallet: Decimal = Decimal(10_000)
+    #: COIN-M wallets by margin asset (``BTC``...): seeded amount plus realized inverse PnL.
+    coinm_wallet: dict[str, Decimal] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     spot_free: dict[str, Decimal] = field(default_factory=dict)
     spot_locked: dict[str, Decimal] = field(default_factory=dict)
@@ -172,6 +183,9 @@ class Account:
     #: Futures position mode: in hedge mode Binance reports each position with
     #: ``positionSide`` LONG or SHORT (and refuses orders without one).
     hedge_mode: bool = False
+    #: The API passphrase some exchanges require besides key and secret (OKX's
+    #: ``OK-ACCESS-PASSPHRASE``); an account without one cannot use such a family.
+    passphrase: str | None = field(default=None, repr=False)
 
     def open_orders(
         self, venue: Venue, symbol: str | None = None, *, conditional: bool = False
@@ -214,6 +228,16 @@ def floor_to_step(qty: Decimal, step: Decimal) -> Decimal:
 
 def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
+
+
+#: COIN-M amounts in the base coin are kept to Binance's 8 decimals.
+_COIN: Final = Decimal("1e-8")
+
+
+def _inverse_pnl(usd: Decimal, entry: Decimal, exit_price: Decimal, direction: int) -> Decimal:
+    """Realized PnL in the base coin of closing ``usd`` worth of contracts of a position
+    (``direction`` 1 long, -1 short) entered at ``entry``, at ``exit_price``."""
+    return (usd * (1 / entry - 1 / exit_price) * direction).quantize(_COIN)
 
 
 class Engine:
@@ -282,7 +306,7 @@ class Engine:
             if o.is_open
         )
         if duplicate:
-            if venue is Venue.FUTURES:
+            if venue in DERIVATIVE_VENUES:
                 raise ApiError(-4116, "ClientOrderId is duplicated.")
             raise ApiError(-2010, "Duplicate order sent.")
         return given
@@ -315,9 +339,15 @@ class Engine:
             raise ApiError(-2022, "ReduceOnly Order is rejected.")
 
     def place_futures(
-        self, account: Account, params: Mapping[str, str], *, fill_ratio: Decimal | None = None
+        self,
+        account: Account,
+        params: Mapping[str, str],
+        *,
+        fill_ratio: Decimal | None = None,
+        venue: Venue = Venue.FUTURES,
     ) -> Order:
-        """``POST /fapi/v1/order``: MARKET fills now at the mark, LIMIT rests.
+        """``POST /fapi/v1/order`` (or ``/dapi/v1/order`` with ``venue=Venue.COINM``): MARKET
+        fills now at the mark, LIMIT rests.
 
         A reduce-only order is checked against the position *before* anything happens
         (-2022 if it could only open or grow it) and its fill is clipped to the position, so
@@ -325,42 +355,52 @@ class Engine:
         (which is what a kill switch does when its view of the position is stale).
         ``fill_ratio`` (the partial-fill fault) fills only that share, rounded down to the lot
         step.
+
+        USD-M refuses conditional types here (-4120: they moved to the algo-order API). COIN-M
+        still takes them on its order endpoint (``stopPrice``): they rest, untriggered, in the
+        regular book, beside the algo book ccxt uses for them.
         """
-        market = self.market(Venue.FUTURES, params.get("symbol"))
+        market = self.market(self._derivative(venue), params.get("symbol"))
         side = self._side(params)
         order_type = params.get("type") or ""
-        if order_type in CONDITIONAL_TYPES:
+        legacy_conditional = venue is Venue.COINM and order_type in CONDITIONAL_TYPES
+        if order_type in CONDITIONAL_TYPES and not legacy_conditional:
             raise ApiError(
                 -4120,
                 "Order type not supported for this endpoint. "
                 "Please use the Algo Order API endpoints instead.",
             )
-        if order_type not in {"MARKET", "LIMIT"}:
+        if order_type not in {"MARKET", "LIMIT"} and not legacy_conditional:
             raise ApiError(-1116, "Invalid orderType.")
         if (params.get("positionSide", "BOTH") != "BOTH") != account.hedge_mode:
             raise ApiError(-4061, "Order's position side does not match user's setting.")
         qty = parse_decimal("quantity", params.get("quantity"))
         self._check_qty(market, qty)
         price = ZERO
-        if order_type == "LIMIT":
+        if order_type in {"LIMIT", "STOP", "TAKE_PROFIT"}:
             price = parse_decimal("price", params.get("price"))
             self._check_price(market, price)
-            if not params.get("timeInForce"):
-                raise missing("timeInForce")
+        if order_type == "LIMIT" and not params.get("timeInForce"):
+            raise missing("timeInForce")
+        trigger = ZERO
+        if legacy_conditional and order_type != "TRAILING_STOP_MARKET":
+            trigger = parse_decimal("stopPrice", params.get("stopPrice"))
+            self._check_price(market, trigger)
         reduce_only = parse_bool(params.get("reduceOnly"))
         if reduce_only:
             self._check_reduce_only(account, market.symbol, side)
         order = Order(
             order_id=next(self._order_ids),
-            venue=Venue.FUTURES,
+            venue=market.venue,
             symbol=market.symbol,
             side=side,
             type=order_type,
             orig_qty=qty,
             price=price,
-            client_order_id=self._client_id(account, Venue.FUTURES, params.get("newClientOrderId")),
+            client_order_id=self._client_id(account, market.venue, params.get("newClientOrderId")),
             time_ms=self.now_ms(),
             reduce_only=reduce_only,
+            trigger_price=trigger,
             time_in_force=params.get("timeInForce", "GTC"),
         )
         order.update_ms = order.time_ms
@@ -373,15 +413,18 @@ class Engine:
             if fill_ratio is not None:
                 wanted = floor_to_step(target * fill_ratio, market.step_size)
             if wanted > 0:
-                self._fill_futures(account, order, wanted, self.mark(Venue.FUTURES, market.symbol))
+                self._fill_futures(account, order, wanted, self.mark(market.venue, market.symbol))
             order.status = "FILLED" if order.executed_qty == target else "EXPIRED"
-        elif fill_ratio is not None:
+        elif fill_ratio is not None and order_type == "LIMIT":
             self.fill_resting(account, order, floor_to_step(qty * fill_ratio, market.step_size))
         return order
 
-    def place_algo(self, account: Account, params: Mapping[str, str]) -> Order:
-        """``POST /fapi/v1/algoOrder`` (``algoType=CONDITIONAL``): the order rests untriggered."""
-        market = self.market(Venue.FUTURES, params.get("symbol"))
+    def place_algo(
+        self, account: Account, params: Mapping[str, str], *, venue: Venue = Venue.FUTURES
+    ) -> Order:
+        """``POST /fapi/v1/algoOrder`` (``/dapi/v1/algoOrder`` with ``venue=Venue.COINM``;
+        ``algoType=CONDITIONAL``): the order rests untriggered."""
+        market = self.market(self._derivative(venue), params.get("symbol"))
         side = self._side(params)
         if params.get("algoType") != "CONDITIONAL":
             raise missing("algoType")
@@ -406,13 +449,13 @@ class Engine:
             self._check_reduce_only(account, market.symbol, side)
         order = Order(
             order_id=next(self._algo_ids),
-            venue=Venue.FUTURES,
+            venue=market.venue,
             symbol=market.symbol,
             side=side,
             type=order_type,
             orig_qty=qty,
             price=price,
-            client_order_id=self._client_id(account, Venue.FUTURES, params.get("clientAlgoId")),
+            client_order_id=self._client_id(account, market.venue, params.get("clientAlgoId")),
             time_ms=self.now_ms(),
             reduce_only=reduce_only,
             conditional=True,
@@ -488,6 +531,12 @@ class Engine:
             if fill_ratio is not None:
                 self.fill_resting(account, order, floor_to_step(qty * fill_ratio, market.step_size))
         return order
+
+    @staticmethod
+    def _derivative(venue: Venue) -> Venue:
+        if venue not in DERIVATIVE_VENUES:
+            raise ValueError(f"{venue} holds no positions")
+        return venue
 
     @staticmethod
     def _side(params: Mapping[str, str]) -> str:
@@ -597,16 +646,27 @@ class Engine:
         self, account: Account, order: Order, qty: Decimal, price: Decimal, *, late: bool = False
     ) -> Fill:
         now = self.now_ms()
+        market = self.market(order.venue, order.symbol)
         position = account.positions.setdefault(order.symbol, Position(order.symbol))
         signed = qty if order.side == "BUY" else -qty
         realized = ZERO
         old = position.qty
         if old == 0 or _sign(old) == _sign(signed):
             total = abs(old) + qty
-            position.entry_price = (abs(old) * position.entry_price + qty * price) / total
+            if old == 0:
+                position.entry_price = price
+            elif market.inverse:  # contracts are USD amounts: the average is harmonic
+                position.entry_price = total / (abs(old) / position.entry_price + qty / price)
+            else:
+                position.entry_price = (abs(old) * position.entry_price + qty * price) / total
         else:
             closing = min(qty, abs(old))
-            realized = (price - position.entry_price) * closing * _sign(old)
+            if market.inverse:
+                realized = _inverse_pnl(
+                    closing * market.contract_size, position.entry_price, price, _sign(old)
+                )
+            else:
+                realized = (price - position.entry_price) * closing * _sign(old)
             if qty > abs(old):  # crossed through zero: the rest opens at the fill price
                 position.entry_price = price
         position.qty = old + signed
@@ -614,7 +674,12 @@ class Engine:
             position.entry_price = ZERO
         position.realized_pnl += realized
         position.update_ms = now
-        account.futures_wallet += realized
+        if market.inverse:
+            asset = market.margin_asset
+            account.coinm_wallet[asset] = account.coinm_wallet.get(asset, ZERO) + realized
+            order.cum_base += qty * market.contract_size / price
+        else:
+            account.futures_wallet += realized
         if position.qty == 0:
             del account.positions[order.symbol]
         return self._record(

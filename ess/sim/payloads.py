@@ -7,6 +7,9 @@ Field choices that ccxt depends on (``docs/ccxt-loopback.md``, "Fields ccxt read
   and a short's ``notional`` is negative.
 * futures account: ccxt skips assets with ``updateTime == 0``, so it is always set.
 * order: ``positionSide``/``cumQuote`` mark an order as a contract order for ccxt.
+* COIN-M (``/dapi``): quantities are contracts; an order's filled value is ``cumBase`` (in the
+  base coin, ccxt's ``cost`` for an inverse market), positionRisk's side comes from the sign of
+  ``notionalValue`` (in the base coin), and balances and PnL are per margin coin.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from ess.sim.markets import Market, Venue, fmt
 
 __all__ = [
     "algo_order",
+    "capital_coin",
+    "coinm_account",
+    "coinm_leverage_brackets",
+    "coinm_order",
+    "coinm_position_risk",
     "futures_account",
     "futures_order",
     "leverage_brackets",
@@ -187,6 +195,8 @@ def futures_account(
     initial = ZERO
     positions = []
     for symbol, position in sorted(account.positions.items()):
+        if (Venue.FUTURES, symbol) not in marks:
+            continue  # a COIN-M position: /dapi reports it
         mark = marks[(Venue.FUTURES, symbol)]
         unrealized += _unrealized(position, mark)
         initial += abs(position.qty * mark) / account.leverage
@@ -264,3 +274,218 @@ def spot_account(account: Account, now_ms: int) -> dict[str, Any]:
 def leverage_brackets(symbols: Iterable[str]) -> list[dict[str, Any]]:
     """``GET /fapi/v1/leverageBracket``: one bracket per symbol (ccxt caches it per instance)."""
     return [{"symbol": symbol, "notionalCoef": 1.0, "brackets": [_BRACKET]} for symbol in symbols]
+
+
+# -- COIN-M (/dapi) ------------------------------------------------------------------------------
+
+#: Base-coin amounts are shown with Binance's 8 decimals.
+_COIN = Decimal("1e-8")
+#: The maintenance margin rate of the single bracket.
+_MAINT = Decimal("0.004")
+#: One flat COIN-M bracket per symbol (quantities in the base coin, as ``/dapi/v2`` has it).
+_COINM_BRACKET = {
+    "bracket": 1,
+    "initialLeverage": 125,
+    "qtyCap": 1_000_000,
+    "qtyFloor": 0,
+    "maintMarginRatio": 0.004,
+    "cum": 0.0,
+}
+
+
+def _coin(value: Decimal) -> str:
+    return fmt(value.quantize(_COIN))
+
+
+def _coin_value(qty: Decimal, market: Market, price: Decimal) -> Decimal:
+    """What ``qty`` contracts are worth in the base coin at ``price`` (signed like ``qty``)."""
+    return qty * market.contract_size / price if price else ZERO
+
+
+def _inverse_unrealized(position: Position, market: Market, mark: Decimal) -> Decimal:
+    if not position.qty or not position.entry_price or not mark:
+        return ZERO
+    usd = position.qty * market.contract_size
+    return usd * (1 / position.entry_price - 1 / mark)
+
+
+def coinm_order(order: Order, market: Market) -> dict[str, Any]:
+    """``/dapi/v1/order`` shape (placement result, query, cancel, open-orders element): like
+    USD-M's but with ``pair`` and ``cumBase`` (the filled value in the base coin) instead of
+    ``cumQuote``, and a harmonic ``avgPrice``."""
+    average = order.executed_qty * market.contract_size / order.cum_base if order.cum_base else ZERO
+    return {
+        "orderId": order.order_id,
+        "symbol": order.symbol,
+        "pair": order.symbol.split("_")[0],
+        "status": order.public_status,
+        "clientOrderId": order.client_order_id,
+        "price": fmt(order.price),
+        "avgPrice": fmt(average),
+        "origQty": fmt(order.orig_qty),
+        "executedQty": fmt(order.executed_qty),
+        "cumQty": fmt(order.executed_qty),
+        "cumBase": _coin(order.cum_base),
+        "timeInForce": order.time_in_force,
+        "type": order.type,
+        "reduceOnly": order.reduce_only,
+        "closePosition": order.close_position,
+        "side": order.side,
+        "positionSide": "BOTH",
+        "stopPrice": fmt(order.trigger_price),
+        "workingType": "CONTRACT_PRICE",
+        "priceProtect": False,
+        "origType": order.type,
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": "NONE",
+        "time": order.time_ms,
+        "updateTime": order.update_ms,
+    }
+
+
+def coinm_position_risk(
+    position: Position, market: Market, mark: Decimal, leverage: int, *, hedge_mode: bool = False
+) -> dict[str, Any]:
+    """One ``GET /dapi/v1/positionRisk`` element: ``positionAmt`` in contracts,
+    ``notionalValue`` and ``unRealizedProfit`` in the base coin (a short's notional negative);
+    a flat symbol has ``entryPrice`` ``"0"`` (ccxt drops it)."""
+    side = ("LONG" if position.qty >= 0 else "SHORT") if hedge_mode else "BOTH"
+    return {
+        "symbol": position.symbol,
+        "positionAmt": fmt(position.qty),
+        "entryPrice": fmt(position.entry_price),
+        "breakEvenPrice": fmt(position.entry_price),
+        "markPrice": fmt(mark),
+        "unRealizedProfit": _coin(_inverse_unrealized(position, market, mark)),
+        "liquidationPrice": "0",
+        "leverage": str(leverage),
+        "maxQty": "1000000",
+        "marginType": "cross",
+        "isolatedMargin": "0",
+        "isAutoAddMargin": "false",
+        "positionSide": side,
+        "notionalValue": _coin(_coin_value(position.qty, market, mark)),
+        "isolatedWallet": "0",
+        "updateTime": position.update_ms,
+    }
+
+
+def coinm_account(
+    account: Account,
+    markets: Mapping[str, Market],
+    marks: Mapping[tuple[Venue, str], Decimal],
+    now_ms: int,
+) -> dict[str, Any]:
+    """``GET /dapi/v1/account``: one asset per margin coin (every coin a listed COIN-M market is
+    margined in, and any the wallet holds) and the open COIN-M positions."""
+    unrealized: dict[str, Decimal] = {}
+    initial: dict[str, Decimal] = {}
+    positions = []
+    for symbol, position in sorted(account.positions.items()):
+        market = markets.get(symbol)
+        if market is None:
+            continue  # a USD-M position: /fapi reports it
+        mark = marks[(Venue.COINM, symbol)]
+        pnl = _inverse_unrealized(position, market, mark)
+        margin = abs(_coin_value(position.qty, market, mark)) / account.leverage
+        asset = market.margin_asset
+        unrealized[asset] = unrealized.get(asset, ZERO) + pnl
+        initial[asset] = initial.get(asset, ZERO) + margin
+        positions.append(
+            {
+                "symbol": symbol,
+                "positionAmt": fmt(position.qty),
+                "initialMargin": _coin(margin),
+                "maintMargin": _coin(abs(_coin_value(position.qty, market, mark)) * _MAINT),
+                "unrealizedProfit": _coin(pnl),
+                "positionInitialMargin": _coin(margin),
+                "openOrderInitialMargin": "0",
+                "leverage": str(account.leverage),
+                "isolated": False,
+                "positionSide": "BOTH",
+                "entryPrice": fmt(position.entry_price),
+                "maxQty": "1000000",
+                "updateTime": position.update_ms or now_ms,
+            }
+        )
+    coins = sorted({m.margin_asset for m in markets.values()} | set(account.coinm_wallet))
+    assets = []
+    for coin in coins:
+        wallet = account.coinm_wallet.get(coin, ZERO)
+        pnl = unrealized.get(coin, ZERO)
+        used = initial.get(coin, ZERO)
+        available = wallet + pnl - used
+        assets.append(
+            {
+                "asset": coin,
+                "walletBalance": _coin(wallet),
+                "unrealizedProfit": _coin(pnl),
+                "marginBalance": _coin(wallet + pnl),
+                "maintMargin": "0",
+                "initialMargin": _coin(used),
+                "positionInitialMargin": _coin(used),
+                "openOrderInitialMargin": "0",
+                "maxWithdrawAmount": _coin(max(available, ZERO)),
+                "crossWalletBalance": _coin(wallet),
+                "crossUnPnl": _coin(pnl),
+                "availableBalance": _coin(available),
+                "updateTime": now_ms,
+            }
+        )
+    return {
+        "assets": assets,
+        "positions": positions,
+        "canDeposit": True,
+        "canTrade": True,
+        "canWithdraw": True,
+        "feeTier": 0,
+        "updateTime": now_ms,
+    }
+
+
+def coinm_leverage_brackets(symbols: Iterable[str]) -> list[dict[str, Any]]:
+    """``GET /dapi/v2/leverageBracket``: one bracket per symbol, capped in the base coin."""
+    return [
+        {"symbol": symbol, "notionalCoef": 1.0, "brackets": [_COINM_BRACKET]} for symbol in symbols
+    ]
+
+
+def capital_coin(coin: str, free: Decimal, locked: Decimal) -> dict[str, Any]:
+    """One ``/sapi/v1/capital/config/getall`` element: the coin, its spot balance and one
+    network (enough for ccxt's ``parse_currency``)."""
+    return {
+        "coin": coin,
+        "name": coin,
+        "depositAllEnable": True,
+        "withdrawAllEnable": True,
+        "free": fmt(free),
+        "locked": fmt(locked),
+        "freeze": "0",
+        "withdrawing": "0",
+        "ipoing": "0",
+        "ipoable": "0",
+        "storage": "0",
+        "isLegalMoney": False,
+        "trading": True,
+        "networkList": [
+            {
+                "network": coin,
+                "coin": coin,
+                "withdrawIntegerMultiple": "0.00000001",
+                "isDefault": True,
+                "depositEnable": True,
+                "withdrawEnable": True,
+                "depositDesc": "",
+                "withdrawDesc": "",
+                "name": coin,
+                "resetAddressStatus": False,
+                "withdrawFee": "0",
+                "withdrawMin": "0",
+                "withdrawMax": "9999999999",
+                "minConfirm": 1,
+                "unLockConfirm": 0,
+                "sameAddress": False,
+                "busy": False,
+            }
+        ],
+    }

@@ -2,7 +2,8 @@
 
 Binance limits each IP's request *weight* per minute and each account's *order count* per
 10 seconds (and per minute on futures), separately for spot and futures; a request over budget is
-answered HTTP 429 with code -1003, and repeated violations earn an IP ban (HTTP 418).
+answered HTTP 429 with code -1003, and repeated violations earn an IP ban (HTTP 418). USD-M
+futures, COIN-M futures and spot are budgeted separately, as Binance does.
 
 The simulator counts in **sliding** windows where Binance uses fixed ones (counters reset at the
 start of each minute). A sliding count is never below the fixed one at the same moment, so a
@@ -51,14 +52,17 @@ class RateLimits:
     ban_s: float = 120.0
 
 
-#: Binance's published budgets: futures 2400 weight/min, 300 orders/10 s, 1200 orders/min;
-#: spot 6000 weight/min, 100 orders/10 s.
+#: Binance's published budgets: USD-M futures 2400 weight/min, 300 orders/10 s, 1200
+#: orders/min; spot 6000 weight/min, 100 orders/10 s; COIN-M futures 2400 weight/min and 1200
+#: orders/min (its ``exchangeInfo`` lists no 10 s order limit).
 DEFAULT_LIMITS: Final[Mapping[Venue, RateLimits]] = {
     Venue.FUTURES: RateLimits(),
     Venue.SPOT: RateLimits(weight_per_window=6000, orders_per_10s=100, orders_per_minute=None),
+    Venue.COINM: RateLimits(orders_per_10s=None),
 }
 
-#: Request weights from Binance's API docs (futures USD-M and spot REST), as
+#: Request weights from Binance's API docs (USD-M and COIN-M futures, spot and the two
+#: ``/sapi`` reads ccxt's ``load_markets`` makes with keys set), as
 #: ``(weight with symbol, weight without)``. Unlisted routes weigh 1.
 DEFAULT_WEIGHTS: Final[Mapping[tuple[str, str], tuple[int, int]]] = {
     ("GET", "/fapi/v1/ping"): (1, 1),
@@ -74,6 +78,7 @@ DEFAULT_WEIGHTS: Final[Mapping[tuple[str, str], tuple[int, int]]] = {
     ("POST", "/fapi/v1/order"): (0, 0),
     ("DELETE", "/fapi/v1/order"): (1, 1),
     ("DELETE", "/fapi/v1/allOpenOrders"): (1, 1),
+    ("DELETE", "/fapi/v1/batchOrders"): (1, 1),
     ("POST", "/fapi/v1/countdownCancelAll"): (10, 10),
     ("POST", "/fapi/v1/algoOrder"): (0, 0),
     ("GET", "/fapi/v1/algoOrder"): (1, 1),
@@ -89,11 +94,38 @@ DEFAULT_WEIGHTS: Final[Mapping[tuple[str, str], tuple[int, int]]] = {
     ("POST", "/api/v3/order"): (1, 1),
     ("GET", "/api/v3/order"): (4, 4),
     ("DELETE", "/api/v3/order"): (1, 1),
+    ("GET", "/sapi/v1/capital/config/getall"): (10, 10),
+    ("GET", "/sapi/v1/margin/allPairs"): (1, 1),
+    ("GET", "/sapi/v1/margin/isolated/allPairs"): (10, 10),
+    ("GET", "/dapi/v1/ping"): (1, 1),
+    ("GET", "/dapi/v1/time"): (1, 1),
+    ("GET", "/dapi/v1/exchangeInfo"): (1, 1),
+    ("GET", "/dapi/v1/account"): (5, 5),
+    ("GET", "/dapi/v1/positionRisk"): (1, 1),
+    ("GET", "/dapi/v2/leverageBracket"): (1, 2),
+    ("GET", "/dapi/v1/openOrders"): (1, 40),
+    ("GET", "/dapi/v1/order"): (1, 1),
+    ("POST", "/dapi/v1/order"): (0, 0),
+    ("DELETE", "/dapi/v1/order"): (1, 1),
+    ("DELETE", "/dapi/v1/allOpenOrders"): (1, 1),
+    ("DELETE", "/dapi/v1/batchOrders"): (1, 1),
+    ("POST", "/dapi/v1/countdownCancelAll"): (10, 10),
+    ("POST", "/dapi/v1/algoOrder"): (0, 0),
+    ("GET", "/dapi/v1/algoOrder"): (1, 1),
+    ("DELETE", "/dapi/v1/algoOrder"): (1, 1),
+    ("GET", "/dapi/v1/openAlgoOrders"): (1, 40),
+    ("DELETE", "/dapi/v1/algoOpenOrders"): (1, 1),
 }
 
 #: Routes that count against the order budgets.
 ORDER_ENDPOINTS: Final = frozenset(
-    {("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder"), ("POST", "/api/v3/order")}
+    {
+        ("POST", "/fapi/v1/order"),
+        ("POST", "/fapi/v1/algoOrder"),
+        ("POST", "/api/v3/order"),
+        ("POST", "/dapi/v1/order"),
+        ("POST", "/dapi/v1/algoOrder"),
+    }
 )
 
 
@@ -272,14 +304,18 @@ class RateLimiter:
             state.violations.clear()
 
     def headers(self, venue: Venue, account: str | None) -> dict[str, str]:
-        """Binance's usage headers (``X-MBX-USED-WEIGHT-1M``, ``X-MBX-ORDER-COUNT-*``)."""
+        """Binance's usage headers (``X-MBX-USED-WEIGHT-1M``, ``X-MBX-ORDER-COUNT-*``; no
+        10 s count where the venue has no 10 s order budget, as on COIN-M)."""
         now = self._clock()
         ten, minute = self._order_windows(venue, account)
-        return {
+        headers = {
             "X-MBX-USED-WEIGHT-1M": str(self._venues[venue].weight.used(now)),
             "X-MBX-ORDER-COUNT-10S": str(ten.used(now)),
             "X-MBX-ORDER-COUNT-1M": str(minute.used(now)),
         }
+        if venue is Venue.COINM and self._venues[venue].limits.orders_per_10s is None:
+            del headers["X-MBX-ORDER-COUNT-10S"]
+        return headers
 
     def counters(self, venue: Venue, account: str | None = None) -> RateCounters:
         """Usage of ``venue``; order figures are ``account``'s, or summed over all accounts."""

@@ -1,9 +1,9 @@
 """The exchange simulator: exchange look-alike HTTP servers on loopback for unmodified ccxt.
 
 One :class:`ExchangeSimulator` serves three API families on one port, over one shared matching
-engine (:mod:`ess.sim.book`): Binance (USD-M futures ``/fapi`` and spot ``/api/v3``), Bybit v5
-(``/v5``: linear perpetuals and spot) and OKX v5 (``/api/v5``: swaps and spot). Their paths
-never overlap, so rewriting only the host of ccxt's URLs
+engine (:mod:`ess.sim.book`): Binance (USD-M futures ``/fapi``, COIN-M futures ``/dapi`` and
+spot ``/api/v3``), Bybit v5 (``/v5``: linear perpetuals and spot) and OKX v5 (``/api/v5``: swaps
+and spot). Their paths never overlap, so rewriting only the host of ccxt's URLs
 (:func:`ess.venues.ccxt_client.localize_urls`) points any of their clients at the same server.
 What differs between exchanges lives in the family (:mod:`ess.sim.families`); accounts, books,
 faults, the request log, late fills and dead-man's-switch timers are shared, so one seeded
@@ -45,7 +45,7 @@ from ess.sim.families.binance import BinanceFamily
 from ess.sim.families.bybit import BybitFamily
 from ess.sim.families.okx import OkxFamily
 from ess.sim.faults import ENGINE_KINDS, POST_KINDS, Fault, FaultKind
-from ess.sim.markets import DEFAULT_MARKETS, Market, Venue, index_markets
+from ess.sim.markets import DEFAULT_MARKETS, DERIVATIVE_VENUES, Market, Venue, index_markets
 from ess.sim.ratelimit import RateCounters, RateLimiter, RateLimits
 
 __all__ = ["ExchangeSimulator", "LoggedRequest", "SimEvent"]
@@ -231,11 +231,13 @@ class ExchangeSimulator:
         name: str | None = None,
         futures_usdt: Decimal | str | int = 10_000,
         spot: Mapping[str, Decimal | str | int] | None = None,
+        passphrase: str | None = None,
     ) -> str:
         """Register an API key and its secret; return the account name used everywhere else.
 
         The name (default ``acct1``, ``acct2``...) is what logs and the request log show, so
-        the API key itself never appears in them.
+        the API key itself never appears in them. ``passphrase`` is the API passphrase OKX
+        requires with every signed request; an account without one cannot use that family.
         """
         if api_key in self._by_key:
             raise ValueError("API key already registered")
@@ -243,7 +245,11 @@ class ExchangeSimulator:
         if name in self._accounts:
             raise ValueError(f"account {name!r} already exists")
         account = Account(
-            name=name, api_key=api_key, secret=secret, futures_wallet=Decimal(futures_usdt)
+            name=name,
+            api_key=api_key,
+            secret=secret,
+            futures_wallet=Decimal(futures_usdt),
+            passphrase=passphrase,
         )
         for asset, amount in (spot or {}).items():
             account.spot_free[asset] = Decimal(amount)
@@ -265,9 +271,10 @@ class ExchangeSimulator:
     def seed_position(
         self, account: str, symbol: str, qty: Decimal | str | float, entry_price: Decimal | str
     ) -> None:
-        """Set a futures position: ``qty`` signed (negative short), ``0`` removes it."""
+        """Set a futures position (USD-M, or COIN-M in contracts for a COIN-M symbol): ``qty``
+        signed (negative short), ``0`` removes it."""
         state = self.account(account)
-        self.engine.market(Venue.FUTURES, symbol)
+        self.engine.market(self._derivative_venue(symbol), symbol)
         amount = Decimal(str(qty))
         if amount == 0:
             state.positions.pop(symbol, None)
@@ -285,8 +292,14 @@ class ExchangeSimulator:
         locked: Decimal | str | int = 0,
         venue: Venue = Venue.SPOT,
     ) -> None:
-        """Set a spot balance (free and locked), or the futures USDT wallet."""
+        """Set a spot balance (free and locked), the futures USDT wallet, or (``Venue.COINM``)
+        the COIN-M wallet of a margin asset (``BTC``...)."""
         state = self.account(account)
+        if venue is Venue.COINM:
+            if asset not in {m.margin_asset for m in self.markets_by_venue[Venue.COINM].values()}:
+                raise ValueError(f"no COIN-M market is margined in {asset}")
+            state.coinm_wallet[asset] = Decimal(free)
+            return
         if venue is Venue.FUTURES:
             if asset != "USDT":
                 raise ValueError("the futures wallet is USDT only")
@@ -313,8 +326,11 @@ class ExchangeSimulator:
 
         ``order_type`` ``STOP_MARKET``/``TAKE_PROFIT_MARKET``/``STOP``/... makes it a conditional
         (algo) order, which lives in Binance's separate algo book: only
-        ``cancel_all_orders(sym, {'trigger': True})`` removes it.
+        ``cancel_all_orders(sym, {'trigger': True})`` removes it. A COIN-M symbol goes to the
+        COIN-M book with the default ``venue``.
         """
+        if venue is Venue.FUTURES:
+            venue = self._derivative_venue(symbol)
         order = self.engine.seed_order(
             self.account(account),
             venue,
@@ -346,8 +362,17 @@ class ExchangeSimulator:
             self.marks[(each, symbol)] = Decimal(str(price))
 
     def mark_price(self, symbol: str, venue: Venue = Venue.FUTURES) -> Decimal:
-        """The current mark of ``symbol`` on ``venue``."""
+        """The current mark of ``symbol`` on ``venue`` (a COIN-M symbol's with the default)."""
+        if venue is Venue.FUTURES:
+            venue = self._derivative_venue(symbol)
         return self.marks[(venue, symbol)]
+
+    def _derivative_venue(self, symbol: str) -> Venue:
+        """The derivative book listing ``symbol`` (USD-M when none does: its errors then)."""
+        for venue in DERIVATIVE_VENUES:
+            if symbol in self.markets_by_venue[venue]:
+                return venue
+        return Venue.FUTURES
 
     def markets(self, venue: Venue) -> list[Market]:
         """The markets listed on ``venue``, in ``exchangeInfo`` order."""
@@ -376,7 +401,8 @@ class ExchangeSimulator:
     # -- inspection ------------------------------------------------------------------------
 
     def positions(self, account: str) -> dict[str, Position]:
-        """Open futures positions by symbol (copies; flat symbols are absent)."""
+        """Open futures positions by symbol, USD-M and COIN-M (copies; flat symbols are absent;
+        COIN-M quantities are contracts)."""
         return {s: copy.copy(p) for s, p in self.account(account).positions.items() if p.qty}
 
     def open_orders(
@@ -420,6 +446,10 @@ class ExchangeSimulator:
     def futures_wallet(self, account: str) -> Decimal:
         """The USDT wallet balance: seeded amount plus realized PnL."""
         return self.account(account).futures_wallet
+
+    def coinm_wallet(self, account: str, asset: str) -> Decimal:
+        """A COIN-M wallet balance (``BTC``...): seeded amount plus realized inverse PnL."""
+        return self.account(account).coinm_wallet.get(asset, ZERO)
 
     @property
     def log(self) -> list[LoggedRequest]:

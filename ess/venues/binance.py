@@ -42,6 +42,7 @@ from ess.core.flatten import (
     OrderView,
     PositionView,
     VenueSnapshot,
+    apply_spot_policy,
     quantity_text,
 )
 from ess.venues import answers
@@ -379,9 +380,10 @@ class BinanceVenue:
             for row in answers.rows(orders, "openOrders")
         ]
         snapshot = self._build(held, views)
-        return replace(
-            snapshot,
-            stranded=tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items())),
+        stranded_views = tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items()))
+        # cancel_only: what would be sold is left in place, reported as stranded exposure.
+        return apply_spot_policy(
+            replace(snapshot, stranded=stranded_views), self._config.spot_policy
         )
 
     async def _read(self, *calls: str) -> list[Any]:

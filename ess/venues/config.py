@@ -5,9 +5,19 @@
 Venues come from a TOML or JSON file (``ESS_VENUES_FILE``) or inline JSON (``ESS_VENUES``), a
 list of :class:`VenueConfig`. Credentials never appear in that file: each venue names the
 environment variables that hold its key and secret (by default ``ESS_VENUE_<NAME>_API_KEY`` and
-``ESS_VENUE_<NAME>_SECRET``), and :func:`load_venues` reads them into ``SecretStr`` values that
-print as ``**********``. A venue whose credentials are missing is a configuration error at
-start, not a surprise during an emergency.
+``ESS_VENUE_<NAME>_SECRET``) and, where the exchange wants one (OKX, KuCoin, Bitget: ccxt's
+``password``), its API passphrase (by default ``ESS_VENUE_<NAME>_PASSPHRASE``), and
+:func:`load_venues` reads them into ``SecretStr`` values that print as ``**********``. A venue
+whose credentials are missing is a configuration error at start, not a surprise during an
+emergency.
+
+Each ``[[venues]]`` entry is one account with its own keys, so a sub-account is simply another
+entry (its own name, ``account`` label and key variables). Exchanges count request weight per
+IP but orders per account: accounts of one exchange that leave through the same egress IP set
+the same ``budget_group``, and then share ONE request-weight budget (``weight_per_minute``,
+which they must agree on: it is the group's total) while each keeps its own order budget and
+in-flight limit (:func:`build_budgets`). Without it each account would stay within the IP's
+figure on its own and together exceed it.
 
 Example ``venues.toml``::
 
@@ -29,13 +39,39 @@ Example ``venues.toml``::
     adapter = "generic"             # optional: "auto" picks it for every non-Binance id
     market = "futures"              # required for the generic adapter: "futures" or "spot"
 
+    [[venues]]
+    name = "okx-spot"
+    exchange = "okx"
+    market = "spot"
+    spot_policy = "cancel_only"     # cancel the orders, sell nothing (reported as left in place)
+    # OKX needs a passphrase: ESS_VENUE_OKX_SPOT_PASSPHRASE (or name one with passphrase_env)
+
+Two accounts (a main account and a sub-account, each with its own keys) behind one egress IP,
+sharing Binance's per-IP weight budget; each keeps its own order budget::
+
+    [[venues]]
+    name = "futures-main"
+    exchange = "binanceusdm"
+    account = "main"
+    budget_group = "egress-1"       # ESS_VENUE_FUTURES_MAIN_API_KEY / _SECRET
+
+    [[venues]]
+    name = "futures-sub1"
+    exchange = "binanceusdm"
+    account = "sub1"
+    budget_group = "egress-1"       # same exchange, same weight_per_minute (default 1920)
+    api_key_env = "BINANCE_SUB1_KEY"
+    secret_env = "BINANCE_SUB1_SECRET"
+
 ``adapter`` chooses the code that talks to the venue: ``"binance"`` (:mod:`ess.venues.binance`:
 Binance's raw endpoints, error codes and weights; ``binanceusdm`` and ``binance`` only),
 ``"generic"`` (:mod:`ess.venues.generic`: ccxt's unified API, for any ccxt exchange id; the
 venue must offer what a flatten needs, checked when the executor opens it) or ``"auto"`` (the
 default: ``binance`` for ``binanceusdm``/``binance``, ``generic`` for every other id).
 ``market`` says whether the account holds derivative positions (``"futures"``: closed
-reduce-only) or spot balances (``"spot"``: sold into ``quote``).
+reduce-only) or spot balances (``"spot"``: sold into ``quote``, or, with ``spot_policy =
+"cancel_only"``, only their orders cancelled and the balances reported as exposure left in
+place: the venue then never reads flat while it holds them).
 """
 
 from __future__ import annotations
@@ -51,8 +87,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ess.core.flatten import MarketKind
+from ess.core.flatten import MarketKind, SpotPolicy
 from ess.errors import EssError
+from ess.venues.budget import RateBudget, WeightWindow
 
 if TYPE_CHECKING:
     from ess.venues.ports import VenuePort
@@ -61,6 +98,7 @@ __all__ = [
     "VenueConfig",
     "VenueConfigError",
     "VenueCredentials",
+    "build_budgets",
     "ccxt_has",
     "configured_venues",
     "declared_env_names",
@@ -112,11 +150,20 @@ class VenueConfig(BaseModel):
     #: ``ESS_VENUE_<NAME>_SECRET`` with the name upper-cased and ``-``/``.`` as ``_``.
     api_key_env: str | None = None
     secret_env: str | None = None
+    #: Environment variable holding the API passphrase (ccxt's ``password``; OKX, KuCoin,
+    #: Bitget); default ``ESS_VENUE_<NAME>_PASSPHRASE``. Required where ccxt's exchange class
+    #: requires a password; naming one here makes it required for any exchange.
+    passphrase_env: str | None = None
     #: Spot: the currency balances are sold into; every other asset with a ``<ASSET><quote>``
     #: market is exposure to flatten.
     quote: str = "USDT"
     #: Spot: assets never sold (besides ``quote``), e.g. fee tokens held on purpose.
     keep_assets: tuple[str, ...] = ()
+    #: Spot: ``sell`` (every asset but ``quote`` and ``keep_assets`` sold into ``quote``) or
+    #: ``cancel_only`` (orders cancelled, nothing sold: those balances are reported as exposure
+    #: left in place by policy, and the venue never reads flat while it holds them). Refused
+    #: on futures venues, whose positions are always closed.
+    spot_policy: SpotPolicy = "sell"
     #: Futures: symbols whose ``countdownCancelAll`` dead-man's switch is kept armed. Generic
     #: adapter: only where ccxt has ``cancelAllOrdersAfter``, which is account-wide (one entry,
     #: any symbol, is enough).
@@ -125,8 +172,13 @@ class VenueConfig(BaseModel):
     countdown_ms: int = Field(default=60_000, ge=1_000, le=3_600_000)
     #: Request-weight budget per minute (Binance: futures 2400, spot 6000 per IP). Generic
     #: adapter: requests per minute (each unified call counts 1), default 80 % of ccxt's
-    #: ``rateLimit`` pace for the exchange.
+    #: ``rateLimit`` pace for the exchange. With ``budget_group``: the group's total.
     weight_per_minute: int = Field(default=0, ge=0)
+    #: Accounts of the same exchange behind the same egress IP: venues with the same
+    #: ``budget_group`` share ONE request-weight budget (the exchange counts weight per IP), so
+    #: they must be on the same exchange and adapter and agree on ``weight_per_minute``; their
+    #: order budgets and in-flight limits stay per account.
+    budget_group: str | None = None
     #: Order budget per 10 s (Binance: futures 300, spot 100 per account). Generic adapter:
     #: default a sixth of the request budget.
     orders_per_10s: int = Field(default=0, ge=0)
@@ -135,10 +187,10 @@ class VenueConfig(BaseModel):
     #: Per-request timeout.
     timeout_ms: int = Field(default=3_000, ge=100, le=60_000)
 
-    @field_validator("name", "account")
+    @field_validator("name", "account", "budget_group")
     @classmethod
-    def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
             raise ValueError(f"{value!r} must match {_NAME.pattern}")
         return value
 
@@ -173,6 +225,13 @@ class VenueConfig(BaseModel):
             object.__setattr__(self, "weight_per_minute", 1920 if futures else 4800)
         if not self.orders_per_10s:
             object.__setattr__(self, "orders_per_10s", 240 if futures else 80)
+        if futures and "spot_policy" in self.model_fields_set:
+            # A futures account holds positions, always closed reduce-only: a policy that
+            # reads as "leave it" there would promise what the flatten does not do.
+            raise ValueError(
+                f"spot_policy: {self.exchange} is a futures venue (positions are always "
+                "closed); spot_policy applies to spot venues only"
+            )
         if self.countdown_symbols:
             if adapter == "binance" and not futures:
                 raise ValueError("countdown_symbols: only binanceusdm has countdownCancelAll")
@@ -188,17 +247,26 @@ class VenueConfig(BaseModel):
 
     def env_names(self) -> tuple[str, str]:
         """The environment variables of this venue's key and secret."""
-        stem = "ESS_VENUE_" + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
+        stem = self._env_stem()
         return (self.api_key_env or f"{stem}_API_KEY", self.secret_env or f"{stem}_SECRET")
+
+    def passphrase_env_name(self) -> str:
+        """The environment variable of this venue's API passphrase (read when set)."""
+        return self.passphrase_env or f"{self._env_stem()}_PASSPHRASE"
+
+    def _env_stem(self) -> str:
+        return "ESS_VENUE_" + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
 
 
 class VenueCredentials(BaseModel):
-    """A venue's API key and secret; both print masked, also in validation errors."""
+    """A venue's API key, secret and (where the exchange wants one) passphrase; all print
+    masked, also in validation errors."""
 
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     api_key: SecretStr
     secret: SecretStr
+    passphrase: SecretStr | None = None
 
 
 def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
@@ -222,15 +290,65 @@ def parse_venues(data: Any) -> tuple[VenueConfig, ...]:
         data = data["venues"]
     if not isinstance(data, Sequence) or isinstance(data, str | bytes):
         raise VenueConfigError("venue configuration must be a list of venues")
-    try:
-        venues = tuple(VenueConfig.model_validate(item) for item in data)
-    except ValueError as exc:
-        raise VenueConfigError(f"invalid venue configuration: {exc}") from exc
+    parsed: list[VenueConfig] = []
+    for number, item in enumerate(data, start=1):
+        try:
+            parsed.append(VenueConfig.model_validate(item))
+        except ValueError as exc:
+            # Name the entry: with many accounts, "which one" is half the fix.
+            name = item.get("name") if isinstance(item, Mapping) else None
+            which = f"venue {number}" + (f" ({name!r})" if isinstance(name, str) else "")
+            raise VenueConfigError(f"invalid venue configuration, {which}: {exc}") from exc
+    venues = tuple(parsed)
     names = [venue.name for venue in venues]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise VenueConfigError(f"venue names must be unique; repeated: {', '.join(duplicated)}")
+    _check_budget_groups(venues)
     return venues
+
+
+def _check_budget_groups(venues: Sequence[VenueConfig]) -> None:
+    """Venues sharing a ``budget_group`` share one weight budget: it only means something for
+    one exchange (the IP's figure there), counted in one unit (Binance weights or unified
+    calls: the adapter) and of one size."""
+    groups: dict[str, list[VenueConfig]] = {}
+    for venue in venues:
+        if venue.budget_group is not None:
+            groups.setdefault(venue.budget_group, []).append(venue)
+    for group, members in sorted(groups.items()):
+        names = ", ".join(venue.name for venue in members)
+        for what, values in (
+            ("exchange", {venue.exchange for venue in members}),
+            ("adapter", {venue.adapter for venue in members}),
+            ("weight_per_minute", {venue.weight_per_minute for venue in members}),
+        ):
+            if len(values) > 1:
+                found = ", ".join(f"{venue.name}={getattr(venue, what)}" for venue in members)
+                raise VenueConfigError(
+                    f"budget_group {group!r} (venues {names}) shares one request-weight "
+                    f"budget, so its venues must have the same {what}; found {found}"
+                )
+
+
+def build_budgets(venues: Sequence[VenueConfig]) -> dict[str, RateBudget]:
+    """Each venue's :class:`RateBudget`, by name: its own order budget and in-flight limit,
+    and a weight budget of its own or, for venues of one ``budget_group``, one
+    :class:`WeightWindow` they all share (the exchange counts weight per IP)."""
+    _check_budget_groups(venues)
+    windows: dict[str, WeightWindow] = {}
+    budgets: dict[str, RateBudget] = {}
+    for venue in venues:
+        shared = None
+        if venue.budget_group is not None:
+            shared = windows.setdefault(venue.budget_group, WeightWindow(venue.weight_per_minute))
+        budgets[venue.name] = RateBudget(
+            venue.weight_per_minute,
+            venue.orders_per_10s,
+            venue.max_in_flight,
+            shared_weight=shared,
+        )
+    return budgets
 
 
 def configured_venues(env: Mapping[str, str]) -> tuple[VenueConfig, ...]:
@@ -263,7 +381,9 @@ def declared_env_names(env: Mapping[str, str]) -> frozenset[str]:
         venues = configured_venues(env)
     except VenueConfigError:
         return frozenset()
-    return frozenset(name for venue in venues for name in venue.env_names())
+    return frozenset(
+        name for venue in venues for name in (*venue.env_names(), venue.passphrase_env_name())
+    )
 
 
 def load_venues(
@@ -273,16 +393,30 @@ def load_venues(
 
     No venue configured gives an empty tuple (the executor then refuses to start: see
     :mod:`ess.roles.execute.service`). Missing credentials raise :class:`VenueConfigError` naming
-    the variables, never their values.
+    the variables, never their values. The passphrase is read when its variable is set; it is
+    missing when ccxt's exchange class requires a password (``requiredCredentials``) or the
+    venue names ``passphrase_env``: either way the venue could sign nothing without it.
     """
     loaded: list[tuple[VenueConfig, VenueCredentials]] = []
     for venue in configured_venues(env):
         key_name, secret_name = venue.env_names()
+        passphrase_name = venue.passphrase_env_name()
         missing = [name for name in (key_name, secret_name) if not env.get(name)]
+        why = ""
+        if not env.get(passphrase_name):
+            if _requires_password(venue.exchange):
+                missing.append(passphrase_name)
+                why = f" (ccxt's {venue.exchange} requires an API passphrase)"
+            elif venue.passphrase_env is not None:
+                missing.append(passphrase_name)
+                why = " (named by passphrase_env)"
         if missing:
-            raise VenueConfigError(f"venue {venue.name}: set {' and '.join(missing)}")
+            raise VenueConfigError(f"venue {venue.name}: set {' and '.join(missing)}{why}")
+        passphrase = env.get(passphrase_name)
         credentials = VenueCredentials(
-            api_key=SecretStr(env[key_name]), secret=SecretStr(env[secret_name])
+            api_key=SecretStr(env[key_name]),
+            secret=SecretStr(env[secret_name]),
+            passphrase=SecretStr(passphrase) if passphrase else None,
         )
         loaded.append((venue, credentials))
     return tuple(loaded)
@@ -314,15 +448,20 @@ def _adapter_and_market(
     return adapter, market
 
 
-def make_venue(config: VenueConfig, credentials: VenueCredentials) -> VenuePort:
-    """The adapter ``config.adapter`` names, not opened yet (ccxt is imported on demand)."""
+def make_venue(
+    config: VenueConfig, credentials: VenueCredentials, *, budget: RateBudget | None = None
+) -> VenuePort:
+    """The adapter ``config.adapter`` names, not opened yet (ccxt is imported on demand).
+
+    ``budget``: the venue's entry of :func:`build_budgets` when it shares a ``budget_group``
+    (default: a budget of its own, built by the adapter from ``config``)."""
     if config.adapter == "binance":
         from ess.venues.binance import BinanceVenue  # noqa: PLC0415 - ccxt is heavy
 
-        return BinanceVenue(config, credentials)
+        return BinanceVenue(config, credentials, budget=budget)
     from ess.venues.generic import CcxtVenue  # noqa: PLC0415 - ccxt is heavy
 
-    return CcxtVenue(config, credentials)
+    return CcxtVenue(config, credentials, budget=budget)
 
 
 def _ccxt_exchanges() -> list[str]:
@@ -338,6 +477,12 @@ def _ccxt_describe(exchange: str) -> dict[str, Any]:
 
     described: dict[str, Any] = getattr(ccxt, exchange)().describe()
     return described
+
+
+def _requires_password(exchange: str) -> bool:
+    """Whether ccxt's ``exchange`` class cannot sign a request without a passphrase."""
+    required = _ccxt_describe(exchange).get("requiredCredentials") or {}
+    return required.get("password") is True
 
 
 def ccxt_has(exchange: str, capability: str) -> bool:

@@ -49,6 +49,7 @@ from ess.core.flatten import (
     OrderView,
     PositionView,
     VenueSnapshot,
+    apply_spot_policy,
     quantity_text,
 )
 from ess.venues import answers
@@ -84,6 +85,12 @@ _TIMEOUT_GRACE_S: Final = 0.5
 #: Client options that keep ccxt from refusing or warning on account-wide reads.
 _DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"warnOnFetchOpenOrdersWithoutSymbol": False}
 _DERIVATIVE_TYPES: Final = ("swap", "future")
+#: ccxt exchanges whose client order ids take letters and digits only, up to 32 characters
+#: (OKX's ``clOrdId``; anything else is refused with 51000): ESS's derived ``ess-<32 hex>``
+#: is sent there as ``ess<29 hex>``, still derived, so a retry carries the same id.
+_ALNUM_32_CLIENT_IDS: Final = frozenset({"okx", "myokx", "okxus"})
+#: Ids per ``cancel_orders`` call where a venue has no cancel-all (OKX takes 20 per batch).
+_CANCEL_BATCH: Final = 10
 
 
 # -- capabilities -------------------------------------------------------------------------------
@@ -308,14 +315,26 @@ class CcxtVenue:
                 answers.order_id(row, "id", "open order")
                 for row in answers.rows(orders, "open orders")
             ]
-            await asyncio.gather(
-                *(
+            if exchange.has.get("cancelOrders") is True:  # one request per batch of ids
+                calls = [
+                    self._call(
+                        "cancel",
+                        exchange.cancel_orders,
+                        ids[start : start + _CANCEL_BATCH],
+                        step.symbol,
+                        params,
+                        nothing_ok=True,
+                    )
+                    for start in range(0, len(ids), _CANCEL_BATCH)
+                ]
+            else:
+                calls = [
                     self._call(
                         "cancel", exchange.cancel_order, id_, step.symbol, params, nothing_ok=True
                     )
                     for id_ in ids
-                )
-            )
+                ]
+            await asyncio.gather(*calls)
         self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
 
     async def close(self, step: CloseStep) -> None:
@@ -329,7 +348,9 @@ class CcxtVenue:
         if market is None:
             raise VenueError(VenueErrorKind.REJECTED, f"no market {step.symbol}")
         wanted = step.amount
-        params: dict[str, Any] = {"clientOrderId": step.client_order_id}
+        params: dict[str, Any] = {
+            "clientOrderId": _venue_client_id(self._config.exchange, step.client_order_id)
+        }
         if self.kind is MarketKind.FUTURES:
             params["reduceOnly"] = True
         else:
@@ -351,7 +372,7 @@ class CcxtVenue:
             step.symbol,
             "market",
             step.side,
-            float(amount),
+            float(amount / self._contract_size(step.symbol)),  # ccxt counts contracts
             None,
             params,
         )
@@ -402,6 +423,8 @@ class CcxtVenue:
                 **self._options,
             },
         }
+        if self._credentials.passphrase is not None:  # OKX, KuCoin, Bitget: ccxt's password
+            config["password"] = self._credentials.passphrase.get_secret_value()
         exchange = self._class(config)
         exchange.timeout_on_exit = 0
         if self._config.base_url is not None:
@@ -436,7 +459,8 @@ class CcxtVenue:
                 raise answers.malformed(f"position {symbol}: side {side!r}")
             if row.get("hedged") is True:
                 hedged.add(symbol)
-            signed = abs(contracts) if side == "long" else -abs(contracts)
+            size = abs(contracts) * self._contract_size(symbol)  # base units, as the port says
+            signed = size if side == "long" else -size
             if abs(signed) > abs(sizes.get(symbol, Decimal(0))):
                 sizes[symbol] = signed
         if hedged:
@@ -482,9 +506,10 @@ class CcxtVenue:
             )
             views += _orders(triggers, conditional=True)
         snapshot = self._build_snapshot(held, views)
-        return replace(
-            snapshot,
-            stranded=tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items())),
+        stranded_views = tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items()))
+        # cancel_only: what would be sold is left in place, reported as stranded exposure.
+        return apply_spot_policy(
+            replace(snapshot, stranded=stranded_views), self._config.spot_policy
         )
 
     async def _read(
@@ -521,21 +546,37 @@ class CcxtVenue:
     def _tradable(
         self, symbol: str, amount: Decimal, *, unknown_is_tradable: bool = False
     ) -> Decimal:
-        """``amount`` cut to the market's precision by ccxt (truncated, never rounded up); 0 if
-        below the market's minimum."""
+        """``amount`` (base units) cut to the market's precision by ccxt (truncated, never
+        rounded up; in contracts where the market counts them); 0 if below the market's
+        minimum."""
         exchange = self._client()
         market = (exchange.markets or {}).get(symbol)
         if market is None:
             return amount if unknown_is_tradable else Decimal(0)
+        size = self._contract_size(symbol)
         try:
-            cut = Decimal(str(exchange.amount_to_precision(symbol, float(amount))))
+            cut = Decimal(str(exchange.amount_to_precision(symbol, float(amount / size))))
         except ccxt_errors.InvalidOrder:  # below the precision: rounds to nothing
             return Decimal(0)
         except (ccxt_errors.BaseError, ArithmeticError, TypeError, ValueError):
             return amount if unknown_is_tradable else Decimal(0)
         minimum = ((market.get("limits") or {}).get("amount") or {}).get("min")
         floor = Decimal(str(minimum)) if isinstance(minimum, int | float) else Decimal(0)
-        return cut if cut > 0 and cut >= floor else Decimal(0)
+        return cut * size if cut > 0 and cut >= floor else Decimal(0)
+
+    def _contract_size(self, symbol: str) -> Decimal:
+        """Base units per contract of a linear contract market (OKX swaps: ``ctVal``), where
+        ccxt's amounts and position sizes are counted in contracts; 1 elsewhere. An inverse
+        market's ``contractSize`` is in the quote currency (Binance COIN-M: 100 USD), so no
+        base size exists: its exposure stays in contracts, which is what its closes send."""
+        market = (self._client().markets or {}).get(symbol) or {}
+        size = market.get("contractSize")
+        inverse = market.get("inverse") is True
+        if market.get("contract") is not True or inverse or isinstance(size, bool):
+            return Decimal(1)
+        if not isinstance(size, int | float) or size <= 0 or size == 1:
+            return Decimal(1)
+        return Decimal(str(size))
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -608,6 +649,13 @@ def _annotate_errors(exchange: Any) -> None:
         return result
 
     hook_answers(exchange, annotate)
+
+
+def _venue_client_id(exchange_id: str, client_id: str) -> str:
+    """``client_id`` in the alphabet and length the exchange accepts (unchanged elsewhere)."""
+    if exchange_id in _ALNUM_32_CLIENT_IDS:
+        return re.sub(r"[^A-Za-z0-9]", "", client_id)[:32]
+    return client_id
 
 
 def _from_ccxt(exc: ccxt_errors.BaseError, call: str) -> VenueError:

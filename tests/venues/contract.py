@@ -7,6 +7,9 @@ fresh, independent read and a restarted executor are modelled; ``account=`` name
 account made by :func:`add_account`) and returns a :class:`Pair`: the opened adapter plus the
 simulator, the account and the mapping from the simulator's market ids to the adapter's
 symbols. :func:`opening` builds such a fixture from a function that builds the adapter.
+The pair's :class:`SimBook` says which simulator book its exposure lives in (default: USD-M
+futures or spot by ``kind``; COIN-M passes its own, which also scales the contract's sizes to
+whole contracts and names its markets).
 
 Every case runs the real flatten engine (:class:`~ess.roles.execute.engine.VenueFlattener`)
 through real ccxt over HTTP against the simulator; nothing is mocked. Success is always
@@ -31,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +51,7 @@ from ess.roles.execute.engine import Phase, VenueFlattener
 from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
 from ess.sim.book import PENDING_FILL
+from ess.sim.markets import fmt
 from ess.venues.budget import RateBudget
 from ess.venues.config import VenueConfig, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
@@ -94,6 +98,35 @@ VENUE_OF: dict[MarketKind, Venue] = {MarketKind.FUTURES: Venue.FUTURES, MarketKi
 QUOTE = "USDT"
 
 
+@dataclass(frozen=True)
+class SimBook:
+    """The simulator book a pair trades, and how the contract's market ids and sizes (written
+    for USD-M and spot: ``BTCUSDT``, 0.5) read there."""
+
+    venue: Venue
+    order_path: str
+    cancel_path: str
+    #: The contract's market id -> this book's (``BTCUSDT`` -> ``BTCUSD_PERP``); the same id
+    #: when absent.
+    ids: Mapping[str, str] = field(default_factory=dict)
+    #: The contract's sizes are multiplied by this (COIN-M: 100, whole contracts).
+    unit: Decimal = Decimal(1)
+    #: Arms every fault kind on the book's endpoints (the contract's sixth case).
+    arm: Callable[[ExchangeSimulator], None] = arm_faults
+
+    def id(self, market_id: str) -> str:
+        return self.ids.get(market_id, market_id)
+
+    def size(self, size: str | Decimal) -> Decimal:
+        return Decimal(fmt(Decimal(size) * self.unit))  # "0.04", not "0.0400"
+
+
+#: The book of each market kind unless a pair names its own.
+BOOKS: dict[MarketKind, SimBook] = {
+    kind: SimBook(VENUE_OF[kind], ORDER_PATH[kind], CANCEL_PATH[kind]) for kind in MarketKind
+}
+
+
 # -- the pair under test -------------------------------------------------------------------------
 
 
@@ -106,14 +139,20 @@ class Pair:
     account: str
     #: The simulator's market id (``BTCUSDT``) -> the adapter's symbol (``BTC/USDT:USDT``).
     symbol: Callable[[str], str]
+    #: The simulator book traded (``None``: the one of ``kind``, see :data:`BOOKS`).
+    book: SimBook | None = None
 
     @property
     def kind(self) -> MarketKind:
         return self.venue.kind
 
     @property
+    def sim_book(self) -> SimBook:
+        return self.book or BOOKS[self.kind]
+
+    @property
     def sim_venue(self) -> Venue:
-        return VENUE_OF[self.kind]
+        return self.sim_book.venue
 
 
 #: ``await open_pair(account=None, **config_overrides)``: a new, opened adapter on the test's
@@ -161,9 +200,12 @@ async def opening(
     credentials: VenueCredentials,
     build: BuildVenue,
     symbol: Callable[[str], str],
+    *,
+    book: SimBook | None = None,
 ) -> AsyncIterator[OpenPair]:
     """An ``open_pair`` factory over ``build`` for ``default_account`` (whose ``credentials``
-    these are); every adapter it opened is closed on leaving."""
+    these are) trading ``book`` (default: the one of the adapter's kind); every adapter it
+    opened is closed on leaving."""
     opened: list[VenuePort] = []
 
     async def open_pair(*, account: str | None = None, **overrides: Any) -> Pair:
@@ -174,7 +216,7 @@ async def opening(
         assert isinstance(venue, VenuePort)
         opened.append(venue)
         await venue.open()
-        return Pair(venue, sim, account or default_account, symbol)
+        return Pair(venue, sim, account or default_account, symbol, book)
 
     try:
         yield open_pair
@@ -183,14 +225,16 @@ async def opening(
             await venue.aclose()
 
 
-def unified_symbol(sim: ExchangeSimulator, kind: MarketKind) -> Callable[[str], str]:
-    """ccxt's unified symbols for the simulator's markets (``BTC/USDT:USDT``, ``BTC/USDT``)."""
-    venue = VENUE_OF[kind]
-    markets = {market.symbol: market for market in sim.markets(venue)}
+def unified_symbol(
+    sim: ExchangeSimulator, kind: MarketKind, venue: Venue | None = None
+) -> Callable[[str], str]:
+    """ccxt's unified symbols for the simulator's markets of ``venue`` (default: the kind's
+    book): ``BTC/USDT:USDT``, ``BTC/USDT``, COIN-M's ``BTC/USD:BTC``."""
+    markets = {market.symbol: market for market in sim.markets(venue or VENUE_OF[kind])}
 
     def symbol(market_id: str) -> str:
         market = markets[market_id]
-        settle = f":{market.quote}" if kind is MarketKind.FUTURES else ""
+        settle = f":{market.margin_asset}" if kind is MarketKind.FUTURES else ""
         return f"{market.base}/{market.quote}{settle}"
 
     return symbol
@@ -261,9 +305,12 @@ Start = Callable[..., Run]
 # -- books ---------------------------------------------------------------------------------------
 
 
-def seed_book(sim: ExchangeSimulator, account: str, kind: MarketKind) -> dict[str, Decimal]:
+def seed_book(
+    sim: ExchangeSimulator, account: str, kind: MarketKind, book: SimBook | None = None
+) -> dict[str, Decimal]:
     """A small book on several symbols; returns the exposure by market id (signed futures
-    positions, or spot base balances free plus locked).
+    positions, or spot base balances free plus locked). Futures symbols and sizes are read
+    through ``book`` (COIN-M: its markets, in contracts).
 
     Futures: BTC +0.5, ETH -2, SOL +10; regular orders on BTC, ETH and SIM001 (no position
     there); conditional (algo) orders on BTC, ETH and SIM001. Spot: 0.2 BTC, 1.5 ETH and
@@ -271,12 +318,14 @@ def seed_book(sim: ExchangeSimulator, account: str, kind: MarketKind) -> dict[st
     SIM002 locking USDT (spot conditional orders are not modelled by the simulator).
     """
     if kind is MarketKind.FUTURES:
-        positions = {"BTCUSDT": "0.5", "ETHUSDT": "-2", "SOLUSDT": "10"}
+        at = book or BOOKS[kind]
+        sizes = (("BTCUSDT", "0.5"), ("ETHUSDT", "-2"), ("SOLUSDT", "10"))
+        positions = {at.id(symbol): at.size(size) for symbol, size in sizes}
         for symbol, size in positions.items():
             sim.seed_position(account, symbol, size, sim.mark_price(symbol))
-        sim.seed_order(account, "BTCUSDT", "BUY", "0.01", "50000")
-        sim.seed_order(account, "ETHUSDT", "BUY", "1", "2800", reduce_only=True)
-        sim.seed_order(account, "SIM001USDT", "BUY", "2", "30")
+        sim.seed_order(account, at.id("BTCUSDT"), "BUY", at.size("0.01"), "50000")
+        sim.seed_order(account, at.id("ETHUSDT"), "BUY", at.size("1"), "2800", reduce_only=True)
+        sim.seed_order(account, at.id("SIM001USDT"), "BUY", at.size("2"), "30")
         conditional = (
             ("BTCUSDT", "SELL", "0.5", "STOP_MARKET", "55000", True),
             ("ETHUSDT", "BUY", "2", "TAKE_PROFIT_MARKET", "2500", True),
@@ -285,9 +334,9 @@ def seed_book(sim: ExchangeSimulator, account: str, kind: MarketKind) -> dict[st
         for symbol, side, qty, order_type, trigger, reduce_only in conditional:
             sim.seed_order(
                 account,
-                symbol,
+                at.id(symbol),
                 side,
-                qty,
+                at.size(qty),
                 order_type=order_type,
                 trigger_price=trigger,
                 reduce_only=reduce_only,
@@ -326,10 +375,11 @@ def pending_late_fills(sim: ExchangeSimulator, account: str) -> list[int]:
 
 
 def closed_by_symbol(sim: ExchangeSimulator, account: str, kind: MarketKind) -> dict[str, Decimal]:
-    """Quantity filled per symbol by anything but a late fill (ESS's closes, in these tests)."""
+    """Quantity filled per symbol by anything but a late fill (ESS's closes, in these tests);
+    futures: on every derivative book."""
     closed: dict[str, Decimal] = {}
     for fill in sim.fills(account):
-        if fill.venue is VENUE_OF[kind] and not fill.late:
+        if (fill.venue is Venue.SPOT) is (kind is MarketKind.SPOT) and not fill.late:
             closed[fill.symbol] = closed.get(fill.symbol, D(0)) + fill.qty
     return closed
 
@@ -338,7 +388,10 @@ def assert_never_flipped(pair: Pair, start: dict[str, Decimal]) -> None:
     """No fill of ESS ever took a futures position through zero or opened one; on spot, ESS
     only ever sold (it cannot go short), and no balance went negative."""
     if pair.kind is MarketKind.FUTURES:
-        ours, _late = count_flips(pair.sim, pair.account, start)
+        if pair.sim_venue is Venue.FUTURES:
+            ours, _late = count_flips(pair.sim, pair.account, start)
+        else:  # count_flips replays USD-M fills: replay this book's the same way
+            ours = _flips(pair, start)
         assert ours == 0, f"{ours} close(s) of ESS flipped or opened a position"
         return
     orders = pair.sim.requests("POST", ORDER_PATH[MarketKind.SPOT], account=pair.account)
@@ -346,6 +399,22 @@ def assert_never_flipped(pair: Pair, start: dict[str, Decimal]) -> None:
     assert all(fill.side == "SELL" for fill in pair.sim.fills(pair.account) if not fill.late)
     state = pair.sim.account(pair.account)
     assert all(amount >= 0 for amount in (*state.spot_free.values(), *state.spot_locked.values()))
+
+
+def _flips(pair: Pair, start: dict[str, Decimal]) -> int:
+    """Fills on the pair's book, not late ones, that took a position through zero or opened
+    one from flat, replaying every fill from ``start``."""
+    running = dict(start)
+    ours = 0
+    for fill in pair.sim.fills(pair.account):
+        if fill.venue is not pair.sim_venue:
+            continue
+        before = running.get(fill.symbol, Decimal(0))
+        after = before + (fill.qty if fill.side == "BUY" else -fill.qty)
+        if (before * after < 0 or (before == 0 and after != 0)) and not fill.late:
+            ours += 1
+        running[fill.symbol] = after
+    return ours
 
 
 async def fresh_snapshot(open_pair: OpenPair, **overrides: Any) -> VenueSnapshot:
@@ -373,9 +442,13 @@ class VenueContract:
             Venue.SPOT: RateLimits(
                 weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None
             ),
+            Venue.COINM: RateLimits(weight_window_s=1.0, orders_per_10s=None),
         }
+        markets = default_markets(
+            extra_futures=EXTRA_FUTURES, extra_spot=EXTRA_SPOT, extra_coinm=EXTRA_FUTURES
+        )
         simulator = ExchangeSimulator(
-            markets=default_markets(extra_futures=EXTRA_FUTURES, extra_spot=EXTRA_SPOT),
+            markets=markets,
             rate_limits=limits,
             seed=FAULT_SEED,
         )
@@ -409,7 +482,7 @@ class VenueContract:
         position, are all gone after a flatten: the simulator shows every one cancelled and a
         new adapter instance reads no open order."""
         pair = await open_pair()
-        seed_book(pair.sim, pair.account, pair.kind)
+        seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
         seeded = pair.sim.open_orders(pair.account)
         symbols = {order.symbol for order in seeded}
         conditional = {order.symbol for order in seeded if order.conditional}
@@ -446,9 +519,11 @@ class VenueContract:
         below the lot size is reported as dust and does not block "flat"."""
         keep = {"keep_assets": ("SIM002",)} if self.kind is MarketKind.SPOT else {}
         pair = await open_pair(**keep)
-        start_exposure = seed_book(pair.sim, pair.account, pair.kind)
+        start_exposure = seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
         if pair.kind is MarketKind.FUTURES:
-            dust_symbol, dust_qty = "SIM002USDT", D("0.0004")  # step 0.001
+            # below the step (USD-M 0.001; COIN-M 1 contract)
+            book = pair.sim_book
+            dust_symbol, dust_qty = book.id("SIM002USDT"), book.size("0.0004")
             pair.sim.seed_position(pair.account, dust_symbol, dust_qty, "75")
         else:
             dust_symbol, dust_qty = "SIM003USDT", D("0.0004")  # step 0.001
@@ -468,7 +543,7 @@ class VenueContract:
         assert closed_by_symbol(pair.sim, pair.account, pair.kind) == {
             symbol: abs(size) for symbol, size in start_exposure.items()
         }
-        orders = pair.sim.requests("POST", ORDER_PATH[pair.kind], account=pair.account)
+        orders = pair.sim.requests("POST", pair.sim_book.order_path, account=pair.account)
         assert len(orders) == len(start_exposure)
         assert all(o.params["newClientOrderId"].startswith("ess-") for o in orders)
         assert all(o.params["type"] == "MARKET" for o in orders)
@@ -494,7 +569,7 @@ class VenueContract:
         (``stranded``) and the engine keeps the venue not-flat, reporting ``stalled``, while
         selling everything it can."""
         pair = await open_pair()
-        seed_book(pair.sim, pair.account, pair.kind)
+        seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
         pair.sim.seed_balance(pair.account, "XYZ", "3")  # no XYZUSDT market
 
         snapshot = await pair.venue.snapshot()
@@ -526,7 +601,7 @@ class VenueContract:
         makes the snapshot of a new adapter raise ``MALFORMED``; the engine reading through
         such answers never reports flat nor acts, and flattens once the answers are sound."""
         probe = await open_pair()
-        start_exposure = seed_book(probe.sim, probe.account, probe.kind)
+        start_exposure = seed_book(probe.sim, probe.account, probe.kind, probe.sim_book)
         sim, account = probe.sim, probe.account
         sim.clear_log()
         assert not (await probe.venue.snapshot()).flat
@@ -571,8 +646,8 @@ class VenueContract:
         executed (the request hangs), one done. A fresh engine with a fresh adapter finishes;
         the simulator's fills show every contract closed exactly once, nothing flipped."""
         first = await open_pair()
-        start_exposure = seed_book(first.sim, first.account, first.kind)
-        order_path = ORDER_PATH[first.kind]
+        start_exposure = seed_book(first.sim, first.account, first.kind, first.sim_book)
+        order_path = first.sim_book.order_path
         done, unanswered, never = sorted(start_exposure)
         sim = first.sim
         sim.add_fault(
@@ -615,28 +690,29 @@ class VenueContract:
         balance, appears after the venue was verified flat): the keep-flat loop finds it and
         flattens again."""
         pair = await open_pair()
-        sim, account = pair.sim, pair.account
+        sim, account, book = pair.sim, pair.account, pair.sim_book
+        btc, eth = book.id("BTCUSDT"), book.id("ETHUSDT")
         if pair.kind is MarketKind.FUTURES:
-            sim.seed_position(account, "BTCUSDT", "0.5", sim.mark_price("BTCUSDT"))
+            sim.seed_position(account, btc, book.size("0.5"), sim.mark_price(btc))
         else:
             sim.seed_balance(account, "BTC", "0.2")
             sim.seed_balance(account, QUOTE, "10000")
-        order_id = sim.seed_order(account, "ETHUSDT", "BUY", "1", "2800", venue=pair.sim_venue)
-        sim.add_fault("DELETE", CANCEL_PATH[pair.kind], "late_fill", delay_s=LATE_FILL_DELAY_S)
+        order_id = sim.seed_order(account, eth, "BUY", book.size("1"), "2800", venue=book.venue)
+        sim.add_fault("DELETE", book.cancel_path, "late_fill", delay_s=LATE_FILL_DELAY_S)
         run = start(pair.venue)
 
         await run.until("enforce", "exposure_found")
         await run.until("flatten", "verified_flat", times=2)
 
         (late,) = [fill for fill in sim.fills(account) if fill.late]
-        assert (late.order_id, late.symbol, late.qty) == (order_id, "ETHUSDT", D(1))
+        assert (late.order_id, late.symbol, late.qty) == (order_id, eth, book.size("1"))
         assert exposure(sim, account, pair.kind) == {}
         found = run.details("enforce", "exposure_found")
-        assert pair.symbol("ETHUSDT") in found[0]["positions"]
+        assert pair.symbol(eth) in found[0]["positions"]
         closed = closed_by_symbol(sim, account, pair.kind)
         assert closed == {
-            "BTCUSDT": D("0.5") if self.kind is MarketKind.FUTURES else D("0.2"),
-            "ETHUSDT": D(1),
+            btc: book.size("0.5") if self.kind is MarketKind.FUTURES else D("0.2"),
+            eth: book.size("1"),
         }
         assert (await fresh_snapshot(open_pair)).flat
 
@@ -654,8 +730,8 @@ class VenueContract:
             await open_pair(account=add_account(sim, f"chaos{index}"))
             for index in range(FAULTY_RUNS)
         ]
-        books = [seed_book(sim, pair.account, pair.kind) for pair in pairs]
-        arm_faults(sim)
+        books = [seed_book(sim, pair.account, pair.kind, pair.sim_book) for pair in pairs]
+        pairs[0].sim_book.arm(sim)
         runs = [start(pair.venue) for pair in pairs]
 
         def flat() -> bool:

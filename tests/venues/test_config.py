@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 
 from ess.core.flatten import MarketKind
+from ess.venues.binance import BinanceVenue
 from ess.venues.config import (
     VenueConfig,
     VenueConfigError,
     VenueCredentials,
+    build_budgets,
+    declared_env_names,
     load_venues,
+    make_venue,
     parse_venues,
 )
 
@@ -283,3 +287,219 @@ def test_a_generic_countdown_needs_cancel_all_orders_after() -> None:
         [{"name": "b", "exchange": "bybit", "market": "futures", "countdown_symbols": ["x"]}]
     )
     assert venue.countdown_symbols == ("x",)
+
+
+# -- budget groups -------------------------------------------------------------------------------
+
+
+def test_accounts_of_one_budget_group_share_one_weight_budget_and_keep_their_orders() -> None:
+    venues = parse_venues(
+        [
+            {"name": "main", "exchange": "binanceusdm", "budget_group": "egress-1"},
+            {
+                "name": "sub1",
+                "exchange": "binanceusdm",
+                "account": "sub1",
+                "budget_group": "egress-1",
+                "orders_per_10s": 50,
+                "max_in_flight": 8,
+            },
+            {"name": "alone", "exchange": "binanceusdm"},
+        ]
+    )
+
+    budgets = build_budgets(venues)
+
+    main, sub1, alone = budgets["main"], budgets["sub1"], budgets["alone"]
+    assert main.weight_window is sub1.weight_window
+    assert alone.weight_window is not main.weight_window
+    assert main.weight_window.weight_per_minute == 1920  # the group's total, not per account
+    assert (main.orders_per_10s, main.max_in_flight) == (240, 64)
+    assert (sub1.orders_per_10s, sub1.max_in_flight) == (50, 8)
+
+
+def test_make_venue_uses_the_budget_it_is_given() -> None:
+    venues = parse_venues(
+        [
+            {"name": "a", "exchange": "binance", "budget_group": "g"},
+            {"name": "b", "exchange": "binance", "budget_group": "g"},
+        ]
+    )
+    budgets = build_budgets(venues)
+    credentials = VenueCredentials.model_validate({"api_key": KEY, "secret": SECRET})
+
+    a, b = (make_venue(venue, credentials, budget=budgets[venue.name]) for venue in venues)
+
+    assert isinstance(a, BinanceVenue)
+    assert isinstance(b, BinanceVenue)
+    assert a.budget is budgets["a"]
+    assert a.budget.weight_window is b.budget.weight_window
+
+
+@pytest.mark.parametrize(
+    ("second", "field"),
+    [
+        ({"exchange": "binance"}, "exchange"),
+        ({"weight_per_minute": 600}, "weight_per_minute"),
+        ({"adapter": "generic", "market": "futures", "weight_per_minute": 1920}, "adapter"),
+    ],
+    ids=["exchange", "weight", "adapter"],
+)
+def test_a_budget_group_must_agree_on_what_it_shares(second: dict[str, object], field: str) -> None:
+    first = {"name": "main", "exchange": "binanceusdm", "budget_group": "egress-1"}
+
+    with pytest.raises(VenueConfigError) as caught:
+        parse_venues([first, {**first, "name": "sub1", **second}])
+
+    message = str(caught.value)
+    assert "budget_group 'egress-1'" in message
+    assert "venues main, sub1" in message
+    assert f"same {field}" in message
+
+
+def test_build_budgets_checks_groups_of_configs_built_in_code() -> None:
+    venues = [
+        VenueConfig(name="a", exchange="binanceusdm", budget_group="g"),
+        VenueConfig(name="b", exchange="binance", budget_group="g"),
+    ]
+
+    with pytest.raises(VenueConfigError, match="same exchange"):
+        build_budgets(venues)
+
+
+def test_a_budget_group_name_is_validated() -> None:
+    with pytest.raises(VenueConfigError, match="budget_group"):
+        parse_venues([{"name": "x", "exchange": "binance", "budget_group": "no spaces"}])
+
+
+# -- spot policy ---------------------------------------------------------------------------------
+
+
+def test_spot_policy_defaults_to_sell_and_accepts_cancel_only() -> None:
+    default, cancel_only, generic = parse_venues(
+        [
+            {"name": "s", "exchange": "binance"},
+            {"name": "c", "exchange": "binance", "spot_policy": "cancel_only"},
+            {"name": "o", "exchange": "okx", "market": "spot", "spot_policy": "cancel_only"},
+        ]
+    )
+
+    assert (default.spot_policy, cancel_only.spot_policy, generic.spot_policy) == (
+        "sell",
+        "cancel_only",
+        "cancel_only",
+    )
+
+
+@pytest.mark.parametrize("policy", ["cancel_only", "sell"])
+@pytest.mark.parametrize(
+    "venue",
+    [{"exchange": "binanceusdm"}, {"exchange": "bybit", "market": "futures"}],
+    ids=["binance", "generic"],
+)
+def test_spot_policy_on_a_futures_venue_is_refused(venue: dict[str, str], policy: str) -> None:
+    spot = {"name": "s", "exchange": "binance"}
+
+    with pytest.raises(VenueConfigError) as caught:
+        parse_venues([spot, {"name": "f", **venue, "spot_policy": policy}])
+
+    message = str(caught.value)
+    assert "venue 2 ('f')" in message
+    assert "spot_policy applies to spot venues only" in message
+
+
+def test_an_unknown_spot_policy_is_refused() -> None:
+    with pytest.raises(VenueConfigError, match="spot_policy"):
+        parse_venues([{"name": "s", "exchange": "binance", "spot_policy": "hold"}])
+
+
+# -- passphrases ---------------------------------------------------------------------------------
+
+PASSPHRASE = "passphrase-value-7d3b"
+
+
+def test_a_passphrase_is_read_from_the_default_variable() -> None:
+    venues = json.dumps([{"name": "okx-main", "exchange": "okx", "market": "spot"}])
+    env = {
+        "ESS_VENUES": venues,
+        "ESS_VENUE_OKX_MAIN_API_KEY": KEY,
+        "ESS_VENUE_OKX_MAIN_SECRET": SECRET,
+        "ESS_VENUE_OKX_MAIN_PASSPHRASE": PASSPHRASE,
+    }
+
+    ((venue, credentials),) = load_venues(env)
+
+    assert venue.passphrase_env_name() == "ESS_VENUE_OKX_MAIN_PASSPHRASE"
+    assert credentials.passphrase is not None
+    assert credentials.passphrase.get_secret_value() == PASSPHRASE
+    assert PASSPHRASE not in repr(credentials)
+
+
+def test_a_passphrase_is_read_from_the_variable_the_venue_names() -> None:
+    venues = json.dumps(
+        [{"name": "o", "exchange": "okx", "market": "spot", "passphrase_env": "OKX_PASS"}]
+    )
+    env = {
+        "ESS_VENUES": venues,
+        "ESS_VENUE_O_API_KEY": KEY,
+        "ESS_VENUE_O_SECRET": SECRET,
+        "OKX_PASS": PASSPHRASE,
+        "ESS_VENUE_O_PASSPHRASE": "not-this-one",
+    }
+
+    ((_, credentials),) = load_venues(env)
+
+    assert credentials.passphrase is not None
+    assert credentials.passphrase.get_secret_value() == PASSPHRASE
+
+
+@pytest.mark.parametrize("exchange", ["okx", "kucoin"])
+def test_a_missing_passphrase_is_refused_where_ccxt_requires_one(exchange: str) -> None:
+    venues = json.dumps([{"name": "p", "exchange": exchange, "market": "spot"}])
+    env = {"ESS_VENUES": venues, "ESS_VENUE_P_API_KEY": KEY, "ESS_VENUE_P_SECRET": SECRET}
+
+    with pytest.raises(VenueConfigError) as caught:
+        load_venues(env)
+
+    message = str(caught.value)
+    assert "venue p: set ESS_VENUE_P_PASSPHRASE" in message
+    assert "requires an API passphrase" in message
+    assert KEY not in message
+
+
+def test_a_passphrase_is_optional_where_ccxt_needs_none() -> None:
+    venues = json.dumps([{"name": "b", "exchange": "bybit", "market": "futures"}])
+    env = {"ESS_VENUES": venues, "ESS_VENUE_B_API_KEY": KEY, "ESS_VENUE_B_SECRET": SECRET}
+
+    ((_, credentials),) = load_venues(env)
+
+    assert credentials.passphrase is None
+
+
+def test_a_named_passphrase_variable_must_be_set() -> None:
+    """Naming ``passphrase_env`` says the venue signs with it: an unset one is a refusal."""
+    venues = json.dumps(
+        [{"name": "b", "exchange": "bybit", "market": "futures", "passphrase_env": "B_PASS"}]
+    )
+    env = {"ESS_VENUES": venues, "ESS_VENUE_B_API_KEY": KEY, "ESS_VENUE_B_SECRET": SECRET}
+
+    with pytest.raises(VenueConfigError, match="venue b: set B_PASS"):
+        load_venues(env)
+
+
+def test_declared_env_names_include_the_passphrase() -> None:
+    venues = json.dumps(
+        [
+            {"name": "o", "exchange": "okx", "market": "spot"},
+            {"name": "f", "exchange": "binanceusdm", "passphrase_env": "F_PASS"},
+        ]
+    )
+
+    assert declared_env_names({"ESS_VENUES": venues}) == {
+        "ESS_VENUE_O_API_KEY",
+        "ESS_VENUE_O_SECRET",
+        "ESS_VENUE_O_PASSPHRASE",
+        "ESS_VENUE_F_API_KEY",
+        "ESS_VENUE_F_SECRET",
+        "F_PASS",
+    }

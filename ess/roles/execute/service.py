@@ -54,7 +54,13 @@ from ess.roles.execute.engine import (
 from ess.roles.execute.metrics import ExecutorMetrics
 from ess.settings import ExecuteSettings
 from ess.statelog import KafkaStateLog, StateLog, StateLogReader
-from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials, make_venue
+from ess.venues.config import (
+    VenueConfig,
+    VenueConfigError,
+    VenueCredentials,
+    build_budgets,
+    make_venue,
+)
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from schemas import (
     IDENT_MAX,
@@ -606,10 +612,15 @@ async def run_executor(
             "executor has no venues configured: ESS will stop trading through the gates but "
             "will not cancel or flatten anything on any exchange"
         )
+    # One budget per venue; venues of one budget_group share one weight budget (per IP).
+    budgets = build_budgets([config for config, _ in venues])
     executor = Executor(
         bootstrap,
         topics,
-        [make_venue(config, credentials) for config, credentials in venues],
+        [
+            make_venue(config, credentials, budget=budgets[config.name])
+            for config, credentials in venues
+        ],
         settings,
         trust=trust,
         countdowns={

@@ -1,4 +1,5 @@
-"""The Binance family: USD-M futures (``/fapi``) and spot (``/api/v3``) on one port.
+"""The Binance family: USD-M futures (``/fapi``), COIN-M futures (``/dapi``) and spot
+(``/api/v3``) on one port.
 
 ccxt's ``urls['api']`` entries for Binance differ in path, so rewriting only their host
 (:func:`ess.venues.ccxt_client.make_exchange`) points every client at the same server without
@@ -8,9 +9,27 @@ string or form body before ``&signature=`` with that account's secret (else -102
 429/-1003 (-1015 for orders) or 418 while banned, with ``Retry-After``. The engine's codes are
 Binance's, so nothing is translated.
 
-The futures dead-man's switch (``countdownCancelAll``) is run by the simulator itself: when an
-armed countdown expires without being refreshed, the symbol's open regular orders are
-cancelled by the server, with no client involved.
+The futures dead-man's switch (``countdownCancelAll``, on ``/fapi`` and ``/dapi``) is run by the
+simulator itself: when an armed countdown expires without being refreshed, the symbol's open
+regular orders are cancelled by the server, with no client involved.
+
+COIN-M (``binancecoinm``, inverse perpetuals ``BTCUSD_PERP``...) is modelled as ccxt 4.5.90
+uses it: ``exchangeInfo`` with ``contractSize``, base-coin ``marginAsset`` and
+``contractStatus``; ``/dapi/v1/account`` with one asset per margin coin;
+``/dapi/v1/positionRisk`` listing every symbol (contracts in ``positionAmt``, the side in the
+sign of ``notionalValue``, in the base coin); ``/dapi/v2/leverageBracket`` (ccxt's first
+position read); orders on ``/dapi/v1/order`` with ``cumBase``; and conditional orders in the
+algo book (``/dapi/v1/algoOrder``, ``openAlgoOrders``, ``algoOpenOrders``), where ccxt sends
+and lists them. Quantities are whole contracts of ``contractSize`` USD, and realized PnL is
+credited to the coin's COIN-M wallet (:mod:`ess.sim.book`). The order endpoint also takes
+conditional types with ``stopPrice`` (COIN-M's pre-algo API): they rest in the regular book.
+Not modelled: delivery (dated) contracts, the ``pair``-keyed ``/dapi/v1/leverageBracket``,
+funding, liquidation and margin checks (nothing here needs them to flatten an account).
+
+With API keys set and its default options, ccxt's ``load_markets`` also reads
+``/sapi/v1/capital/config/getall`` (and ``/sapi/v1/margin/allPairs``, plus
+``isolated/allPairs`` on the spot class): they are served (the coins listed or held, and no
+marginable pair), so a client built without simulator-specific options works unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl
@@ -25,10 +45,10 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ess.sim import payloads
-from ess.sim.book import Account, ApiError, Order, Position, missing
+from ess.sim.book import ZERO, Account, ApiError, Order, Position, missing
 from ess.sim.families.base import Ctx, Family, Handler, Route
 from ess.sim.faults import FaultKind
-from ess.sim.markets import Venue, exchange_info, fmt
+from ess.sim.markets import Market, Venue, exchange_info, fmt
 
 __all__ = ["BinanceFamily"]
 
@@ -57,22 +77,39 @@ CANNED: Final[Mapping[FaultKind, ApiError]] = {
 _CANCEL_ALL_DONE: Final = {"code": 200, "msg": "The operation of cancel all open order is done."}
 
 
+def _id_list(ctx: Ctx, name: str) -> list[str] | None:
+    """A JSON array parameter (``[1,2]`` or ``["a","b"]``), matched case-insensitively as
+    Binance does (ccxt sends ``orderidlist``); ``None`` when absent."""
+    text = next((v for k, v in ctx.params.items() if k.lower() == name.lower()), None)
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or not values:
+        raise ApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+    return [str(value) for value in values]
+
+
 def _strip_signature(raw: str) -> str:
     return "&".join(part for part in raw.split("&") if part and not part.startswith("signature="))
 
 
 class BinanceFamily(Family):
-    """Binance USD-M futures and spot; see the module docstring."""
+    """Binance USD-M futures, COIN-M futures and spot; see the module docstring."""
 
     name: ClassVar[str] = "binance"
     mangled_body: ClassVar[str] = '{"symbol": "BTCUSDT", "orderId": 1'
 
     def owns(self, path: str) -> bool:
-        return path.startswith(("/fapi/", "/api/v3/", "/sapi/"))
+        return path.startswith(("/fapi/", "/dapi/", "/api/v3/", "/sapi/"))
 
     def venue_of(self, ctx: Ctx) -> Venue | None:
         if ctx.path.startswith("/fapi/"):
             return Venue.FUTURES
+        if ctx.path.startswith("/dapi/"):
+            return Venue.COINM
         return Venue.SPOT
 
     async def parse(self, request: web.Request, ctx: Ctx) -> None:
@@ -141,35 +178,52 @@ class BinanceFamily(Family):
         public: dict[tuple[str, str], Handler] = {
             ("GET", "/fapi/v1/ping"): self._ping,
             ("GET", "/fapi/v1/time"): self._time,
-            ("GET", "/fapi/v1/exchangeInfo"): self._futures_exchange_info,
+            ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info,
+            ("GET", "/dapi/v1/ping"): self._ping,
+            ("GET", "/dapi/v1/time"): self._time,
+            ("GET", "/dapi/v1/exchangeInfo"): self._exchange_info,
             ("GET", "/api/v3/ping"): self._ping,
             ("GET", "/api/v3/time"): self._time,
-            ("GET", "/api/v3/exchangeInfo"): self._spot_exchange_info,
+            ("GET", "/api/v3/exchangeInfo"): self._exchange_info,
         }
+        # The order, open-order, cancel, algo-order and countdown routes are the same on USD-M
+        # and COIN-M; the handlers act on the book of the request's path (``ctx.venue``).
+        derivative: tuple[tuple[str, str, Handler], ...] = (
+            ("GET", "openOrders", self._futures_open_orders),
+            ("GET", "order", self._futures_get_order),
+            ("POST", "order", self._futures_post_order),
+            ("DELETE", "order", self._futures_cancel_order),
+            ("DELETE", "allOpenOrders", self._futures_cancel_all),
+            ("DELETE", "batchOrders", self._futures_cancel_batch),
+            ("POST", "algoOrder", self._algo_post),
+            ("GET", "algoOrder", self._algo_get),
+            ("DELETE", "algoOrder", self._algo_cancel),
+            ("GET", "openAlgoOrders", self._algo_open_orders),
+            ("DELETE", "algoOpenOrders", self._algo_cancel_all),
+            ("POST", "countdownCancelAll", self._countdown_cancel_all),
+        )
         signed: dict[tuple[str, str], Handler] = {
             ("GET", "/fapi/v1/leverageBracket"): self._leverage_bracket,
             ("GET", "/fapi/v2/account"): self._futures_account,
             ("GET", "/fapi/v3/account"): self._futures_account,
             ("GET", "/fapi/v2/positionRisk"): self._position_risk_v2,
             ("GET", "/fapi/v3/positionRisk"): self._position_risk_v3,
-            ("GET", "/fapi/v1/openOrders"): self._futures_open_orders,
-            ("GET", "/fapi/v1/order"): self._futures_get_order,
-            ("POST", "/fapi/v1/order"): self._futures_post_order,
-            ("DELETE", "/fapi/v1/order"): self._futures_cancel_order,
-            ("DELETE", "/fapi/v1/allOpenOrders"): self._futures_cancel_all,
-            ("POST", "/fapi/v1/algoOrder"): self._algo_post,
-            ("GET", "/fapi/v1/algoOrder"): self._algo_get,
-            ("DELETE", "/fapi/v1/algoOrder"): self._algo_cancel,
-            ("GET", "/fapi/v1/openAlgoOrders"): self._algo_open_orders,
-            ("DELETE", "/fapi/v1/algoOpenOrders"): self._algo_cancel_all,
-            ("POST", "/fapi/v1/countdownCancelAll"): self._countdown_cancel_all,
+            ("GET", "/dapi/v2/leverageBracket"): self._coinm_leverage_bracket,
+            ("GET", "/dapi/v1/account"): self._coinm_account,
+            ("GET", "/dapi/v1/positionRisk"): self._coinm_position_risk,
             ("GET", "/api/v3/account"): self._spot_account,
             ("GET", "/api/v3/openOrders"): self._spot_open_orders,
             ("DELETE", "/api/v3/openOrders"): self._spot_cancel_all,
             ("POST", "/api/v3/order"): self._spot_post_order,
             ("GET", "/api/v3/order"): self._spot_get_order,
             ("DELETE", "/api/v3/order"): self._spot_cancel_order,
+            ("GET", "/sapi/v1/capital/config/getall"): self._capital_config,
+            ("GET", "/sapi/v1/margin/allPairs"): self._margin_pairs,
+            ("GET", "/sapi/v1/margin/isolated/allPairs"): self._margin_pairs,
         }
+        for prefix in ("/fapi/v1/", "/dapi/v1/"):
+            for method, name, handler in derivative:
+                signed[(method, prefix + name)] = handler
         routes = {key: Route(handler, signed=False) for key, handler in public.items()}
         routes |= {key: Route(handler, signed=True) for key, handler in signed.items()}
         return routes
@@ -180,21 +234,28 @@ class BinanceFamily(Family):
     async def _time(self, ctx: Ctx) -> Any:
         return {"serverTime": self.sim.now_ms()}
 
-    async def _futures_exchange_info(self, ctx: Ctx) -> Any:
+    async def _exchange_info(self, ctx: Ctx) -> Any:
+        venue = self._venue(ctx)
         return exchange_info(
-            Venue.FUTURES,
-            self.sim.markets_by_venue[Venue.FUTURES],
-            self.limiter.exchange_info_limits(Venue.FUTURES),
+            venue,
+            self.sim.markets_by_venue[venue],
+            self.limiter.exchange_info_limits(venue),
             self.sim.now_ms(),
         )
 
-    async def _spot_exchange_info(self, ctx: Ctx) -> Any:
-        return exchange_info(
-            Venue.SPOT,
-            self.sim.markets_by_venue[Venue.SPOT],
-            self.limiter.exchange_info_limits(Venue.SPOT),
-            self.sim.now_ms(),
-        )
+    @staticmethod
+    def _venue(ctx: Ctx) -> Venue:
+        assert ctx.venue is not None, "routed requests always have a venue"
+        return ctx.venue
+
+    def _market(self, ctx: Ctx, symbol: str) -> Market:
+        return self.sim.markets_by_venue[self._venue(ctx)][symbol]
+
+    def _order_doc(self, ctx: Ctx, order: Order) -> dict[str, Any]:
+        """An order in the shape of the request's book (USD-M or COIN-M)."""
+        if order.venue is Venue.COINM:
+            return payloads.coinm_order(order, self._market(ctx, order.symbol))
+        return payloads.futures_order(order)
 
     async def _leverage_bracket(self, ctx: Ctx) -> Any:
         symbol = ctx.params.get("symbol")
@@ -203,15 +264,27 @@ class BinanceFamily(Family):
             return payloads.leverage_brackets([market.symbol])[0]
         return payloads.leverage_brackets(self.sim.markets_by_venue[Venue.FUTURES])
 
+    async def _coinm_leverage_bracket(self, ctx: Ctx) -> Any:
+        """``/dapi/v2/leverageBracket``: a list, also for one symbol (unlike USD-M's)."""
+        symbol = self._symbol_filter(ctx, Venue.COINM, required=False)
+        markets = self.sim.markets_by_venue[Venue.COINM]
+        return payloads.coinm_leverage_brackets([symbol] if symbol else markets)
+
     async def _futures_account(self, ctx: Ctx) -> Any:
         return payloads.futures_account(ctx.acct, self.sim.marks, self.sim.now_ms())
+
+    async def _coinm_account(self, ctx: Ctx) -> Any:
+        return payloads.coinm_account(
+            ctx.acct, self.sim.markets_by_venue[Venue.COINM], self.sim.marks, self.sim.now_ms()
+        )
 
     def _position_rows(self, ctx: Ctx, *, v2: bool) -> list[dict[str, Any]]:
         symbol = ctx.params.get("symbol")
         if symbol:
             self.sim.engine.market(Venue.FUTURES, symbol)
         account = ctx.acct
-        symbols = self.sim.markets_by_venue[Venue.FUTURES] if v2 else sorted(account.positions)
+        listed = self.sim.markets_by_venue[Venue.FUTURES]
+        symbols = listed if v2 else sorted(s for s in account.positions if s in listed)
         rows = []
         for each in symbols:
             if symbol and each != symbol:
@@ -219,7 +292,7 @@ class BinanceFamily(Family):
             position = account.positions.get(each) or Position(each)
             if not v2 and position.qty == 0:
                 continue
-            market = self.sim.markets_by_venue[Venue.FUTURES][each]
+            market = listed[each]
             mark = self.sim.marks[(Venue.FUTURES, each)]
             rows.append(
                 payloads.position_risk(
@@ -234,6 +307,26 @@ class BinanceFamily(Family):
     async def _position_risk_v2(self, ctx: Ctx) -> Any:
         return self._position_rows(ctx, v2=True)
 
+    async def _coinm_position_risk(self, ctx: Ctx) -> Any:
+        """``/dapi/v1/positionRisk``: every COIN-M symbol (flat ones with ``entryPrice`` 0),
+        narrowed by ``marginAsset`` or ``pair`` when given."""
+        account = ctx.acct
+        asset, pair = ctx.params.get("marginAsset"), ctx.params.get("pair")
+        rows = []
+        for symbol, market in self.sim.markets_by_venue[Venue.COINM].items():
+            if asset and market.margin_asset != asset:
+                continue
+            if pair and symbol.split("_")[0] != pair:
+                continue
+            position = account.positions.get(symbol) or Position(symbol)
+            mark = self.sim.marks[(Venue.COINM, symbol)]
+            rows.append(
+                payloads.coinm_position_risk(
+                    position, market, mark, account.leverage, hedge_mode=account.hedge_mode
+                )
+            )
+        return rows
+
     def _symbol_filter(self, ctx: Ctx, venue: Venue, *, required: bool) -> str | None:
         symbol = ctx.params.get("symbol")
         if symbol or required:
@@ -241,8 +334,9 @@ class BinanceFamily(Family):
         return None
 
     async def _futures_open_orders(self, ctx: Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=False)
-        return [payloads.futures_order(o) for o in ctx.acct.open_orders(Venue.FUTURES, symbol)]
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=False)
+        return [self._order_doc(ctx, o) for o in ctx.acct.open_orders(venue, symbol)]
 
     def _lookup(self, ctx: Ctx, venue: Venue, *, conditional: bool = False) -> Order | None:
         symbol = self._symbol_filter(ctx, venue, required=True)
@@ -261,41 +355,85 @@ class BinanceFamily(Family):
         )
 
     async def _futures_get_order(self, ctx: Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES)
+        order = self._lookup(ctx, self._venue(ctx))
         if order is None:
             raise ApiError(-2013, "Order does not exist.")
-        return payloads.futures_order(order)
+        return self._order_doc(ctx, order)
 
     async def _futures_post_order(self, ctx: Ctx) -> Any:
         fault = self.sim.take_fault(ctx, {FaultKind.PARTIAL_FILL}, exclude=False)
         order = self.sim.engine.place_futures(
-            ctx.acct, ctx.params, fill_ratio=fault.fill_ratio if fault else None
+            ctx.acct,
+            ctx.params,
+            fill_ratio=fault.fill_ratio if fault else None,
+            venue=self._venue(ctx),
         )
-        return payloads.futures_order(order)
+        return self._order_doc(ctx, order)
 
     async def _futures_cancel_order(self, ctx: Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES)
+        order = self._lookup(ctx, self._venue(ctx))
         if order is None or not order.is_open:
             raise ApiError(-2011, "Unknown order sent.")
         self.sim.cancel_orders(ctx, [order])
-        return payloads.futures_order(dataclasses.replace(order, status="CANCELED"))
+        return self._order_doc(ctx, dataclasses.replace(order, status="CANCELED"))
 
     async def _futures_cancel_all(self, ctx: Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
-        self.sim.cancel_orders(ctx, ctx.acct.open_orders(Venue.FUTURES, symbol))
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=True)
+        self.sim.cancel_orders(ctx, ctx.acct.open_orders(venue, symbol))
         return _CANCEL_ALL_DONE
 
+    async def _futures_cancel_batch(self, ctx: Ctx) -> Any:
+        """``DELETE .../batchOrders`` (ccxt's ``cancel_orders``): up to 10 regular orders by
+        ``orderIdList`` or ``origClientOrderIdList`` (JSON arrays); one element per id, the
+        cancelled order or ``{"code": -2011, ...}`` for one not open."""
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=True)
+        assert symbol is not None
+        by_id = _id_list(ctx, "orderIdList")
+        by_client = _id_list(ctx, "origClientOrderIdList")
+        if by_id is None and by_client is None:
+            raise ApiError(
+                -1102,
+                "Param 'orderIdList' or 'origClientOrderIdList' must be sent, "
+                "but both were empty/null!",
+            )
+        wanted = by_id if by_id is not None else by_client
+        assert wanted is not None
+        if len(wanted) > 10:
+            raise ApiError(-4079, "Invalid orderIdList or origClientOrderIdList.")
+        found = [
+            self.sim.engine.find_order(
+                ctx.acct,
+                venue,
+                symbol,
+                order_id=each if by_id is not None else None,
+                client_id=each if by_id is None else None,
+            )
+            for each in wanted
+        ]
+        cancelled = [order for order in found if order is not None and order.is_open]
+        self.sim.cancel_orders(ctx, cancelled)
+        ids = {order.order_id for order in cancelled}
+        return [
+            self._order_doc(ctx, dataclasses.replace(order, status="CANCELED"))
+            if order is not None and order.order_id in ids
+            else {"code": -2011, "msg": "Unknown order sent."}
+            for order in found
+        ]
+
     async def _algo_post(self, ctx: Ctx) -> Any:
-        return payloads.algo_order(self.sim.engine.place_algo(ctx.acct, ctx.params))
+        order = self.sim.engine.place_algo(ctx.acct, ctx.params, venue=self._venue(ctx))
+        return payloads.algo_order(order)
 
     async def _algo_get(self, ctx: Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES, conditional=True)
+        order = self._lookup(ctx, self._venue(ctx), conditional=True)
         if order is None:
             raise ApiError(-2013, "Order does not exist.")
         return payloads.algo_order(order)
 
     async def _algo_cancel(self, ctx: Ctx) -> Any:
-        order = self._lookup(ctx, Venue.FUTURES, conditional=True)
+        order = self._lookup(ctx, self._venue(ctx), conditional=True)
         if order is None or not order.is_open:
             raise ApiError(-2011, "Unknown order sent.")
         self.sim.engine.cancel(ctx.acct, order)
@@ -307,13 +445,15 @@ class BinanceFamily(Family):
         }
 
     async def _algo_open_orders(self, ctx: Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=False)
-        orders = ctx.acct.open_orders(Venue.FUTURES, symbol, conditional=True)
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=False)
+        orders = ctx.acct.open_orders(venue, symbol, conditional=True)
         return [payloads.algo_order(o) for o in orders]
 
     async def _algo_cancel_all(self, ctx: Ctx) -> Any:
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
-        for order in ctx.acct.open_orders(Venue.FUTURES, symbol, conditional=True):
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=True)
+        for order in ctx.acct.open_orders(venue, symbol, conditional=True):
             self.sim.engine.cancel(ctx.acct, order)
         return _CANCEL_ALL_DONE
 
@@ -367,17 +507,41 @@ class BinanceFamily(Family):
         self.sim.cancel_orders(ctx, [order])
         return payloads.spot_order(dataclasses.replace(order, status="CANCELED"))
 
+    # -- wallet reads ccxt's load_markets makes ---------------------------------------------
+
+    async def _capital_config(self, ctx: Ctx) -> Any:
+        """``/sapi/v1/capital/config/getall`` (ccxt's ``fetch_currencies`` with keys set):
+        every coin the simulator lists or the account holds, with its spot balance."""
+        account = ctx.acct
+        coins = {m.base for m in self.sim.markets_by_venue[Venue.SPOT].values()}
+        coins |= {m.quote for m in self.sim.markets_by_venue[Venue.SPOT].values()}
+        coins |= {m.margin_asset for m in self.sim.markets_by_venue[Venue.COINM].values()}
+        coins |= set(account.spot_free) | set(account.spot_locked) | set(account.coinm_wallet)
+        return [
+            payloads.capital_coin(
+                coin, account.spot_free.get(coin, ZERO), account.spot_locked.get(coin, ZERO)
+            )
+            for coin in sorted(coins)
+        ]
+
+    async def _margin_pairs(self, ctx: Ctx) -> Any:
+        """``/sapi/v1/margin/allPairs`` and ``isolated/allPairs``: no margin trading is
+        modelled, so no pair is marginable."""
+        return []
+
     # -- the dead-man's switch -------------------------------------------------------------
 
     async def _countdown_cancel_all(self, ctx: Ctx) -> Any:
-        """Binance's dead-man's switch: (re)arm, or with ``countdownTime=0`` disarm, a timer
-        that cancels the symbol's open orders when it expires.
+        """Binance's dead-man's switch (USD-M and COIN-M alike): (re)arm, or with
+        ``countdownTime=0`` disarm, a timer that cancels the symbol's open orders when it
+        expires.
 
         Only the regular book is cancelled: Binance documents the countdown as cancelling
         "all open orders", and whether that covers the separate algo book is not something to
         rely on, so the simulator assumes it does not.
         """
-        symbol = self._symbol_filter(ctx, Venue.FUTURES, required=True)
+        venue = self._venue(ctx)
+        symbol = self._symbol_filter(ctx, venue, required=True)
         assert symbol is not None
         text = ctx.params.get("countdownTime")
         if not text:
@@ -390,5 +554,5 @@ class BinanceFamily(Family):
             ) from None
         if countdown_ms < 0:
             raise missing("countdownTime")
-        self.sim.arm_switch(ctx.acct.name, self.name, Venue.FUTURES, symbol, countdown_ms)
+        self.sim.arm_switch(ctx.acct.name, self.name, venue, symbol, countdown_ms)
         return {"symbol": symbol, "countdownTime": str(countdown_ms)}
