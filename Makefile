@@ -49,6 +49,7 @@ test-integration: install
 demo: install
 	$(BIN)/python -m ess.examples.seed_demo
 	$(BIN)/python -m ess.examples.trading_demo
+	$(BIN)/python -m ess.examples.venues_demo
 
 bench-gate: install
 	$(BIN)/python -m bench.bench_gate

@@ -244,14 +244,16 @@ _GROUPS: Final[dict[str, tuple[_Endpoints, ...]]] = {
         ),
         _Endpoints(
             "POST",
-            ("/api/v5/trade/order",),
+            # ccxt places single orders through batch-orders too.
+            ("/api/v5/trade/order", "/api/v5/trade/batch-orders"),
             (*_ANYWHERE, FaultKind.REDUCE_ONLY_REJECTED),
             inside=FaultKind.PARTIAL_FILL,
             params=(("tdMode", "cross"),),
         ),
         _Endpoints(
             "POST",
-            ("/api/v5/trade/order",),
+            # ccxt places single orders through batch-orders too.
+            ("/api/v5/trade/order", "/api/v5/trade/batch-orders"),
             _ANYWHERE,
             inside=FaultKind.PARTIAL_FILL,
             params=(("tdMode", "cash"),),

@@ -13,14 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from ess.observability.logging import configure_logging
-from ess.sim.demo import DEMO_API_KEY, DEMO_SECRET, seed_demo, seed_many
+from ess.sim.demo import DEMO_API_KEY, DEMO_PASSPHRASE, DEMO_SECRET, seed_demo, seed_many
 from ess.sim.markets import default_markets
 from ess.sim.server import ExchangeSimulator
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ess.sim", description="Binance-like exchange simulator on loopback."
+        prog="python -m ess.sim",
+        description="Exchange simulator on loopback: Binance, Bybit v5 and OKX v5 for ccxt.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090, help="0 picks a free port")
@@ -66,10 +67,14 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
             seed_many(
                 sim, account, futures=args.futures_symbols, spot=args.spot_symbols, seed=args.seed
             )
-            lines.append(f"demo account: apiKey={DEMO_API_KEY} secret={DEMO_SECRET}")
+            lines.append(
+                f"demo account: apiKey={DEMO_API_KEY} secret={DEMO_SECRET} "
+                f"password={DEMO_PASSPHRASE} (OKX)"
+            )
             lines.append(
                 "ccxt: ess.sim.make_exchange('binanceusdm', url, apiKey, secret) "
-                "(or 'binance' for spot)"
+                "(or 'binance' for spot); any ccxt client (bybit, okx, binancecoinm...): "
+                "ess.sim.localize_urls(client, url)"
             )
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()

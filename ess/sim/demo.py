@@ -15,6 +15,7 @@ from ess.sim.server import ExchangeSimulator
 
 __all__ = [
     "DEMO_API_KEY",
+    "DEMO_PASSPHRASE",
     "DEMO_POSITIONS",
     "DEMO_SECRET",
     "seed_demo",
@@ -26,6 +27,8 @@ __all__ = [
 #: and only ever valid against a simulator.
 DEMO_API_KEY: Final = "ess-demo-key"
 DEMO_SECRET: Final = "ess-demo-secret"  # noqa: S105 - a published demo credential
+#: OKX also signs with a passphrase (ccxt's ``password``).
+DEMO_PASSPHRASE: Final = "ess-demo-pass"  # noqa: S105 - a published demo credential
 
 
 #: The demo account's futures positions: symbol -> (signed size, entry price).
@@ -50,7 +53,11 @@ def seed_demo(
     locked by a limit sell), 1.5 ETH and 1000 USDT.
     """
     account = sim.add_account(
-        api_key, secret, name=name, spot={"BTC": "0.2", "ETH": "1.5", "USDT": "1000"}
+        api_key,
+        secret,
+        name=name,
+        spot={"BTC": "0.2", "ETH": "1.5", "USDT": "1000"},
+        passphrase=DEMO_PASSPHRASE,
     )
     seed_demo_book(sim, account)
     return account

@@ -95,6 +95,8 @@ if TYPE_CHECKING:
     from ess.venues.ports import VenuePort
 
 __all__ = [
+    "COUNTDOWN_RANGE_MS",
+    "COUNTDOWN_UNUSABLE",
     "VenueConfig",
     "VenueConfigError",
     "VenueCredentials",
@@ -116,6 +118,21 @@ _BINANCE_MARKETS: dict[str, MarketKind] = {
     "binanceusdm": MarketKind.FUTURES,
     "binance": MarketKind.SPOT,
 }
+
+#: Exchanges whose ``cancelAllOrdersAfter`` ccxt offers but ESS cannot rely on, and why: a
+#: switch that is armed without error but never fires is worse than none, because the status
+#: would say the venue cancels by itself when ESS dies.
+COUNTDOWN_UNUSABLE: dict[str, str] = {
+    "bybit": (
+        "Bybit's disconnected-cancel-all (DCP) fires only when the account's private "
+        "websocket disconnects; ESS talks REST, so it would never fire"
+    ),
+}
+#: Countdown lengths an exchange accepts (ms), where narrower than the config's own bounds:
+#: OKX's ``cancel-all-after`` takes 0 (off) or 10 to 120 seconds.
+COUNTDOWN_RANGE_MS: dict[str, tuple[int, int]] = dict.fromkeys(
+    ("okx", "myokx", "okxus"), (10000, 120000)
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -238,6 +255,17 @@ class VenueConfig(BaseModel):
             if adapter == "generic" and not ccxt_has(self.exchange, "cancelAllOrdersAfter"):
                 raise ValueError(
                     f"countdown_symbols: ccxt has no cancelAllOrdersAfter for {self.exchange}"
+                )
+            if self.exchange in COUNTDOWN_UNUSABLE:
+                raise ValueError(
+                    f"countdown_symbols: {COUNTDOWN_UNUSABLE[self.exchange]}; remove "
+                    "countdown_symbols (the venue relies on ESS staying alive)"
+                )
+            low, high = COUNTDOWN_RANGE_MS.get(self.exchange, (1_000, 3_600_000))
+            if not low <= self.countdown_ms <= high:
+                raise ValueError(
+                    f"countdown_ms: {self.exchange} accepts {low} to {high} ms, "
+                    f"not {self.countdown_ms}"
                 )
         return self
 

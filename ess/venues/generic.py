@@ -16,7 +16,7 @@ per order), ``create_order`` and ``cancel_all_orders_after``. The same safety ru
   ``MALFORMED`` before ccxt sees it, and every unified structure is checked for the fields
   used (symbol, id, side, size) before a snapshot is built from it.
 * **Closes never flip.** Derivative closes are market orders with ``reduceOnly`` for the
-  size read; spot closes sell at most the free balance read just before. Client order ids
+  size read; spot closes sell at most the balance the snapshot held. Client order ids
   are the derived ones of :class:`~ess.core.flatten.CloseStep` (ccxt's ``clientOrderId``).
 * **Errors by ccxt's unified classes** (:data:`_KIND_BY_CCXT_ERROR`), with the HTTP status and
   ``Retry-After`` of the failed answer attached by the same hook (HTTP 418 is ``BANNED``).
@@ -55,7 +55,7 @@ from ess.core.flatten import (
 from ess.venues import answers
 from ess.venues.budget import RateBudget
 from ess.venues.ccxt_client import Answer, hook_answers, localize_urls
-from ess.venues.config import VenueConfig, VenueCredentials, ccxt_has
+from ess.venues.config import COUNTDOWN_UNUSABLE, VenueConfig, VenueCredentials, ccxt_has
 from ess.venues.ports import VenueError, VenueErrorKind
 
 __all__ = ["CcxtVenue", "check_capabilities"]
@@ -91,6 +91,32 @@ _DERIVATIVE_TYPES: Final = ("swap", "future")
 _ALNUM_32_CLIENT_IDS: Final = frozenset({"okx", "myokx", "okxus"})
 #: Ids per ``cancel_orders`` call where a venue has no cancel-all (OKX takes 20 per batch).
 _CANCEL_BATCH: Final = 10
+#: How the trigger-order book is listed: one ``fetch_open_orders`` per entry. ccxt's
+#: ``{"trigger": True}`` covers it on most venues; OKX lists its algo book per ``ordType``
+#: and ccxt asks for ``trigger`` only, so a stop-loss / take-profit (``conditional``), an OCO,
+#: a trailing stop, an iceberg or a TWAP would be neither seen nor cancelled without a listing
+#: of its own (OKX accepts ``conditional`` and ``oco`` together, every other type alone).
+_TRIGGER_LISTINGS: Final[Mapping[str, tuple[Mapping[str, Any], ...]]] = {
+    okx: tuple(
+        {"trigger": True, "ordType": kinds}
+        for kinds in ("trigger", "conditional,oco", "move_order_stop", "iceberg", "twap")
+    )
+    for okx in ("okx", "myokx", "okxus")
+}
+#: Attempts of one read of a snapshot whose failure is transient (the answer was lost or
+#: mangled, or the venue briefly unavailable): a snapshot is several reads (OKX's: seven), and
+#: one lost answer should not cost the whole snapshot a round. Rate limits and refusals are
+#: not retried here: the engine backs off for those.
+_READ_ATTEMPTS: Final = 3
+_RETRIED_READS: Final = frozenset(
+    {VenueErrorKind.TIMEOUT, VenueErrorKind.UNAVAILABLE, VenueErrorKind.MALFORMED}
+)
+_ONE_TRIGGER_LISTING: Final[tuple[Mapping[str, Any], ...]] = ({"trigger": True},)
+#: Parameters of every open-order listing, per venue: Bybit pages open orders (20 rows by
+#: default), and a read that stops at the first page is not a complete read. (Passed per
+#: call: ccxt's paginating call re-enters the method, which would page again, endlessly, if
+#: the flag came from the client's options.)
+_LISTING_PARAMS: Final[Mapping[str, Mapping[str, Any]]] = {"bybit": {"paginate": True}}
 
 
 # -- capabilities -------------------------------------------------------------------------------
@@ -237,8 +263,22 @@ class CcxtVenue:
         self._opened = False
         #: Whether trigger orders have a book of their own (read and cancelled separately).
         self._trigger_book = False
-        #: Whether the class advertises ``cancelAllOrdersAfter`` (known before opening).
-        self._countdown = ccxt_has(config.exchange, "cancelAllOrdersAfter")
+        #: Whether the class advertises a ``cancelAllOrdersAfter`` ESS can use (known before
+        #: opening; see :data:`ess.venues.config.COUNTDOWN_UNUSABLE`).
+        self._countdown = (
+            ccxt_has(config.exchange, "cancelAllOrdersAfter")
+            and config.exchange not in COUNTDOWN_UNUSABLE
+        )
+        listing = _LISTING_PARAMS.get(config.exchange, {})
+        #: The params of each read of the regular book and of the trigger book.
+        self._order_listings: tuple[Mapping[str, Any], ...] = (dict(listing),)
+        #: Open order ids of the last snapshot by (symbol, conditional): what a cancel step
+        #: planned from it cancels where the venue has no cancel-all.
+        self._known_orders: dict[tuple[str, bool], list[str]] = {}
+        self._trigger_listings = tuple(
+            {**listing, **params}
+            for params in _TRIGGER_LISTINGS.get(config.exchange, _ONE_TRIGGER_LISTING)
+        )
 
     @property
     def name(self) -> str:
@@ -291,6 +331,10 @@ class CcxtVenue:
             snapshot = await self._futures_snapshot()
         else:
             snapshot = await self._spot_snapshot()
+        known: dict[tuple[str, bool], list[str]] = {}
+        for order in snapshot.orders:
+            known.setdefault((order.symbol, order.conditional), []).append(order.order_id)
+        self._known_orders = known
         self._log.bind(
             positions=len(snapshot.positions), orders=len(snapshot.orders), dust=len(snapshot.dust)
         ).debug("venue snapshot")
@@ -301,45 +345,65 @@ class CcxtVenue:
             raise VenueError(
                 VenueErrorKind.REJECTED, f"no separate conditional order book on {self.name}"
             )
-        params: dict[str, Any] = {"trigger": True} if step.conditional else {}
         exchange = self._client()
         if exchange.has.get("cancelAllOrders") is True:
+            params: dict[str, Any] = {"trigger": True} if step.conditional else {}
             await self._call(
                 "cancel", exchange.cancel_all_orders, step.symbol, params, nothing_ok=True
             )
         else:
-            orders = await self._call(
-                "orders", exchange.fetch_open_orders, step.symbol, None, None, params
+            await self._cancel_each(step)
+        self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
+
+    async def _cancel_each(self, step: CancelStep) -> None:
+        """Where the venue has no cancel-all: cancel the symbol's orders of the book by id, in
+        batches where ccxt can. The ids are those of the snapshot the step was planned from
+        (a fresh complete read: an order placed since is in the next round's verifying
+        read); without one, the book is listed first (every listing of the trigger book)."""
+        exchange = self._client()
+        ids = self._known_orders.pop((step.symbol, step.conditional), None)
+        if ids is None:
+            listings = self._trigger_listings if step.conditional else self._order_listings
+            replies = await self._read(
+                [
+                    ("orders", exchange.fetch_open_orders, (step.symbol, None, None, dict(p)))
+                    for p in listings
+                ]
             )
             ids = [
                 answers.order_id(row, "id", "open order")
-                for row in answers.rows(orders, "open orders")
+                for reply in replies
+                for row in answers.rows(reply, "open orders")
             ]
-            if exchange.has.get("cancelOrders") is True:  # one request per batch of ids
-                calls = [
-                    self._call(
-                        "cancel",
-                        exchange.cancel_orders,
-                        ids[start : start + _CANCEL_BATCH],
-                        step.symbol,
-                        params,
-                        nothing_ok=True,
-                    )
-                    for start in range(0, len(ids), _CANCEL_BATCH)
-                ]
-            else:
-                calls = [
-                    self._call(
-                        "cancel", exchange.cancel_order, id_, step.symbol, params, nothing_ok=True
-                    )
-                    for id_ in ids
-                ]
-            await asyncio.gather(*calls)
-        self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
+        params = {"trigger": True} if step.conditional else {}
+        if exchange.has.get("cancelOrders") is True:  # one request per batch of ids
+            calls = [
+                self._call(
+                    "cancel",
+                    exchange.cancel_orders,
+                    ids[start : start + _CANCEL_BATCH],
+                    step.symbol,
+                    params,
+                    nothing_ok=True,
+                )
+                for start in range(0, len(ids), _CANCEL_BATCH)
+            ]
+        else:
+            calls = [
+                self._call(
+                    "cancel", exchange.cancel_order, id_, step.symbol, params, nothing_ok=True
+                )
+                for id_ in ids
+            ]
+        await asyncio.gather(*calls)
 
     async def close(self, step: CloseStep) -> None:
         """A market order for ``step.amount`` cut to the market's precision (nothing if that is
-        below the minimum): reduce-only on futures; on spot at most the free balance."""
+        below the minimum): reduce-only on futures, where it can never flip a position. On spot,
+        the amount is the balance the snapshot held (the cancels just freed what orders had
+        locked): selling at most what is held cannot go short. A sell the venue refuses for
+        want of balance (part of it still locked) is sent again for the free balance, read
+        then."""
         exchange = self._client()
         market = exchange.markets.get(step.symbol) if exchange.markets else None
         if market is None:
@@ -353,12 +417,6 @@ class CcxtVenue:
         }
         if self.kind is MarketKind.FUTURES:
             params["reduceOnly"] = True
-        else:
-            balance = answers.mapping(
-                await self._call("balance", exchange.fetch_balance), "balance"
-            )
-            free = answers.mapping(balance.get("free"), "balance.free")
-            wanted = min(wanted, _decimal(free.get(market["base"], 0), "free balance"))
         amount = self._tradable(step.symbol, wanted)
         log = self._log.bind(
             symbol=step.symbol, side=step.side, client_order_id=step.client_order_id
@@ -366,19 +424,45 @@ class CcxtVenue:
         if not amount:
             log.bind(amount=str(wanted)).info("close below the lot size: nothing to send")
             return
+        try:
+            row = await self._send_close(step, amount, params)
+        except VenueError as exc:
+            if self.kind is MarketKind.FUTURES or not isinstance(
+                exc.__cause__, ccxt_errors.InsufficientFunds
+            ):
+                raise
+            # Part of the balance is still locked (an order in a book no listing shows):
+            # sell what is free now rather than nothing.
+            balance = answers.mapping(
+                await self._call("balance", exchange.fetch_balance), "balance"
+            )
+            free = answers.mapping(balance.get("free"), "balance.free")
+            amount = self._tradable(
+                step.symbol, min(wanted, _decimal(free.get(market["base"], 0), "free balance"))
+            )
+            if not amount:
+                raise
+            log.bind(amount=quantity_text(amount)).warning("spot close cut to the free balance")
+            row = await self._send_close(step, amount, params)
+        log.bind(amount=quantity_text(amount), status=row.get("status")).info("close sent")
+
+    async def _send_close(
+        self, step: CloseStep, amount: Decimal, params: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """The market order of a close; the venue's answer, checked for an order id."""
         order = await self._call(
             "order",
-            exchange.create_order,
+            self._client().create_order,
             step.symbol,
             "market",
             step.side,
             float(amount / self._contract_size(step.symbol)),  # ccxt counts contracts
             None,
-            params,
+            dict(params),
         )
         row = answers.mapping(order, "order")
         answers.order_id(row, "id", "order")
-        log.bind(amount=quantity_text(amount), status=row.get("status")).info("close sent")
+        return row
 
     async def arm_countdown(self, symbol: str, countdown_ms: int) -> None:
         """ccxt's ``cancelAllOrdersAfter`` is account-wide: ``symbol`` only names the
@@ -436,16 +520,10 @@ class CcxtVenue:
         exchange = self._client()
         reads: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]] = [
             ("positions", exchange.fetch_positions, ()),
-            ("orders", exchange.fetch_open_orders, ()),
+            self._orders_read(),
         ]
         if self._trigger_book:
-            reads.append(
-                (
-                    "trigger orders",
-                    exchange.fetch_open_orders,
-                    (None, None, None, {"trigger": True}),
-                )
-            )
+            reads += self._trigger_reads()
         replies = await self._read(reads)
         sizes: dict[str, Decimal] = {}
         hedged: set[str] = set()
@@ -471,15 +549,19 @@ class CcxtVenue:
                 "it to one-way mode",
             )
         views = _orders(replies[1], conditional=False)
-        if self._trigger_book:
-            views += _orders(replies[2], conditional=True)
+        for reply in replies[2:]:
+            views += _orders(reply, conditional=True)
         return self._build_snapshot(sizes, views)
 
     async def _spot_snapshot(self) -> VenueSnapshot:
         exchange = self._client()
-        balance, orders = await self._read(
-            [("balance", exchange.fetch_balance, ()), ("orders", exchange.fetch_open_orders, ())]
-        )
+        reads: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]] = [
+            ("balance", exchange.fetch_balance, ()),
+            self._orders_read(),
+        ]
+        if self._trigger_book:
+            reads += self._trigger_reads()
+        balance, orders, *triggers = await self._read(reads)
         total = answers.mapping(answers.mapping(balance, "balance").get("total"), "balance.total")
         keep = {self._config.quote, *self._config.keep_assets}
         by_base = {
@@ -500,11 +582,8 @@ class CcxtVenue:
             else:
                 held[symbol] = held.get(symbol, Decimal(0)) + quantity
         views = _orders(orders, conditional=False)
-        if self._trigger_book:
-            triggers = await self._call(
-                "trigger orders", exchange.fetch_open_orders, None, None, None, {"trigger": True}
-            )
-            views += _orders(triggers, conditional=True)
+        for reply in triggers:
+            views += _orders(reply, conditional=True)
         snapshot = self._build_snapshot(held, views)
         stranded_views = tuple(PositionView(asset, qty) for asset, qty in sorted(stranded.items()))
         # cancel_only: what would be sold is left in place, reported as stranded exposure.
@@ -512,14 +591,28 @@ class CcxtVenue:
             replace(snapshot, stranded=stranded_views), self._config.spot_policy
         )
 
+    def _orders_read(self) -> tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]:
+        """The account-wide read of the regular book."""
+        (params,) = self._order_listings
+        return ("orders", self._client().fetch_open_orders, (None, None, None, dict(params)))
+
+    def _trigger_reads(self) -> list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]:
+        """One account-wide read per listing of the trigger book."""
+        exchange = self._client()
+        return [
+            ("trigger orders", exchange.fetch_open_orders, (None, None, None, dict(params)))
+            for params in self._trigger_listings
+        ]
+
     async def _read(
         self, reads: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]
     ) -> list[Any]:
-        """The reads, concurrently; the first failure cancels the others and is raised."""
+        """The reads, concurrently, each tried up to :data:`_READ_ATTEMPTS` times on a
+        transient failure; the first failure left cancels the others and is raised."""
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._call(name, method, *args))
+                    group.create_task(self._read_one(name, method, args))
                     for name, method, args in reads
                 ]
         except ExceptionGroup as failed:
@@ -527,6 +620,17 @@ class CcxtVenue:
         else:
             return [task.result() for task in tasks]
         raise first
+
+    async def _read_one(
+        self, name: str, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> Any:
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            try:
+                return await self._call(name, method, *args)
+            except VenueError as error:
+                if error.kind not in _RETRIED_READS or attempt == _READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _build_snapshot(
         self, exposure: Mapping[str, Decimal], orders: list[OrderView]

@@ -1,5 +1,5 @@
-"""The runnable entry points that talk to a broker: `make demo`'s trading session, the
-broker round trip, `ess broker`."""
+"""The runnable entry points that talk to a broker: `make demo`'s trading session and its
+every-venue stop, the broker round trip, `ess broker`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,34 @@ import subprocess
 import sys
 import time
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from ess.examples import broker_roundtrip
+from ess.examples import broker_roundtrip, venues_demo
 from ess.examples.trading_demo import run_demo
 
 pytestmark = pytest.mark.integration
+
+
+async def test_the_venues_demo_flattens_every_family_from_a_venues_file(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ess worker` started from a venues file naming binanceusdm, binancecoinm, binance,
+    bybit and okx books; `ess trip` flattens all of them; `ess reset` re-opens."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    out = StringIO()
+
+    ok = await venues_demo.run_demo(Console(file=out, width=120), tmp_path)
+
+    text = out.getvalue()
+    assert ok, text + (tmp_path / "worker.log").read_text()
+    file = (tmp_path / "venues.toml").read_text()
+    for exchange in ("binanceusdm", "binancecoinm", "binance", "bybit", "okx"):
+        assert f'exchange = "{exchange}"' in file
+    for venue in ("binance-usdm", "binance-coinm", "binance-spot", "bybit-linear", "okx-swap"):
+        assert f"{venue}: FLAT" in text
 
 
 def test_broker_roundtrip_demo_uses_the_configured_cluster(

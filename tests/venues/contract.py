@@ -1,15 +1,26 @@
 """The venue contract: what "a supported venue" means, once, for every adapter.
 
 A test module subclasses :class:`VenueContract`, sets ``kind`` (the market the pair serves)
-and provides an ``open_pair`` fixture: ``await open_pair(**config_overrides)`` opens a *new*
+and ``family`` (the simulator family it trades through, a key of :data:`FAMILIES`), and
+provides an ``open_pair`` fixture: ``await open_pair(**config_overrides)`` opens a *new*
 adapter on the test's simulator account each time it is called (a second instance is how a
 fresh, independent read and a restarted executor are modelled; ``account=`` names another
 account made by :func:`add_account`) and returns a :class:`Pair`: the opened adapter plus the
-simulator, the account and the mapping from the simulator's market ids to the adapter's
-symbols. :func:`opening` builds such a fixture from a function that builds the adapter.
-The pair's :class:`SimBook` says which simulator book its exposure lives in (default: USD-M
-futures or spot by ``kind``; COIN-M passes its own, which also scales the contract's sizes to
-whole contracts and names its markets).
+simulator, the account, the mapping from the simulator's market ids to the adapter's symbols
+and the pair's :class:`SimBook`. :func:`opening` builds such a fixture from a function that
+builds the adapter.
+
+Every exchange the simulator serves is one family (``ess/sim/families``), with its own paths,
+methods and parameter names; the cases never name them. :data:`FAMILIES` is the table of what
+they need per family and market kind (a :class:`SimBook`): the simulator book the exposure
+lives in (and, for COIN-M, how the contract's market ids and sizes read there), the order
+placement :class:`Route` (the endpoint and the parameters telling this book's requests from
+another's on a shared path), the cancel routes, how a logged order request reads
+(:class:`OrderFields`: instrument, side, type, client id, size, reduce-only), the exchange's
+instrument id of a market (OKX: ``BTCUSDT`` -> ``BTC-USDT-SWAP``) and what one unit of an order's
+size is (OKX swaps: a contract of ``ctVal``). Accounts and credentials always carry an API
+passphrase (OKX needs one, the others ignore it), and the simulator of the suite relaxes every
+family's budgets for the engine's fast re-reads (:meth:`VenueContract.sim`).
 
 Every case runs the real flatten engine (:class:`~ess.roles.execute.engine.VenueFlattener`)
 through real ccxt over HTTP against the simulator; nothing is mocked. Success is always
@@ -17,9 +28,10 @@ checked by a fresh read: the simulator's own books, and a new adapter instance's
 What a supported venue guarantees:
 
 1. both order books (regular and conditional) are cancelled on every symbol;
-2. every position is closed (reduce-only on futures; on spot every balance is sold into the
-   quote except ``keep_assets``), dust is reported and not counted, and a spot balance without
-   a market is stranded exposure that is never read as flat;
+2. every position is closed (reduce-only on futures, in whole contracts where the book trades
+   contracts; on spot every balance is sold into the quote except ``keep_assets``), dust is
+   reported and not counted, and a spot balance without a market is stranded exposure that is
+   never read as flat;
 3. an empty or mangled answer to any read a snapshot is built from raises ``MALFORMED``, and
    the engine never reports flat on it;
 4. a flatten cut short and finished by a fresh engine and adapter closes each contract exactly
@@ -33,12 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, cast
 
 import pytest
 from pydantic import SecretStr
@@ -49,13 +63,24 @@ from ess.core import Activation
 from ess.core.flatten import MarketKind, PositionView, VenueSnapshot
 from ess.roles.execute.engine import Phase, VenueFlattener
 from ess.settings import ExecuteSettings
-from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
+from ess.sim import (
+    ExchangeSimulator,
+    Fault,
+    FaultKind,
+    LoggedRequest,
+    RateLimits,
+    Venue,
+    default_markets,
+)
 from ess.sim.book import PENDING_FILL
+from ess.sim.families.bybit import BybitFamily
+from ess.sim.families.okx import ENDPOINT_LIMITS, OkxFamily
 from ess.sim.markets import fmt
 from ess.venues.budget import RateBudget
 from ess.venues.config import VenueConfig, VenueCredentials
 from ess.venues.ports import VenueError, VenueErrorKind, VenuePort
 from schemas import ActionReport, ReasonCode
+from tests.fixtures.venues import ACCOUNT, API_KEY, SECRET
 from tests.helpers import eventually
 
 D = Decimal
@@ -85,34 +110,147 @@ LATE_FILL_DELAY_S = 0.5
 EXTRA_FUTURES = 2
 EXTRA_SPOT = 3
 
-#: The endpoints the simulator serves per market kind (both adapters reach the same ones).
-ORDER_PATH: dict[MarketKind, str] = {
-    MarketKind.FUTURES: "/fapi/v1/order",
-    MarketKind.SPOT: "/api/v3/order",
-}
-CANCEL_PATH: dict[MarketKind, str] = {
-    MarketKind.FUTURES: "/fapi/v1/allOpenOrders",
-    MarketKind.SPOT: "/api/v3/openOrders",
-}
 VENUE_OF: dict[MarketKind, Venue] = {MarketKind.FUTURES: Venue.FUTURES, MarketKind.SPOT: Venue.SPOT}
 QUOTE = "USDT"
+#: The (simulator-only) API passphrase of every account the suite makes: OKX signs with it,
+#: the other families ignore it.
+PASSPHRASE: Final = "contract-Passphrase-1"
+
+# -- the simulator's budgets -----------------------------------------------------------------------
+
+#: Binance's budgets over 1 s windows, so a 429/418 says ``Retry-After: 1``.
+BINANCE_LIMITS: Final[Mapping[Venue, RateLimits]] = {
+    Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
+    Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
+    Venue.COINM: RateLimits(weight_window_s=1.0, orders_per_10s=None),
+}
+#: Bybit's published budgets (600 requests per IP, create-order 10/s linear and 20/s spot per
+#: UID) over 1 s windows too.
+BYBIT_LIMITS: Final[Mapping[Venue, RateLimits]] = {
+    venue: dataclasses.replace(rule, weight_window_s=1.0)
+    for venue, rule in BybitFamily.default_limits.items()
+}
+#: OKX's per-endpoint limits x 50 over 1 s windows: the engine re-reads every 50 ms and the
+#: cases open many fresh adapters (each loads markets), far above OKX's 10 balance or position
+#: reads per 2 s. Rate limiting itself is still exercised by the 429 faults of the sixth case,
+#: and at OKX's real limits in ``tests/sim/test_okx.py``.
+OKX_ENDPOINT_LIMITS: Final = {
+    key: dataclasses.replace(rule, count=rule.count * 50, window_s=1.0)
+    for key, rule in ENDPOINT_LIMITS.items()
+}
+
+# -- the family table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """An endpoint as the simulator logs and matches it: method, path and the parameters that
+    tell one book's requests from another's on a path the books share (Bybit's ``category``,
+    OKX's ``tdMode``)."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def carries(self, request: LoggedRequest) -> bool:
+        """Whether ``request`` went to this route."""
+        return (request.method, request.path) == (self.method, self.path) and all(
+            request.params.get(key) == value for key, value in self.params.items()
+        )
+
+    def requests(self, sim: ExchangeSimulator, account: str) -> list[LoggedRequest]:
+        """``account``'s logged requests to this route, in arrival order."""
+        return [r for r in sim.requests(self.method, self.path, account) if self.carries(r)]
+
+    def add_fault(
+        self,
+        sim: ExchangeSimulator,
+        kind: FaultKind | str,
+        *,
+        params: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Fault:
+        """A fault on this route's requests (those also carrying ``params``)."""
+        return sim.add_fault(
+            self.method, self.path, kind, params={**self.params, **(params or {})}, **options
+        )
+
+    def armed(self, sim: ExchangeSimulator) -> set[FaultKind]:
+        """The kinds of the faults armed on every request of this route."""
+        return {
+            fault.kind
+            for fault in sim.faults
+            if fault.matches(self.method, self.path, None, self.params)
+        }
+
+
+@dataclass(frozen=True)
+class OrderFields:
+    """How a family's logged order request reads: parameter names, and the values of a sell
+    and of a market order. Reduce-only is ``<reduce_only>=true`` wherever it is sent."""
+
+    #: The parameter naming the instrument (its value: :meth:`SimBook.instrument`).
+    instrument: str
+    side: str
+    sell: str
+    type: str
+    market: str
+    client_id: str
+    #: ESS's client order id as the family accepts it (``re.fullmatch``).
+    client_id_format: str
+    #: The order's size, in units of :attr:`SimBook.contract_value`.
+    size: str
+    reduce_only: str = "reduceOnly"
+
+
+def same_instrument(sim: ExchangeSimulator, venue: Venue, market_id: str) -> str:
+    """The exchange names the instrument by the simulator's market id (Binance, Bybit)."""
+    return market_id
+
+
+def one_unit(sim: ExchangeSimulator, market_id: str) -> Decimal:
+    """An order's size is in the book's own units (base units, or COIN-M contracts)."""
+    return Decimal(1)
+
+
+def _okx(sim: ExchangeSimulator) -> OkxFamily:
+    return cast(OkxFamily, sim.family("okx"))
+
+
+def okx_instrument(sim: ExchangeSimulator, venue: Venue, market_id: str) -> str:
+    """OKX's ``instId``: ``BTCUSDT`` -> ``BTC-USDT-SWAP`` (swap) or ``BTC-USDT`` (spot)."""
+    return _okx(sim).inst_id(market_id, venue)
+
+
+def okx_contract(sim: ExchangeSimulator, market_id: str) -> Decimal:
+    """An OKX swap order is sized in contracts of ``ctVal`` base units."""
+    return _okx(sim).contract_value(market_id)
 
 
 @dataclass(frozen=True)
 class SimBook:
-    """The simulator book a pair trades, and how the contract's market ids and sizes (written
-    for USD-M and spot: ``BTCUSDT``, 0.5) read there."""
+    """One family's book a pair trades, as the cases need it: the simulator book, the routes
+    the pair writes through, how its order requests read, and how the contract's market ids
+    and sizes (written for USD-M and spot: ``BTCUSDT``, 0.5) read there."""
 
     venue: Venue
-    order_path: str
-    cancel_path: str
+    #: Where a close is placed.
+    order: Route
+    #: Where orders are cancelled: the regular book's route first, then the conditional
+    #: book's if it has one of its own.
+    cancels: tuple[Route, ...]
+    fields: OrderFields
     #: The contract's market id -> this book's (``BTCUSDT`` -> ``BTCUSD_PERP``); the same id
     #: when absent.
     ids: Mapping[str, str] = field(default_factory=dict)
     #: The contract's sizes are multiplied by this (COIN-M: 100, whole contracts).
     unit: Decimal = Decimal(1)
-    #: Arms every fault kind on the book's endpoints (the contract's sixth case).
-    arm: Callable[[ExchangeSimulator], None] = arm_faults
+    #: The exchange's instrument id of a market of this book (:attr:`OrderFields.instrument`).
+    instrument_of: Callable[[ExchangeSimulator, Venue, str], str] = same_instrument
+    #: How much of a market one unit of an order's size is, in the book's quantity.
+    contract_value: Callable[[ExchangeSimulator, str], Decimal] = one_unit
+    #: Orders are sized in whole contracts (every close must be a whole number of them).
+    whole_contracts: bool = False
 
     def id(self, market_id: str) -> str:
         return self.ids.get(market_id, market_id)
@@ -120,11 +258,122 @@ class SimBook:
     def size(self, size: str | Decimal) -> Decimal:
         return Decimal(fmt(Decimal(size) * self.unit))  # "0.04", not "0.0400"
 
+    @property
+    def cancel(self) -> Route:
+        """The regular book's cancel route."""
+        return self.cancels[0]
 
-#: The book of each market kind unless a pair names its own.
-BOOKS: dict[MarketKind, SimBook] = {
-    kind: SimBook(VENUE_OF[kind], ORDER_PATH[kind], CANCEL_PATH[kind]) for kind in MarketKind
+    def instrument(self, sim: ExchangeSimulator, market_id: str) -> str:
+        """The exchange's instrument id of this book's market ``market_id``."""
+        return self.instrument_of(sim, self.venue, market_id)
+
+    def orders(self, sim: ExchangeSimulator, account: str) -> list[LoggedRequest]:
+        """``account``'s order placements on this book."""
+        return self.order.requests(sim, account)
+
+
+BINANCE_ORDERS: Final = OrderFields(
+    instrument="symbol",
+    side="side",
+    sell="SELL",
+    type="type",
+    market="MARKET",
+    client_id="newClientOrderId",
+    client_id_format=r"ess-[0-9a-f]{32}",
+    size="quantity",
+)
+BYBIT_ORDERS: Final = OrderFields(
+    instrument="symbol",
+    side="side",
+    sell="Sell",
+    type="orderType",
+    market="Market",
+    client_id="orderLinkId",
+    client_id_format=r"ess-[0-9a-f]{32}",
+    size="qty",
+)
+#: OKX's ``clOrdId`` is letters and digits: ESS's derived id is sent as ``ess<29 hex>``.
+OKX_ORDERS: Final = OrderFields(
+    instrument="instId",
+    side="side",
+    sell="sell",
+    type="ordType",
+    market="market",
+    client_id="clOrdId",
+    client_id_format=r"ess[0-9a-f]{29}",
+    size="sz",
+)
+
+#: What the cases need of each family, per market kind (see the module docstring).
+FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
+    "binance": {
+        MarketKind.FUTURES: SimBook(
+            Venue.FUTURES,
+            Route("POST", "/fapi/v1/order"),
+            (Route("DELETE", "/fapi/v1/allOpenOrders"), Route("DELETE", "/fapi/v1/algoOpenOrders")),
+            BINANCE_ORDERS,
+        ),
+        MarketKind.SPOT: SimBook(
+            Venue.SPOT,
+            Route("POST", "/api/v3/order"),
+            (Route("DELETE", "/api/v3/openOrders"),),
+            BINANCE_ORDERS,
+        ),
+    },
+    # Inverse perpetuals by their /dapi ids, sizes in contracts (x100: a 0.5 position is 50
+    # contracts, a 0.0004 one is 0.04 contracts, dust below the 1-contract step).
+    "binance-coinm": {
+        MarketKind.FUTURES: SimBook(
+            Venue.COINM,
+            Route("POST", "/dapi/v1/order"),
+            (Route("DELETE", "/dapi/v1/allOpenOrders"), Route("DELETE", "/dapi/v1/algoOpenOrders")),
+            BINANCE_ORDERS,
+            ids={f"{b}USDT": f"{b}USD_PERP" for b in ("BTC", "ETH", "SOL", "SIM001", "SIM002")},
+            unit=Decimal(100),
+            whole_contracts=True,
+        ),
+    },
+    # One create and one cancel-all route for both books, told apart by ``category``; the
+    # conditional book is cancelled there too (``orderFilter=StopOrder``).
+    "bybit": {
+        kind: SimBook(
+            VENUE_OF[kind],
+            Route("POST", "/v5/order/create", {"category": category}),
+            (Route("POST", "/v5/order/cancel-all", {"category": category}),),
+            BYBIT_ORDERS,
+        )
+        for kind, category in ((MarketKind.FUTURES, "linear"), (MarketKind.SPOT, "spot"))
+    },
+    # ccxt's create_order is a one-item ``batch-orders`` (``tdMode`` cross on swaps, cash on
+    # spot); OKX has no cancel-all: the generic adapter cancels by id in batches, the algo book
+    # through ``cancel-algos``. Swaps trade in contracts of ``ctVal``.
+    "okx": {
+        MarketKind.FUTURES: SimBook(
+            Venue.FUTURES,
+            Route("POST", "/api/v5/trade/batch-orders", {"tdMode": "cross"}),
+            (
+                Route("POST", "/api/v5/trade/cancel-batch-orders"),
+                Route("POST", "/api/v5/trade/cancel-algos"),
+            ),
+            OKX_ORDERS,
+            instrument_of=okx_instrument,
+            contract_value=okx_contract,
+            whole_contracts=True,
+        ),
+        MarketKind.SPOT: SimBook(
+            Venue.SPOT,
+            Route("POST", "/api/v5/trade/batch-orders", {"tdMode": "cash"}),
+            (Route("POST", "/api/v5/trade/cancel-batch-orders"),),
+            OKX_ORDERS,
+            instrument_of=okx_instrument,
+        ),
+    },
 }
+
+
+#: The kinds acting only where orders are placed, and only where they are cancelled.
+ORDER_KINDS: Final = frozenset({FaultKind.PARTIAL_FILL, FaultKind.REDUCE_ONLY_REJECTED})
+CANCEL_KINDS: Final = frozenset({FaultKind.LATE_FILL, FaultKind.UNKNOWN_ORDER})
 
 
 # -- the pair under test -------------------------------------------------------------------------
@@ -139,20 +388,16 @@ class Pair:
     account: str
     #: The simulator's market id (``BTCUSDT``) -> the adapter's symbol (``BTC/USDT:USDT``).
     symbol: Callable[[str], str]
-    #: The simulator book traded (``None``: the one of ``kind``, see :data:`BOOKS`).
-    book: SimBook | None = None
+    #: The family's book traded (see :data:`FAMILIES`).
+    book: SimBook
 
     @property
     def kind(self) -> MarketKind:
         return self.venue.kind
 
     @property
-    def sim_book(self) -> SimBook:
-        return self.book or BOOKS[self.kind]
-
-    @property
     def sim_venue(self) -> Venue:
-        return self.sim_book.venue
+        return self.book.venue
 
 
 #: ``await open_pair(account=None, **config_overrides)``: a new, opened adapter on the test's
@@ -164,20 +409,24 @@ BuildVenue = Callable[[dict[str, Any], VenueCredentials], VenuePort]
 
 
 def add_account(sim: ExchangeSimulator, name: str) -> str:
-    """Another account on ``sim`` (1000 USDT on spot), for runs side by side."""
+    """Another account on ``sim`` (1000 USDT on spot, the suite's passphrase), for runs side by
+    side."""
     credentials = account_credentials(name)
     return sim.add_account(
         credentials.api_key.get_secret_value(),
         credentials.secret.get_secret_value(),
         name=name,
         spot={QUOTE: "1000"},
+        passphrase=PASSPHRASE,
     )
 
 
 def account_credentials(name: str) -> VenueCredentials:
     """The (simulator-only) credentials of an account made by :func:`add_account`."""
     return VenueCredentials(
-        api_key=SecretStr(f"contract-key-{name}"), secret=SecretStr(f"contract-secret-{name}")
+        api_key=SecretStr(f"contract-key-{name}"),
+        secret=SecretStr(f"contract-secret-{name}"),
+        passphrase=SecretStr(PASSPHRASE),
     )
 
 
@@ -200,12 +449,10 @@ async def opening(
     credentials: VenueCredentials,
     build: BuildVenue,
     symbol: Callable[[str], str],
-    *,
-    book: SimBook | None = None,
+    book: SimBook,
 ) -> AsyncIterator[OpenPair]:
     """An ``open_pair`` factory over ``build`` for ``default_account`` (whose ``credentials``
-    these are) trading ``book`` (default: the one of the adapter's kind); every adapter it
-    opened is closed on leaving."""
+    these are) trading ``book``; every adapter it opened is closed on leaving."""
     opened: list[VenuePort] = []
 
     async def open_pair(*, account: str | None = None, **overrides: Any) -> Pair:
@@ -306,7 +553,7 @@ Start = Callable[..., Run]
 
 
 def seed_book(
-    sim: ExchangeSimulator, account: str, kind: MarketKind, book: SimBook | None = None
+    sim: ExchangeSimulator, account: str, kind: MarketKind, book: SimBook
 ) -> dict[str, Decimal]:
     """A small book on several symbols; returns the exposure by market id (signed futures
     positions, or spot base balances free plus locked). Futures symbols and sizes are read
@@ -318,14 +565,13 @@ def seed_book(
     SIM002 locking USDT (spot conditional orders are not modelled by the simulator).
     """
     if kind is MarketKind.FUTURES:
-        at = book or BOOKS[kind]
         sizes = (("BTCUSDT", "0.5"), ("ETHUSDT", "-2"), ("SOLUSDT", "10"))
-        positions = {at.id(symbol): at.size(size) for symbol, size in sizes}
+        positions = {book.id(symbol): book.size(size) for symbol, size in sizes}
         for symbol, size in positions.items():
             sim.seed_position(account, symbol, size, sim.mark_price(symbol))
-        sim.seed_order(account, at.id("BTCUSDT"), "BUY", at.size("0.01"), "50000")
-        sim.seed_order(account, at.id("ETHUSDT"), "BUY", at.size("1"), "2800", reduce_only=True)
-        sim.seed_order(account, at.id("SIM001USDT"), "BUY", at.size("2"), "30")
+        sim.seed_order(account, book.id("BTCUSDT"), "BUY", book.size("0.01"), "50000")
+        sim.seed_order(account, book.id("ETHUSDT"), "BUY", book.size("1"), "2800", reduce_only=True)
+        sim.seed_order(account, book.id("SIM001USDT"), "BUY", book.size("2"), "30")
         conditional = (
             ("BTCUSDT", "SELL", "0.5", "STOP_MARKET", "55000", True),
             ("ETHUSDT", "BUY", "2", "TAKE_PROFIT_MARKET", "2500", True),
@@ -334,9 +580,9 @@ def seed_book(
         for symbol, side, qty, order_type, trigger, reduce_only in conditional:
             sim.seed_order(
                 account,
-                at.id(symbol),
+                book.id(symbol),
                 side,
-                at.size(qty),
+                book.size(qty),
                 order_type=order_type,
                 trigger_price=trigger,
                 reduce_only=reduce_only,
@@ -394,8 +640,9 @@ def assert_never_flipped(pair: Pair, start: dict[str, Decimal]) -> None:
             ours = _flips(pair, start)
         assert ours == 0, f"{ours} close(s) of ESS flipped or opened a position"
         return
-    orders = pair.sim.requests("POST", ORDER_PATH[MarketKind.SPOT], account=pair.account)
-    assert {request.params.get("side") for request in orders} <= {"SELL"}
+    fields = pair.book.fields
+    orders = pair.book.orders(pair.sim, pair.account)
+    assert {request.params.get(fields.side) for request in orders} <= {fields.sell}
     assert all(fill.side == "SELL" for fill in pair.sim.fills(pair.account) if not fill.late)
     state = pair.sim.account(pair.account)
     assert all(amount >= 0 for amount in (*state.spot_free.values(), *state.spot_locked.values()))
@@ -429,31 +676,47 @@ async def fresh_snapshot(open_pair: OpenPair, **overrides: Any) -> VenueSnapshot
 @pytest.mark.integration
 class VenueContract:
     """What every supported adapter-and-venue pair guarantees. Subclasses set ``kind`` and
-    provide the ``open_pair`` fixture (see the module docstring)."""
+    ``family`` and provide the ``open_pair`` fixture (see the module docstring)."""
 
     kind: ClassVar[MarketKind]
+    #: The simulator family the pair trades through: a key of :data:`FAMILIES`.
+    family: ClassVar[str]
+
+    @property
+    def book(self) -> SimBook:
+        """The pair's book in the family table (what :func:`opening` is given)."""
+        return FAMILIES[self.family][self.kind]
 
     @pytest.fixture
     async def sim(self) -> AsyncIterator[ExchangeSimulator]:
-        """Default and a few generated markets; Binance's budgets over 1 s windows, so a
-        429/418 says ``Retry-After: 1``; the fault RNG seeded (reproducible up to timing)."""
-        limits = {
-            Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
-            Venue.SPOT: RateLimits(
-                weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None
-            ),
-            Venue.COINM: RateLimits(weight_window_s=1.0, orders_per_10s=None),
-        }
+        """Default and a few generated markets; every family's budgets relaxed for the
+        engine's fast re-reads (:data:`BINANCE_LIMITS`, :data:`BYBIT_LIMITS`,
+        :data:`OKX_ENDPOINT_LIMITS`); the fault RNG seeded (reproducible up to timing)."""
         markets = default_markets(
             extra_futures=EXTRA_FUTURES, extra_spot=EXTRA_SPOT, extra_coinm=EXTRA_FUTURES
         )
         simulator = ExchangeSimulator(
             markets=markets,
-            rate_limits=limits,
+            rate_limits=BINANCE_LIMITS,
+            family_limits={BybitFamily.name: BYBIT_LIMITS},
             seed=FAULT_SEED,
         )
+        _okx(simulator).limiter = OkxFamily.make_limiter(endpoint_limits=OKX_ENDPOINT_LIMITS)
         async with simulator:
             yield simulator
+
+    @pytest.fixture
+    def account(self, sim: ExchangeSimulator) -> str:
+        """The account ``main`` (1000 USDT on spot) with an API passphrase."""
+        return sim.add_account(
+            API_KEY, SECRET, name=ACCOUNT, spot={QUOTE: "1000"}, passphrase=PASSPHRASE
+        )
+
+    @pytest.fixture
+    def credentials(self) -> VenueCredentials:
+        return VenueCredentials(
+            api_key=SecretStr(API_KEY), secret=SecretStr(SECRET), passphrase=SecretStr(PASSPHRASE)
+        )
 
     @pytest.fixture
     async def start(self) -> AsyncIterator[Start]:
@@ -480,9 +743,10 @@ class VenueContract:
     ) -> None:
         """Regular and conditional (algo) orders on several symbols, some without a
         position, are all gone after a flatten: the simulator shows every one cancelled and a
-        new adapter instance reads no open order."""
+        new adapter instance reads no open order. The pair wrote only through its book's
+        order and cancel routes, and through each of its cancel routes."""
         pair = await open_pair()
-        seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
+        seed_book(pair.sim, pair.account, pair.kind, pair.book)
         seeded = pair.sim.open_orders(pair.account)
         symbols = {order.symbol for order in seeded}
         conditional = {order.symbol for order in seeded if order.conditional}
@@ -508,21 +772,29 @@ class VenueContract:
             assert len(conditional) >= 2  # the algo book was really exercised
         else:
             assert not conditional  # the simulator keeps no spot trigger book
+        book = pair.book
+        writes = [r for r in pair.sim.requests(account=pair.account) if r.method != "GET"]
+        routes = (book.order, *book.cancels)
+        stray = [r for r in writes if not any(route.carries(r) for route in routes)]
+        assert [(r.method, r.path, r.params) for r in stray] == []
+        assert all(route.requests(pair.sim, pair.account) for route in book.cancels)
 
     # 2 -------------------------------------------------------------------------------------
 
     async def test_every_position_is_closed_and_verified_by_fresh_reads(
         self, open_pair: OpenPair, start: Start
     ) -> None:
-        """Futures: reduce-only market closes for exactly the position. Spot: every balance
-        with a market is sold into the quote, ``keep_assets`` is left alone. Both: exposure
-        below the lot size is reported as dust and does not block "flat"."""
+        """Futures: reduce-only market closes for exactly the position (in whole contracts
+        where the book trades contracts). Spot: every balance with a market is sold into the
+        quote, ``keep_assets`` is left alone. Both: one market order per symbol, sized exactly
+        what is held, with ESS's client id in the family's format; exposure below the lot size
+        is reported as dust and does not block "flat"."""
         keep = {"keep_assets": ("SIM002",)} if self.kind is MarketKind.SPOT else {}
         pair = await open_pair(**keep)
-        start_exposure = seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
+        sim, book, fields = pair.sim, pair.book, pair.book.fields
+        start_exposure = seed_book(pair.sim, pair.account, pair.kind, book)
         if pair.kind is MarketKind.FUTURES:
-            # below the step (USD-M 0.001; COIN-M 1 contract)
-            book = pair.sim_book
+            # below the step (USD-M 0.001, OKX 0.4 of a 0.001 contract; COIN-M 1 contract)
             dust_symbol, dust_qty = book.id("SIM002USDT"), book.size("0.0004")
             pair.sim.seed_position(pair.account, dust_symbol, dust_qty, "75")
         else:
@@ -543,16 +815,28 @@ class VenueContract:
         assert closed_by_symbol(pair.sim, pair.account, pair.kind) == {
             symbol: abs(size) for symbol, size in start_exposure.items()
         }
-        orders = pair.sim.requests("POST", pair.sim_book.order_path, account=pair.account)
+        orders = book.orders(sim, pair.account)
         assert len(orders) == len(start_exposure)
-        assert all(o.params["newClientOrderId"].startswith("ess-") for o in orders)
-        assert all(o.params["type"] == "MARKET" for o in orders)
+        assert all(
+            re.fullmatch(fields.client_id_format, o.params[fields.client_id]) for o in orders
+        )
+        assert all(o.params[fields.type] == fields.market for o in orders)
+        by_instrument = {book.instrument(sim, symbol): symbol for symbol in start_exposure}
+        sized = [
+            (by_instrument[o.params[fields.instrument]], D(o.params[fields.size])) for o in orders
+        ]
+        assert {symbol: size * book.contract_value(sim, symbol) for symbol, size in sized} == {
+            symbol: abs(size) for symbol, size in start_exposure.items()
+        }
+        if book.whole_contracts:
+            assert all(size == size.to_integral() for _, size in sized)
         if pair.kind is MarketKind.FUTURES:
-            assert all(o.params.get("reduceOnly") == "true" for o in orders)
+            assert all(o.params.get(fields.reduce_only) == "true" for o in orders)
         else:
-            # Spot has no reduce-only (Binance refuses the parameter): only sells.
-            assert all("reduceOnly" not in o.params for o in orders)
-            assert {o.params["side"] for o in orders} == {"SELL"}
+            # Spot has no reduce-only (Binance refuses the parameter, OKX in cash mode): only
+            # sells.
+            assert all(fields.reduce_only not in o.params for o in orders)
+            assert {o.params[fields.side] for o in orders} == {fields.sell}
         assert_never_flipped(pair, start_exposure)
         await run.until("flatten", "dust")
         (dust,) = run.details("flatten", "dust")
@@ -569,7 +853,7 @@ class VenueContract:
         (``stranded``) and the engine keeps the venue not-flat, reporting ``stalled``, while
         selling everything it can."""
         pair = await open_pair()
-        seed_book(pair.sim, pair.account, pair.kind, pair.sim_book)
+        seed_book(pair.sim, pair.account, pair.kind, pair.book)
         pair.sim.seed_balance(pair.account, "XYZ", "3")  # no XYZUSDT market
 
         snapshot = await pair.venue.snapshot()
@@ -597,11 +881,12 @@ class VenueContract:
         self, open_pair: OpenPair, start: Start
     ) -> None:
         """Every read a snapshot is built from (found from the simulator's log, one-off reads
-        of a first snapshot included), answered with an empty or unparseable HTTP 200 body,
-        makes the snapshot of a new adapter raise ``MALFORMED``; the engine reading through
-        such answers never reports flat nor acts, and flattens once the answers are sound."""
+        of a first snapshot included), answered with an empty or unparseable HTTP 200 body
+        (every time: an adapter may try a lost read again), makes the snapshot of a new
+        adapter raise ``MALFORMED``; the engine reading through such answers never reports
+        flat nor acts, and flattens once the answers are sound."""
         probe = await open_pair()
-        start_exposure = seed_book(probe.sim, probe.account, probe.kind, probe.sim_book)
+        start_exposure = seed_book(probe.sim, probe.account, probe.kind, probe.book)
         sim, account = probe.sim, probe.account
         sim.clear_log()
         assert not (await probe.venue.snapshot()).flat
@@ -612,11 +897,12 @@ class VenueContract:
         for method, path in reads:
             for kind in (FaultKind.EMPTY, FaultKind.BAD_JSON):
                 pair = await open_pair()
-                fault = sim.add_fault(method, path, kind)
+                fault = sim.add_fault(method, path, kind, times=None)
                 with pytest.raises(VenueError) as raised:
                     await pair.venue.snapshot()
                 assert raised.value.kind is VenueErrorKind.MALFORMED, (path, kind.value)
-                assert fault.hits == 1, (path, kind.value)
+                assert fault.hits >= 1, (path, kind.value)
+                sim.clear_faults()
                 assert not (await pair.venue.snapshot()).flat  # sound again: all there
                 await pair.venue.aclose()
 
@@ -629,8 +915,8 @@ class VenueContract:
         await run.until("read", "failed", times=5)
         assert run.count("flatten", "verified_flat") == 0
         assert run.flattener.progress.phase is Phase.FLATTENING
-        assert pair.sim.requests(account=pair.account, method="POST") == []
-        assert pair.sim.requests(account=pair.account, method="DELETE") == []
+        # no order, no cancel: nothing but reads (every family writes with POST or DELETE)
+        assert [r.path for r in pair.sim.requests(account=pair.account) if r.method != "GET"] == []
         assert exposure(pair.sim, pair.account, pair.kind) == start_exposure
 
         pair.sim.clear_faults()
@@ -646,22 +932,21 @@ class VenueContract:
         executed (the request hangs), one done. A fresh engine with a fresh adapter finishes;
         the simulator's fills show every contract closed exactly once, nothing flipped."""
         first = await open_pair()
-        start_exposure = seed_book(first.sim, first.account, first.kind, first.sim_book)
-        order_path = first.sim_book.order_path
+        start_exposure = seed_book(first.sim, first.account, first.kind, first.book)
         done, unanswered, never = sorted(start_exposure)
-        sim = first.sim
-        sim.add_fault(
-            "POST", order_path, "exec_then_hang", times=None, params={"symbol": unanswered}
-        )
-        sim.add_fault("POST", order_path, "hang", times=None, params={"symbol": never})
+        sim, book = first.sim, first.book
+        instrument = book.fields.instrument
+        unanswered_id, never_id = book.instrument(sim, unanswered), book.instrument(sim, never)
+        book.order.add_fault(sim, "exec_then_hang", times=None, params={instrument: unanswered_id})
+        book.order.add_fault(sim, "hang", times=None, params={instrument: never_id})
         first_run = start(first.venue)
 
         def cut_short() -> bool:
             closed = closed_by_symbol(sim, first.account, first.kind)
             assert closed.get(done) == abs(start_exposure[done])
             assert closed.get(unanswered) == abs(start_exposure[unanswered])
-            hung = sim.requests("POST", order_path, account=first.account)
-            assert any(r.params.get("symbol") == never for r in hung)
+            hung = book.orders(sim, first.account)
+            assert any(r.params.get(instrument) == never_id for r in hung)
             return True
 
         await eventually(cut_short, timeout=FLAT_WITHIN_S)
@@ -690,7 +975,7 @@ class VenueContract:
         balance, appears after the venue was verified flat): the keep-flat loop finds it and
         flattens again."""
         pair = await open_pair()
-        sim, account, book = pair.sim, pair.account, pair.sim_book
+        sim, account, book = pair.sim, pair.account, pair.book
         btc, eth = book.id("BTCUSDT"), book.id("ETHUSDT")
         if pair.kind is MarketKind.FUTURES:
             sim.seed_position(account, btc, book.size("0.5"), sim.mark_price(btc))
@@ -698,7 +983,7 @@ class VenueContract:
             sim.seed_balance(account, "BTC", "0.2")
             sim.seed_balance(account, QUOTE, "10000")
         order_id = sim.seed_order(account, eth, "BUY", book.size("1"), "2800", venue=book.venue)
-        sim.add_fault("DELETE", book.cancel_path, "late_fill", delay_s=LATE_FILL_DELAY_S)
+        book.cancel.add_fault(sim, "late_fill", delay_s=LATE_FILL_DELAY_S)
         run = start(pair.venue)
 
         await run.until("enforce", "exposure_found")
@@ -721,7 +1006,8 @@ class VenueContract:
     async def test_thirty_percent_mixed_faults_end_flat_and_never_flip(
         self, sim: ExchangeSimulator, open_pair: OpenPair, start: Start
     ) -> None:
-        """Every fault kind the simulator has, on every endpoint it applies to, on 30 % of
+        """Every fault kind the simulator has, on every endpoint of every family it applies
+        to (:func:`arm_campaign`; the pair's order and cancel routes included), on 30 % of
         requests (plus partial fills and late fills on 30 % of orders and cancels), in
         :data:`FAULTY_RUNS` runs side by side (one account each, so their waits overlap):
         each ends flat within the deadline (its engine verified it and the simulator agrees,
@@ -730,8 +1016,14 @@ class VenueContract:
             await open_pair(account=add_account(sim, f"chaos{index}"))
             for index in range(FAULTY_RUNS)
         ]
-        books = [seed_book(sim, pair.account, pair.kind, pair.sim_book) for pair in pairs]
-        pairs[0].sim_book.arm(sim)
+        book = pairs[0].book
+        seeded = [seed_book(sim, pair.account, pair.kind, book) for pair in pairs]
+        arm_faults(sim)
+        # every kind that applies, on the routes the pair places and cancels through
+        assert book.order.armed(sim) == set(FaultKind) - CANCEL_KINDS - (
+            set() if self.kind is MarketKind.FUTURES else {FaultKind.REDUCE_ONLY_REJECTED}
+        )
+        assert all(route.armed(sim) == set(FaultKind) - ORDER_KINDS for route in book.cancels)
         runs = [start(pair.venue) for pair in pairs]
 
         def flat() -> bool:
@@ -752,8 +1044,8 @@ class VenueContract:
         assert {fault.kind for fault in sim.faults} == set(FaultKind)  # every kind armed
         fired = {fault.kind for fault in sim.faults if fault.hits}
         assert len(fired) >= 5, f"too few fault kinds fired: {sorted(fired)}"
-        for pair, book in zip(pairs, books, strict=True):
-            assert_never_flipped(pair, book)
+        for pair, start_exposure in zip(pairs, seeded, strict=True):
+            assert_never_flipped(pair, start_exposure)
         sim.clear_faults()
         for pair in pairs:
             assert (await fresh_snapshot(open_pair, account=pair.account)).flat

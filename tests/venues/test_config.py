@@ -284,7 +284,7 @@ def test_inconsistent_adapter_settings_are_refused(venue: dict[str, object], mat
 
 def test_a_generic_countdown_needs_cancel_all_orders_after() -> None:
     (venue,) = parse_venues(
-        [{"name": "b", "exchange": "bybit", "market": "futures", "countdown_symbols": ["x"]}]
+        [{"name": "o", "exchange": "okx", "market": "futures", "countdown_symbols": ["x"]}]
     )
     assert venue.countdown_symbols == ("x",)
 

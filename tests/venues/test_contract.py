@@ -1,7 +1,8 @@
-"""The venue contract (:mod:`tests.venues.contract`) on every adapter-and-simulator pair that
-exists: :class:`~ess.venues.binance.BinanceVenue` (Binance's raw endpoints) and
+"""The venue contract (:mod:`tests.venues.contract`) on every Binance pair:
+:class:`~ess.venues.binance.BinanceVenue` (Binance's raw endpoints) and
 :class:`~ess.venues.generic.CcxtVenue` (ccxt's unified API, ``adapter="generic"``), each on
-USD-M futures (``binanceusdm``) and on spot (``binance``)."""
+USD-M futures (``binanceusdm``) and on spot (``binance``), through the simulator's Binance
+family (``FAMILIES["binance"]``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class BinancePairs(VenueContract):
     """The Binance adapter on the exchange id ``exchange``."""
 
     exchange: str
+    family = "binance"
 
     @pytest.fixture
     async def open_pair(
@@ -44,7 +46,7 @@ class BinancePairs(VenueContract):
             config = venue_config(sim, self.exchange, **overrides)
             return BinanceVenue(config, keys, budget=short_budget(config))
 
-        async with opening(sim, account, credentials, build, market_id) as open_pair:
+        async with opening(sim, account, credentials, build, market_id, self.book) as open_pair:
             yield open_pair
 
 
@@ -52,6 +54,7 @@ class GenericPairs(VenueContract):
     """The generic (ccxt unified) adapter on the exchange id ``exchange``."""
 
     exchange: str
+    family = "binance"
 
     @pytest.fixture
     async def open_pair(
@@ -72,7 +75,7 @@ class GenericPairs(VenueContract):
             return CcxtVenue(config, keys, options=options, budget=short_budget(config))
 
         symbol = unified_symbol(sim, self.kind)
-        async with opening(sim, account, credentials, build, symbol) as open_pair:
+        async with opening(sim, account, credentials, build, symbol, self.book) as open_pair:
             yield open_pair
 
 

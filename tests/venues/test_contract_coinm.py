@@ -2,28 +2,26 @@
 (:class:`~ess.venues.generic.CcxtVenue`, ccxt's ``binancecoinm`` with NO simulator-specific
 options) against the simulator's ``/dapi`` book, inverse perpetuals in whole contracts.
 
-The contract's book reads through :data:`COINM_BOOK`: its markets are the COIN-M ones
-(``BTCUSDT`` -> ``BTCUSD_PERP``...) and its sizes are contracts (x100: a 0.5 position is 50
-contracts, a 0.0004 one is 0.04 contracts, dust below the 1-contract step), so every case
+The contract's book reads through ``FAMILIES["binance-coinm"]``: its markets are the COIN-M
+ones (``BTCUSDT`` -> ``BTCUSD_PERP``...) and its sizes are contracts (x100: a 0.5 position is
+50 contracts, a 0.0004 one is 0.04 contracts, dust below the 1-contract step), so every case
 checks that ESS closes exactly the contracts held, reduce-only, never flipping."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from ess.core.flatten import MarketKind
-from ess.sim import ExchangeSimulator, Venue
+from ess.sim import ExchangeSimulator
 from ess.venues.config import VenueCredentials
 from ess.venues.generic import CcxtVenue
 from ess.venues.ports import VenuePort
 from tests.fixtures.venues import venue_config
 from tests.venues.contract import (
     OpenPair,
-    SimBook,
     Start,
     VenueContract,
     opening,
@@ -34,20 +32,11 @@ from tests.venues.contract import (
 NO_SPOT_BALANCES = "futures hold positions, not balances: no asset can lack a market"
 
 
-#: COIN-M: the contract's markets by their ``/dapi`` ids, sizes in contracts.
-COINM_BOOK = SimBook(
-    Venue.COINM,
-    "/dapi/v1/order",
-    "/dapi/v1/allOpenOrders",
-    ids={f"{base}USDT": f"{base}USD_PERP" for base in ("BTC", "ETH", "SOL", "SIM001", "SIM002")},
-    unit=Decimal(100),
-)
-
-
 class TestGenericCoinm(VenueContract):
     """The generic (ccxt unified) adapter on ``binancecoinm``, with no options at all."""
 
     exchange = "binancecoinm"
+    family = "binance-coinm"
     kind = MarketKind.FUTURES
 
     @pytest.fixture
@@ -67,8 +56,8 @@ class TestGenericCoinm(VenueContract):
             )
             return CcxtVenue(config, keys, budget=short_budget(config))
 
-        symbol = unified_symbol(sim, self.kind, Venue.COINM)
-        async with opening(sim, account, credentials, build, symbol, book=COINM_BOOK) as open_pair:
+        symbol = unified_symbol(sim, self.kind, self.book.venue)
+        async with opening(sim, account, credentials, build, symbol, self.book) as open_pair:
             yield open_pair
 
     @pytest.mark.skip(reason=NO_SPOT_BALANCES)

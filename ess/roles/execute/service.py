@@ -272,7 +272,7 @@ class Executor:
         for venue in self.venues:
             countdown = self.countdowns.get(venue.name)
             if not venue.supports_countdown:
-                switches[venue.name] = "none: the venue has no native dead-man's switch"
+                switches[venue.name] = "none: the venue has no native dead-man's switch ESS can use"
             elif countdown is None or not countdown.symbols:
                 switches[venue.name] = "available, not configured (set countdown_symbols)"
             else:

@@ -199,7 +199,7 @@ def test_status_says_which_venues_have_a_dead_mans_switch() -> None:
     assert switches == {
         "armed": "kept armed: 2 symbol(s), 60000 ms",
         "available": "available, not configured (set countdown_symbols)",
-        "spot": "none: the venue has no native dead-man's switch",
+        "spot": "none: the venue has no native dead-man's switch ESS can use",
     }
     checks = executor.status().checks
     assert checks["dead_mans_switch:spot"] == switches["spot"]
