@@ -71,7 +71,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -89,10 +89,10 @@ from ess.core.signing import generate_private_key, public_bytes, sign_reset
 from ess.roles.execute.engine import Phase, VenueFlattener, enforce_all
 from ess.roles.execute.service import Executor
 from ess.settings import ExecuteSettings
-from ess.sim import ExchangeSimulator, FaultKind, RateLimits, Venue, default_markets
+from ess.sim import ExchangeSimulator, FaultKind, Market, RateLimits, Venue, default_markets
 from ess.sim.demo import seed_demo_book, seed_many
 from ess.sim.families.bybit import BybitFamily
-from ess.sim.families.okx import OkxFamily
+from ess.sim.families.okx import ENDPOINT_LIMITS, OkxFamily
 from ess.venues.binance import BinanceVenue
 from ess.venues.budget import RateBudget
 from ess.venues.config import VenueConfig, VenueCredentials
@@ -107,7 +107,7 @@ from schemas import (
     topic_registry,
 )
 
-__all__ = ["FAILURES", "FAULT_RATE", "MULTI_SCENARIOS", "run_campaign"]
+__all__ = ["FAILURES", "FAULT_RATE", "MULTI_SCENARIOS", "fast_simulator", "run_campaign"]
 
 #: Figures that must be 0.
 FAILURES: Final = ("not_flat", "positions_flipped", "multi_entry_lapses", "multi_entry_not_flat")
@@ -437,29 +437,43 @@ def _add_account(sim: ExchangeSimulator) -> str:
     )
 
 
-def _simulator(seed: int) -> ExchangeSimulator:
-    """A seeded simulator with 1 s rate-limit windows on every family (not started)."""
-    limits = {
-        Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
-        Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
+#: Binance's budgets over 1 s windows, so a 429/418 says ``Retry-After: 1``.
+_BINANCE_LIMITS: Final[Mapping[Venue, RateLimits]] = {
+    Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
+    Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
+    Venue.COINM: RateLimits(weight_window_s=1.0, orders_per_10s=None),
+}
+
+
+def fast_simulator(*, markets: Iterable[Market], seed: int) -> ExchangeSimulator:
+    """A seeded simulator (not started) whose budgets suit an engine re-reading every 50 ms:
+    Binance's and Bybit's published budgets over 1 s windows (a 429 costs a second, not a
+    minute), OKX's per-endpoint limits x 50 over 1 s (its real ones allow 10 position or
+    balance reads per 2 s). Rate limiting itself is still exercised by the 429/418 faults,
+    and at each exchange's real limits by the simulator's own tests (``tests/sim``)."""
+    bybit = {
+        venue: dataclasses.replace(rule, weight_window_s=1.0)
+        for venue, rule in BybitFamily.default_limits.items()
     }
-    family_limits = {
-        cls.name: {
-            venue: dataclasses.replace(
-                budget,
-                weight_window_s=1.0,
-                orders_10s_window_s=1.0,
-                orders_minute_window_s=1.0,
-            )
-            for venue, budget in cls.default_limits.items()
-        }
-        for cls in (BybitFamily, OkxFamily)
-    }
-    return ExchangeSimulator(
-        markets=default_markets(extra_futures=_EXTRA_FUTURES, extra_spot=_EXTRA_SPOT),
-        rate_limits=limits,
-        family_limits=family_limits,
+    simulator = ExchangeSimulator(
+        markets=markets,
+        rate_limits=_BINANCE_LIMITS,
+        family_limits={BybitFamily.name: bybit},
         seed=seed,
+    )
+    okx = simulator.family(OkxFamily.name)
+    okx.limiter = OkxFamily.make_limiter(
+        endpoint_limits={
+            key: dataclasses.replace(rule, count=rule.count * 50, window_s=1.0)
+            for key, rule in ENDPOINT_LIMITS.items()
+        }
+    )
+    return simulator
+
+
+def _simulator(seed: int) -> ExchangeSimulator:
+    return fast_simulator(
+        markets=default_markets(extra_futures=_EXTRA_FUTURES, extra_spot=_EXTRA_SPOT), seed=seed
     )
 
 

@@ -111,6 +111,16 @@ _READ_ATTEMPTS: Final = 3
 _RETRIED_READS: Final = frozenset(
     {VenueErrorKind.TIMEOUT, VenueErrorKind.UNAVAILABLE, VenueErrorKind.MALFORMED}
 )
+#: The market types ``load_markets`` fetches, per exchange and book, where ccxt loads more by
+#: default (Bybit: spot, linear, inverse and six option coins, twelve requests; OKX: spot,
+#: futures, swaps and options): a flatten needs its own book's markets only, and every extra
+#: request at open is one more that can fail while the venue is struggling.
+_MARKET_TYPES: Final[Mapping[tuple[str, MarketKind], list[str]]] = {
+    ("bybit", MarketKind.FUTURES): ["linear", "inverse"],
+    ("bybit", MarketKind.SPOT): ["spot"],
+    **{(okx, MarketKind.FUTURES): ["swap", "future"] for okx in ("okx", "myokx", "okxus")},
+    **{(okx, MarketKind.SPOT): ["spot"] for okx in ("okx", "myokx", "okxus")},
+}
 _ONE_TRIGGER_LISTING: Final[tuple[Mapping[str, Any], ...]] = ({"trigger": True},)
 #: Parameters of every open-order listing, per venue: Bybit pages open orders (20 rows by
 #: default), and a read that stops at the first page is not a complete read. (Passed per
@@ -253,7 +263,12 @@ class CcxtVenue:
         self._config = config
         self._credentials = credentials
         self._class = exchange_class
-        self._options = {**_DEFAULT_OPTIONS, **(options or {})}
+        types = _MARKET_TYPES.get((config.exchange, config.market_kind))
+        self._options = {
+            **_DEFAULT_OPTIONS,
+            **({"fetchMarkets": {"types": types}} if types else {}),
+            **(options or {}),
+        }
         self._timeout_s = config.timeout_ms / 1000 + _TIMEOUT_GRACE_S
         self._budget = budget or RateBudget(
             config.weight_per_minute, config.orders_per_10s, config.max_in_flight
@@ -490,7 +505,7 @@ class CcxtVenue:
             self._exchange = self._build()
         try:
             # reload: ccxt caches the result of the first load, even an empty one.
-            markets = await self._call("markets", self._exchange.load_markets, True)
+            markets = await self._read_one("markets", self._exchange.load_markets, (True,))
         except VenueError:
             raise
         if not isinstance(markets, dict) or not markets:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -57,7 +56,7 @@ from typing import Any, ClassVar, Final, cast
 import pytest
 from pydantic import SecretStr
 
-from ess.chaos.venue import arm_faults, count_flips
+from ess.chaos.venue import arm_faults, count_flips, fast_simulator
 from ess.clock import SystemClock
 from ess.core import Activation
 from ess.core.flatten import MarketKind, PositionView, VenueSnapshot
@@ -68,13 +67,11 @@ from ess.sim import (
     Fault,
     FaultKind,
     LoggedRequest,
-    RateLimits,
     Venue,
     default_markets,
 )
 from ess.sim.book import PENDING_FILL
-from ess.sim.families.bybit import BybitFamily
-from ess.sim.families.okx import ENDPOINT_LIMITS, OkxFamily
+from ess.sim.families.okx import OkxFamily
 from ess.sim.markets import fmt
 from ess.venues.budget import RateBudget
 from ess.venues.config import VenueConfig, VenueCredentials
@@ -115,29 +112,6 @@ QUOTE = "USDT"
 #: The (simulator-only) API passphrase of every account the suite makes: OKX signs with it,
 #: the other families ignore it.
 PASSPHRASE: Final = "contract-Passphrase-1"
-
-# -- the simulator's budgets -----------------------------------------------------------------------
-
-#: Binance's budgets over 1 s windows, so a 429/418 says ``Retry-After: 1``.
-BINANCE_LIMITS: Final[Mapping[Venue, RateLimits]] = {
-    Venue.FUTURES: RateLimits(weight_window_s=1.0, orders_10s_window_s=1.0),
-    Venue.SPOT: RateLimits(weight_per_window=6000, weight_window_s=1.0, orders_per_minute=None),
-    Venue.COINM: RateLimits(weight_window_s=1.0, orders_per_10s=None),
-}
-#: Bybit's published budgets (600 requests per IP, create-order 10/s linear and 20/s spot per
-#: UID) over 1 s windows too.
-BYBIT_LIMITS: Final[Mapping[Venue, RateLimits]] = {
-    venue: dataclasses.replace(rule, weight_window_s=1.0)
-    for venue, rule in BybitFamily.default_limits.items()
-}
-#: OKX's per-endpoint limits x 50 over 1 s windows: the engine re-reads every 50 ms and the
-#: cases open many fresh adapters (each loads markets), far above OKX's 10 balance or position
-#: reads per 2 s. Rate limiting itself is still exercised by the 429 faults of the sixth case,
-#: and at OKX's real limits in ``tests/sim/test_okx.py``.
-OKX_ENDPOINT_LIMITS: Final = {
-    key: dataclasses.replace(rule, count=rule.count * 50, window_s=1.0)
-    for key, rule in ENDPOINT_LIMITS.items()
-}
 
 # -- the family table ------------------------------------------------------------------------------
 
@@ -690,19 +664,12 @@ class VenueContract:
     @pytest.fixture
     async def sim(self) -> AsyncIterator[ExchangeSimulator]:
         """Default and a few generated markets; every family's budgets relaxed for the
-        engine's fast re-reads (:data:`BINANCE_LIMITS`, :data:`BYBIT_LIMITS`,
-        :data:`OKX_ENDPOINT_LIMITS`); the fault RNG seeded (reproducible up to timing)."""
+        engine's fast re-reads (:func:`ess.chaos.venue.fast_simulator`); the fault RNG
+        seeded (reproducible up to timing)."""
         markets = default_markets(
             extra_futures=EXTRA_FUTURES, extra_spot=EXTRA_SPOT, extra_coinm=EXTRA_FUTURES
         )
-        simulator = ExchangeSimulator(
-            markets=markets,
-            rate_limits=BINANCE_LIMITS,
-            family_limits={BybitFamily.name: BYBIT_LIMITS},
-            seed=FAULT_SEED,
-        )
-        _okx(simulator).limiter = OkxFamily.make_limiter(endpoint_limits=OKX_ENDPOINT_LIMITS)
-        async with simulator:
+        async with fast_simulator(markets=markets, seed=FAULT_SEED) as simulator:
             yield simulator
 
     @pytest.fixture

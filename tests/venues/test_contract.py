@@ -1,13 +1,25 @@
-"""The venue contract (:mod:`tests.venues.contract`) on every Binance pair:
-:class:`~ess.venues.binance.BinanceVenue` (Binance's raw endpoints) and
-:class:`~ess.venues.generic.CcxtVenue` (ccxt's unified API, ``adapter="generic"``), each on
-USD-M futures (``binanceusdm``) and on spot (``binance``), through the simulator's Binance
-family (``FAMILIES["binance"]``)."""
+"""The venue contract (:mod:`tests.venues.contract`) on every supported adapter-and-simulator
+pair: this file is the list of what ESS can flatten.
+
+* Binance USD-M futures (``binanceusdm``) and spot (``binance``), each through the tuned
+  :class:`~ess.venues.binance.BinanceVenue` and through the generic
+  :class:`~ess.venues.generic.CcxtVenue` (``adapter="generic"``);
+* Binance COIN-M (``binancecoinm``), inverse perpetuals sized in whole contracts
+  (``FAMILIES["binance-coinm"]``: ``BTCUSDT`` reads ``BTCUSD_PERP``, sizes x100);
+* Bybit v5 linear perpetuals and spot (``bybit``: ``/v5/order/create`` and
+  ``/v5/order/cancel-all`` of the book's ``category``);
+* OKX v5 swaps (sized in contracts of ``ctVal``) and spot (``okx``: closes through
+  ``/api/v5/trade/batch-orders``, cancels through ``cancel-batch-orders`` and
+  ``cancel-algos``; the suite's accounts carry the passphrase OKX signs with).
+
+Every generic pair but Binance USD-M and spot runs with ccxt's default options, as production
+builds the client; those two keep ``load_markets`` to the market type served.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
 
 import pytest
 
@@ -29,7 +41,21 @@ from tests.venues.contract import (
 )
 from tests.venues.test_generic_adapter import SIM_OPTIONS
 
-NO_SPOT_BALANCES = "futures hold positions, not balances: no asset can lack a market"
+
+class FuturesBook(VenueContract):
+    """A futures pair: positions, not balances, so no asset can lack a market."""
+
+    kind = MarketKind.FUTURES
+
+    @pytest.mark.skip(reason="futures hold positions, not balances: no asset can lack a market")
+    async def test_a_balance_with_no_market_is_stranded_and_never_read_as_flat(
+        self, open_pair: OpenPair, start: Start
+    ) -> None:
+        """Spot only."""
+
+
+class SpotBook(VenueContract):
+    kind = MarketKind.SPOT
 
 
 class BinancePairs(VenueContract):
@@ -51,10 +77,11 @@ class BinancePairs(VenueContract):
 
 
 class GenericPairs(VenueContract):
-    """The generic (ccxt unified) adapter on the exchange id ``exchange``."""
+    """The generic (ccxt unified) adapter on the exchange id ``exchange``, with ``options``
+    merged into ccxt's defaults (none: as production builds it)."""
 
     exchange: str
-    family = "binance"
+    options: ClassVar[Mapping[str, Any]] = {}
 
     @pytest.fixture
     async def open_pair(
@@ -66,46 +93,59 @@ class GenericPairs(VenueContract):
                 self.exchange,
                 adapter="generic",
                 market=self.kind.value,
-                name=f"gen-{self.exchange}",
-                # ccxt's futures position read is two requests (leverage brackets first): a
-                # 300 ms request timeout is too tight for that on a loaded 2-core machine.
+                name=f"gen-{self.exchange}-{self.kind.value}",
+                # A position read can be two requests and load_markets up to twelve (Bybit:
+                # currencies, then every market type): 300 ms per request is too tight for
+                # that on a loaded 2-core machine.
                 **{"timeout_ms": 1000, **overrides},
             )
-            options = SIM_OPTIONS[self.exchange]
-            return CcxtVenue(config, keys, options=options, budget=short_budget(config))
+            return CcxtVenue(config, keys, options=self.options, budget=short_budget(config))
 
-        symbol = unified_symbol(sim, self.kind)
+        symbol = unified_symbol(sim, self.kind, self.book.venue)
         async with opening(sim, account, credentials, build, symbol, self.book) as open_pair:
             yield open_pair
 
 
-class TestBinanceFutures(BinancePairs):
+class TestBinanceFutures(FuturesBook, BinancePairs):
     exchange = "binanceusdm"
-    kind = MarketKind.FUTURES
-
-    @pytest.mark.skip(reason=NO_SPOT_BALANCES)
-    async def test_a_balance_with_no_market_is_stranded_and_never_read_as_flat(
-        self, open_pair: OpenPair, start: Start
-    ) -> None:
-        """Spot only."""
 
 
-class TestBinanceSpot(BinancePairs):
+class TestBinanceSpot(SpotBook, BinancePairs):
     exchange = "binance"
-    kind = MarketKind.SPOT
 
 
-class TestGenericFutures(GenericPairs):
+class TestGenericFutures(FuturesBook, GenericPairs):
     exchange = "binanceusdm"
-    kind = MarketKind.FUTURES
-
-    @pytest.mark.skip(reason=NO_SPOT_BALANCES)
-    async def test_a_balance_with_no_market_is_stranded_and_never_read_as_flat(
-        self, open_pair: OpenPair, start: Start
-    ) -> None:
-        """Spot only."""
+    family = "binance"
+    options = SIM_OPTIONS["binanceusdm"]
 
 
-class TestGenericSpot(GenericPairs):
+class TestGenericSpot(SpotBook, GenericPairs):
     exchange = "binance"
-    kind = MarketKind.SPOT
+    family = "binance"
+    options = SIM_OPTIONS["binance"]
+
+
+class TestGenericCoinm(FuturesBook, GenericPairs):
+    exchange = "binancecoinm"
+    family = "binance-coinm"
+
+
+class TestBybitLinear(FuturesBook, GenericPairs):
+    exchange = "bybit"
+    family = "bybit"
+
+
+class TestBybitSpot(SpotBook, GenericPairs):
+    exchange = "bybit"
+    family = "bybit"
+
+
+class TestOkxSwap(FuturesBook, GenericPairs):
+    exchange = "okx"
+    family = "okx"
+
+
+class TestOkxSpot(SpotBook, GenericPairs):
+    exchange = "okx"
+    family = "okx"

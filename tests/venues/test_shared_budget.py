@@ -205,7 +205,9 @@ async def flatten_load_of_two_accounts(
             for symbol in symbols:
                 sim.seed_position(account, symbol, "0.002", "100")
             venue = BinanceVenue(
-                venue_config(sim, "binanceusdm", name=account, account=account),
+                # A generous request timeout: a loaded machine must not turn waits into
+                # failures (the budget, not the clock, is under test).
+                venue_config(sim, "binanceusdm", name=account, account=account, timeout_ms=5000),
                 keys,
                 budget=budgets[account],
             )
