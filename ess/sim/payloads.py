@@ -314,33 +314,16 @@ def coinm_order(order: Order, market: Market) -> dict[str, Any]:
     USD-M's but with ``pair`` and ``cumBase`` (the filled value in the base coin) instead of
     ``cumQuote``, and a harmonic ``avgPrice``."""
     average = order.executed_qty * market.contract_size / order.cum_base if order.cum_base else ZERO
-    return {
-        "orderId": order.order_id,
-        "symbol": order.symbol,
-        "pair": order.symbol.split("_")[0],
-        "status": order.public_status,
-        "clientOrderId": order.client_order_id,
-        "price": fmt(order.price),
-        "avgPrice": fmt(average),
-        "origQty": fmt(order.orig_qty),
-        "executedQty": fmt(order.executed_qty),
-        "cumQty": fmt(order.executed_qty),
-        "cumBase": _coin(order.cum_base),
-        "timeInForce": order.time_in_force,
-        "type": order.type,
-        "reduceOnly": order.reduce_only,
-        "closePosition": order.close_position,
-        "side": order.side,
-        "positionSide": "BOTH",
-        "stopPrice": fmt(order.trigger_price),
-        "workingType": "CONTRACT_PRICE",
-        "priceProtect": False,
-        "origType": order.type,
-        "priceMatch": "NONE",
-        "selfTradePreventionMode": "NONE",
-        "time": order.time_ms,
-        "updateTime": order.update_ms,
-    }
+    document = futures_order(order)
+    for usd_m_only in ("cumQuote", "goodTillDate"):
+        del document[usd_m_only]
+    document.update(
+        pair=order.symbol.split("_")[0],
+        avgPrice=fmt(average),
+        cumBase=_coin(order.cum_base),
+        selfTradePreventionMode="NONE",
+    )
+    return document
 
 
 def coinm_position_risk(
