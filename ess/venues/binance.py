@@ -251,10 +251,8 @@ class BinanceVenue:
         if answer is not None:  # None: nothing was open (-2011), which is what a cancel wants
             if self.kind is MarketKind.SPOT:
                 answers.rows(answer, call)  # the cancelled orders
-            else:
-                answers.mapping(
-                    answer, call
-                )  # {"code": 200, "msg": "The operation of cancel all..."}
+            else:  # {"code": 200, "msg": "The operation of cancel all..."}
+                answers.mapping(answer, call)
         self._log.bind(symbol=step.symbol, conditional=step.conditional).info("cancelled all")
 
     async def close(self, step: CloseStep) -> None:

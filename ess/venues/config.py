@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COUNTDOWN_RANGE_MS",
     "COUNTDOWN_UNUSABLE",
+    "OKX_IDS",
     "VenueConfig",
     "VenueConfigError",
     "VenueCredentials",
@@ -128,11 +129,11 @@ COUNTDOWN_UNUSABLE: dict[str, str] = {
         "websocket disconnects; ESS talks REST, so it would never fire"
     ),
 }
+#: ccxt's ids of OKX (the global site and its regional ones share the API).
+OKX_IDS: tuple[str, ...] = ("okx", "myokx", "okxus")
 #: Countdown lengths an exchange accepts (ms), where narrower than the config's own bounds:
 #: OKX's ``cancel-all-after`` takes 0 (off) or 10 to 120 seconds.
-COUNTDOWN_RANGE_MS: dict[str, tuple[int, int]] = dict.fromkeys(
-    ("okx", "myokx", "okxus"), (10000, 120000)
-)
+COUNTDOWN_RANGE_MS: dict[str, tuple[int, int]] = dict.fromkeys(OKX_IDS, (10_000, 120_000))
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

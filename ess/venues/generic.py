@@ -4,8 +4,11 @@ ccxt's unified API only.
 Where :mod:`ess.venues.binance` reads Binance's raw endpoints and codes, this adapter uses
 ``load_markets``, ``fetch_positions`` / ``fetch_balance``, ``fetch_open_orders`` (and, where
 ccxt's ``features`` say the venue keeps trigger orders in a book of their own,
-``fetch_open_orders(params={"trigger": True})``), ``cancel_all_orders`` (or ``cancel_order``
-per order), ``create_order`` and ``cancel_all_orders_after``. The same safety rules hold:
+``fetch_open_orders(params={"trigger": True})``), ``cancel_all_orders`` (or ``cancel_orders``
+/ ``cancel_order`` by id), ``create_order`` and ``cancel_all_orders_after``. Where one such
+call does not give a complete answer on a venue, a table below says what is added and why
+(OKX's algo book listed per order type, Bybit's open orders paged through, the market types
+loaded, OKX's client-id alphabet). The same safety rules hold:
 
 * **A venue that lacks something a flatten needs is refused at open.**
   :func:`check_capabilities` lists what is missing from ccxt's ``has`` flags, ``features`` and
@@ -55,7 +58,13 @@ from ess.core.flatten import (
 from ess.venues import answers
 from ess.venues.budget import RateBudget
 from ess.venues.ccxt_client import Answer, hook_answers, localize_urls
-from ess.venues.config import COUNTDOWN_UNUSABLE, VenueConfig, VenueCredentials, ccxt_has
+from ess.venues.config import (
+    COUNTDOWN_UNUSABLE,
+    OKX_IDS,
+    VenueConfig,
+    VenueCredentials,
+    ccxt_has,
+)
 from ess.venues.ports import VenueError, VenueErrorKind
 
 __all__ = ["CcxtVenue", "check_capabilities"]
@@ -88,7 +97,7 @@ _DERIVATIVE_TYPES: Final = ("swap", "future")
 #: ccxt exchanges whose client order ids take letters and digits only, up to 32 characters
 #: (OKX's ``clOrdId``; anything else is refused with 51000): ESS's derived ``ess-<32 hex>``
 #: is sent there as ``ess<29 hex>``, still derived, so a retry carries the same id.
-_ALNUM_32_CLIENT_IDS: Final = frozenset({"okx", "myokx", "okxus"})
+_ALNUM_32_CLIENT_IDS: Final = frozenset(OKX_IDS)
 #: Ids per ``cancel_orders`` call where a venue has no cancel-all (OKX takes 20 per batch).
 _CANCEL_BATCH: Final = 10
 #: How the trigger-order book is listed: one ``fetch_open_orders`` per entry. ccxt's
@@ -101,7 +110,7 @@ _TRIGGER_LISTINGS: Final[Mapping[str, tuple[Mapping[str, Any], ...]]] = {
         {"trigger": True, "ordType": kinds}
         for kinds in ("trigger", "conditional,oco", "move_order_stop", "iceberg", "twap")
     )
-    for okx in ("okx", "myokx", "okxus")
+    for okx in OKX_IDS
 }
 #: Attempts of one read of a snapshot whose failure is transient (the answer was lost or
 #: mangled, or the venue briefly unavailable): a snapshot is several reads (OKX's: seven), and
@@ -118,8 +127,8 @@ _RETRIED_READS: Final = frozenset(
 _MARKET_TYPES: Final[Mapping[tuple[str, MarketKind], list[str]]] = {
     ("bybit", MarketKind.FUTURES): ["linear", "inverse"],
     ("bybit", MarketKind.SPOT): ["spot"],
-    **{(okx, MarketKind.FUTURES): ["swap", "future"] for okx in ("okx", "myokx", "okxus")},
-    **{(okx, MarketKind.SPOT): ["spot"] for okx in ("okx", "myokx", "okxus")},
+    **{(okx, MarketKind.FUTURES): ["swap", "future"] for okx in OKX_IDS},
+    **{(okx, MarketKind.SPOT): ["spot"] for okx in OKX_IDS},
 }
 _ONE_TRIGGER_LISTING: Final[tuple[Mapping[str, Any], ...]] = ({"trigger": True},)
 #: Parameters of every open-order listing, per venue: Bybit pages open orders (20 rows by
@@ -284,14 +293,13 @@ class CcxtVenue:
             ccxt_has(config.exchange, "cancelAllOrdersAfter")
             and config.exchange not in COUNTDOWN_UNUSABLE
         )
-        listing = _LISTING_PARAMS.get(config.exchange, {})
-        #: The params of each read of the regular book and of the trigger book.
-        self._order_listings: tuple[Mapping[str, Any], ...] = (dict(listing),)
+        #: The params of the read of the regular book, and of each read of the trigger book.
+        self._listing: Mapping[str, Any] = _LISTING_PARAMS.get(config.exchange, {})
         #: Open order ids of the last snapshot by (symbol, conditional): what a cancel step
         #: planned from it cancels where the venue has no cancel-all.
         self._known_orders: dict[tuple[str, bool], list[str]] = {}
         self._trigger_listings = tuple(
-            {**listing, **params}
+            {**self._listing, **params}
             for params in _TRIGGER_LISTINGS.get(config.exchange, _ONE_TRIGGER_LISTING)
         )
 
@@ -378,7 +386,7 @@ class CcxtVenue:
         exchange = self._client()
         ids = self._known_orders.pop((step.symbol, step.conditional), None)
         if ids is None:
-            listings = self._trigger_listings if step.conditional else self._order_listings
+            listings = self._trigger_listings if step.conditional else (self._listing,)
             replies = await self._read(
                 [
                     ("orders", exchange.fetch_open_orders, (step.symbol, None, None, dict(p)))
@@ -503,11 +511,8 @@ class CcxtVenue:
     async def _load_markets(self) -> None:
         if self._exchange is None:
             self._exchange = self._build()
-        try:
-            # reload: ccxt caches the result of the first load, even an empty one.
-            markets = await self._read_one("markets", self._exchange.load_markets, (True,))
-        except VenueError:
-            raise
+        # reload: ccxt caches the result of the first load, even an empty one.
+        markets = await self._read_one("markets", self._exchange.load_markets, (True,))
         if not isinstance(markets, dict) or not markets:
             raise self._failed(answers.malformed("markets: no markets listed"), "markets")
 
@@ -608,8 +613,7 @@ class CcxtVenue:
 
     def _orders_read(self) -> tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]:
         """The account-wide read of the regular book."""
-        (params,) = self._order_listings
-        return ("orders", self._client().fetch_open_orders, (None, None, None, dict(params)))
+        return ("orders", self._client().fetch_open_orders, (None, None, None, dict(self._listing)))
 
     def _trigger_reads(self) -> list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]:
         """One account-wide read per listing of the trigger book."""
