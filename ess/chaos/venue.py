@@ -331,9 +331,9 @@ def seed_book(sim: ExchangeSimulator, account: str, seed: int) -> dict[str, Deci
 
 
 def really_flat(sim: ExchangeSimulator, account: str) -> bool:
-    """The simulator's own books, not what any client read: no position, no open order in
-    either book, no spot balance but the quote currency."""
-    if sim.positions(account) or sim.open_orders(account):
+    """The simulator's own books, not what any client read: no position (either mode), no
+    open order in either book, no spot balance but the quote currency."""
+    if sim.positions(account) or sim.hedge_positions(account) or sim.open_orders(account):
         return False
     state = sim.account(account)
     assets = set(state.spot_free) | set(state.spot_locked)

@@ -24,6 +24,13 @@ here rather than in the I/O code, because they are what makes a retry safe:
 What a spot venue sells is a policy of the venue (:data:`SpotPolicy`), applied here to the
 snapshot the planner sees (:func:`apply_spot_policy`), so that both adapters and the planner
 agree on it and it never depends on which adapter read the venue.
+
+**Hedge (two-sided) mode.** A futures account in hedge mode holds a long and a short position
+on the same symbol at once, each with its own position side (:data:`PositionSide`). They are
+two exposures: each gets its own close, carrying its side, sized to that side's observed
+quantity, and its own client order id (the side is part of the derivation). The close of a
+side can only reduce that side: how an adapter says so is the venue's business (Binance
+refuses ``reduceOnly`` with a ``positionSide``; the side itself makes the order closing-only).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "FlattenPlan",
     "MarketKind",
     "OrderView",
+    "PositionSide",
     "PositionView",
     "SpotPolicy",
     "SymbolPlan",
@@ -57,6 +65,12 @@ __all__ = [
 #: the quote currency (except the kept ones), or ``cancel_only``: cancel the orders and sell
 #: nothing, leaving every such balance in place as reported, never-flat exposure.
 SpotPolicy = Literal["sell", "cancel_only"]
+
+#: The side of a position in hedge (two-sided) mode; ``None`` stands for one-way mode and spot.
+PositionSide = Literal["long", "short"]
+
+#: The order of a symbol's closes in a plan (one-way mode has one close per symbol).
+_SIDE_ORDER: dict[PositionSide | None, int] = {None: 0, "long": 1, "short": 2}
 
 #: Binance allows 36 characters ``[.A-Z:/a-z0-9_-]`` in a client order id: "ess-" + 32 hex.
 _CLIENT_ID_PREFIX = "ess-"
@@ -76,10 +90,19 @@ class PositionView:
 
     Futures: the signed position size (> 0 long, < 0 short). Spot: the base-asset balance
     (free plus locked) held against the configured quote currency, always > 0.
+
+    ``side`` is set only in hedge (two-sided) mode, where a symbol can hold a long and a short
+    position at once: ``long`` with ``quantity`` > 0, ``short`` with ``quantity`` < 0.
     """
 
     symbol: str
     quantity: Decimal
+    side: PositionSide | None = None
+
+    @property
+    def label(self) -> str:
+        """How reports name the exposure: the symbol, and the side in hedge mode."""
+        return self.symbol if self.side is None else f"{self.symbol} {self.side}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +155,12 @@ class CancelStep:
 
 @dataclass(frozen=True, slots=True)
 class CloseStep:
-    """A market order that removes the observed exposure on ``symbol``."""
+    """A market order that removes the observed exposure on ``symbol``.
+
+    ``reduce_only`` says the order must only be able to reduce (every futures close): the
+    adapter expresses it the way the venue needs. ``position_side`` is the hedge-mode side the
+    close reduces (``None`` in one-way mode and on spot).
+    """
 
     symbol: str
     side: Literal["buy", "sell"]
@@ -140,15 +168,17 @@ class CloseStep:
     client_order_id: str
     reduce_only: bool
     observed: Decimal
+    position_side: PositionSide | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SymbolPlan:
-    """What to do on one symbol, in order: the cancels, then the close (if any)."""
+    """What to do on one symbol, in order: the cancels, then the closes (none, one, or in
+    hedge mode one per position side, independent of each other)."""
 
     symbol: str
     cancels: tuple[CancelStep, ...]
-    close: CloseStep | None
+    closes: tuple[CloseStep, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +197,7 @@ class FlattenPlan:
 
     @property
     def closes(self) -> int:
-        return sum(plan.close is not None for plan in self.symbols)
+        return sum(len(plan.closes) for plan in self.symbols)
 
 
 def quantity_text(quantity: Decimal) -> str:
@@ -177,10 +207,23 @@ def quantity_text(quantity: Decimal) -> str:
 
 
 def close_order_id(
-    activation_id: str, venue: str, symbol: str, observed: Decimal, attempt: int = 0
+    activation_id: str,
+    venue: str,
+    symbol: str,
+    observed: Decimal,
+    attempt: int = 0,
+    *,
+    position_side: PositionSide | None = None,
 ) -> str:
-    """The client order id of the close for ``observed`` on ``symbol`` (36 characters)."""
-    digest = derive_id("close", activation_id, venue, symbol, quantity_text(observed), attempt)
+    """The client order id of the close for ``observed`` on ``symbol`` (36 characters).
+
+    A hedge-mode close also derives from its position side; a one-way close's id is what it
+    always was, so a restarted executor of a newer release finds its predecessor's closes.
+    """
+    parts: tuple[str | int, ...] = (activation_id, venue, symbol, quantity_text(observed), attempt)
+    if position_side is not None:
+        parts = (*parts, position_side)
+    digest = derive_id("close", *parts)
     return _CLIENT_ID_PREFIX + uuid.UUID(digest).hex
 
 
@@ -199,7 +242,7 @@ def apply_spot_policy(snapshot: VenueSnapshot, policy: SpotPolicy) -> VenueSnaps
     if policy == "sell":
         return snapshot
     left = tuple(
-        PositionView(f"{position.symbol} (not sold: spot_policy={policy})", position.quantity)
+        PositionView(f"{position.label} (not sold: spot_policy={policy})", position.quantity)
         for position in snapshot.positions
         if position.quantity
     )
@@ -217,32 +260,49 @@ def plan_flatten(
     """The steps that take the venue from ``snapshot`` to flat.
 
     ``attempts`` maps ``(symbol, quantity_text(observed))`` to the attempt number of its close
-    (default 0); see the module docstring. Symbols come out sorted, so the same snapshot always
-    gives the same plan.
+    (default 0); see the module docstring. The two sides of a hedge-mode symbol never share a
+    key: a long is observed > 0 and a short < 0. Symbols come out sorted, and a symbol's closes
+    by side (one-way, then long, then short), so the same snapshot always gives the same plan.
     """
     attempts = attempts or {}
     conditional_by_symbol: dict[str, set[bool]] = {}
     for order in snapshot.orders:
         conditional_by_symbol.setdefault(order.symbol, set()).add(order.conditional)
-    exposure = {
-        position.symbol: position.quantity for position in snapshot.positions if position.quantity
-    }
+    exposure: dict[str, list[PositionView]] = {}
+    for position in snapshot.positions:
+        if position.quantity and (kind is MarketKind.FUTURES or position.quantity > 0):
+            exposure.setdefault(position.symbol, []).append(position)
     plans: list[SymbolPlan] = []
     for symbol in sorted(set(conditional_by_symbol) | set(exposure)):
         books = sorted(conditional_by_symbol.get(symbol, ()))
         cancels = tuple(CancelStep(symbol, conditional) for conditional in books)
-        close: CloseStep | None = None
-        observed = exposure.get(symbol)
-        if observed is not None and (kind is MarketKind.FUTURES or observed > 0):
-            attempt = attempts.get((symbol, quantity_text(observed)), 0)
-            close = CloseStep(
-                symbol=symbol,
-                side="sell" if observed > 0 else "buy",
-                amount=abs(observed),
-                client_order_id=close_order_id(activation_id, venue, symbol, observed, attempt),
-                reduce_only=kind is MarketKind.FUTURES,
-                observed=observed,
-            )
-        if cancels or close is not None:
-            plans.append(SymbolPlan(symbol, cancels, close))
+        held = sorted(exposure.get(symbol, ()), key=lambda position: _SIDE_ORDER[position.side])
+        closes = tuple(
+            _close_step(position, activation_id, venue, kind, attempts) for position in held
+        )
+        if cancels or closes:
+            plans.append(SymbolPlan(symbol, cancels, closes))
     return FlattenPlan(tuple(plans))
+
+
+def _close_step(
+    position: PositionView,
+    activation_id: str,
+    venue: str,
+    kind: MarketKind,
+    attempts: Mapping[tuple[str, str], int],
+) -> CloseStep:
+    """The close of one exposure: the opposite direction, exactly the observed size."""
+    observed = position.quantity
+    attempt = attempts.get((position.symbol, quantity_text(observed)), 0)
+    return CloseStep(
+        symbol=position.symbol,
+        side="sell" if observed > 0 else "buy",
+        amount=abs(observed),
+        client_order_id=close_order_id(
+            activation_id, venue, position.symbol, observed, attempt, position_side=position.side
+        ),
+        reduce_only=kind is MarketKind.FUTURES,
+        observed=observed,
+        position_side=position.side,
+    )

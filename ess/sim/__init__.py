@@ -4,9 +4,9 @@
 shared matching engine (:mod:`ess.sim.families`): Binance (USD-M and COIN-M futures, spot),
 Bybit v5 (linear perpetuals, spot) and OKX v5 (swaps, spot). Each family has its own paths,
 signing, error codes, rate limits and dead-man's switch; all share markets, balances,
-positions, regular and conditional orders, cancels, reduce-only closes, fault injection and a
-request log. ``make_exchange`` builds a Binance ccxt client for it; any other ccxt client
-reaches it through ``localize_urls``.
+positions (one-way or hedge mode), regular and conditional orders, cancels, reduce-only
+closes, fault injection and a request log. ``make_exchange`` builds a Binance ccxt client for
+it; any other ccxt client reaches it through ``localize_urls``.
 
 The package is an edge adapter: tests, demos and benchmarks use it; production code only uses
 the base-URL override pattern of :mod:`ess.venues.ccxt_client` (re-exported here).

@@ -19,6 +19,19 @@ USD-M (linear: quantity in the base coin, PnL in USDT into ``futures_wallet``) a
 PnL ``contracts x contract_size x (1/entry - 1/exit)`` in the base coin into
 ``coinm_wallet``). Derivative symbols are unique across the two books, so positions are kept
 by symbol in one dict.
+
+**Position modes.** An account is in one-way mode (one net position per symbol, ``side``
+``BOTH``, kept in :attr:`Account.positions`) or in hedge (two-sided) mode
+(:attr:`Account.hedge_mode`: a ``LONG`` and a ``SHORT`` position per symbol, kept apart in
+:attr:`Account.hedge_positions`). ``qty`` is signed in both (a ``SHORT`` one is negative). In
+hedge mode every derivative order names the side it acts on (``positionSide``): BUY+LONG and
+SELL+SHORT open or grow that side, SELL+LONG and BUY+SHORT close it. A close is refused
+(-2022) when its side is flat and its fill is clipped to that side's size, at placement and at
+every later fill (resting, partial or late): closing one side can never open the other or flip
+it. Binance refuses ``reduceOnly`` in hedge mode (-1106); families whose exchange accepts it
+there (Bybit) say so (``reduce_only_in_hedge``). The mode is one switch for every derivative
+book and family of an account; like the exchanges, the simulator only switches it while the
+account holds no position and no open derivative order (:meth:`Account.mode_switch_blocker`).
 """
 
 from __future__ import annotations
@@ -43,6 +56,9 @@ __all__ = [
 ]
 
 ZERO: Final = Decimal(0)
+#: ``positionSide`` of a one-way position or order, and the two sides of hedge mode.
+ONE_WAY: Final = "BOTH"
+HEDGE_SIDES: Final = ("LONG", "SHORT")
 OPEN_STATUSES: Final = frozenset({"NEW", "PARTIALLY_FILLED"})
 #: Internal status of an order taken off the book by a cancel whose late fill is pending.
 PENDING_FILL: Final = "PENDING_FILL"
@@ -116,10 +132,23 @@ class Order:
     cum_base: Decimal = ZERO
     status: str = "NEW"
     update_ms: int = 0
+    #: ``BOTH`` (one-way mode) or the hedge-mode side the order acts on, ``LONG``/``SHORT``.
+    position_side: str = ONE_WAY
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def closes_side(self) -> bool:
+        """A hedge-mode order that reduces its side (SELL+LONG, BUY+SHORT): it is clipped to
+        that side's size like a reduce-only order, so it can never open the other side."""
+        return closes_side(self.side, self.position_side)
+
+    @property
+    def limited(self) -> bool:
+        """Whether fills are clipped to a position: reduce-only, or a hedge-mode close."""
+        return self.reduce_only or self.closes_side
 
     @property
     def public_status(self) -> str:
@@ -138,13 +167,18 @@ class Order:
 
 @dataclass
 class Position:
-    """A one-way-mode futures position: ``qty`` is signed (negative is short)."""
+    """A futures position: ``qty`` is signed (negative is short).
+
+    ``side`` is ``BOTH`` for a one-way-mode position, ``LONG`` or ``SHORT`` for one side of a
+    hedge-mode symbol (a ``LONG`` one has ``qty > 0``, a ``SHORT`` one ``qty < 0``).
+    """
 
     symbol: str
     qty: Decimal = ZERO
     entry_price: Decimal = ZERO
     realized_pnl: Decimal = ZERO
     update_ms: int = 0
+    side: str = ONE_WAY
 
 
 @dataclass(frozen=True)
@@ -161,6 +195,9 @@ class Fill:
     time_ms: int
     realized_pnl: Decimal = ZERO
     late: bool = False
+    #: The order's position side: ``BOTH`` in one-way mode, ``LONG``/``SHORT`` in hedge mode
+    #: (replaying fills per ``(symbol, position_side)`` rebuilds every position).
+    position_side: str = ONE_WAY
 
 
 @dataclass
@@ -173,15 +210,18 @@ class Account:
     futures_wallet: Decimal = Decimal(10_000)
     #: COIN-M wallets by margin asset (``BTC``...): seeded amount plus realized inverse PnL.
     coinm_wallet: dict[str, Decimal] = field(default_factory=dict)
+    #: One-way-mode positions by symbol.
     positions: dict[str, Position] = field(default_factory=dict)
+    #: Hedge-mode positions by ``(symbol, "LONG"/"SHORT")``; empty unless ``hedge_mode``.
+    hedge_positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     spot_free: dict[str, Decimal] = field(default_factory=dict)
     spot_locked: dict[str, Decimal] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
     algo_orders: dict[int, Order] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
     leverage: int = 20
-    #: Futures position mode: in hedge mode Binance reports each position with
-    #: ``positionSide`` LONG or SHORT (and refuses orders without one).
+    #: Futures position mode of every derivative book and family: hedge (two-sided) when
+    #: set, one-way otherwise (see the module docstring).
     hedge_mode: bool = False
     #: The API passphrase some exchanges require besides key and secret (OKX's
     #: ``OK-ACCESS-PASSPHRASE``); an account without one cannot use such a family.
@@ -198,8 +238,58 @@ class Account:
         ]
 
     def position_qty(self, symbol: str) -> Decimal:
+        """The one-way-mode position of ``symbol`` (0 when flat)."""
         position = self.positions.get(symbol)
         return position.qty if position else ZERO
+
+    def position(self, symbol: str, side: str = ONE_WAY) -> Position | None:
+        """The open position of ``symbol`` on ``side`` (``BOTH``: the one-way one)."""
+        if side == ONE_WAY:
+            return self.positions.get(symbol)
+        return self.hedge_positions.get((symbol, side))
+
+    def side_qty(self, symbol: str, side: str = ONE_WAY) -> Decimal:
+        """The signed size of ``symbol`` on ``side`` (0 when flat)."""
+        position = self.position(symbol, side)
+        return position.qty if position else ZERO
+
+    def store_position(self, position: Position) -> None:
+        """Keep ``position`` in the book of its side, or drop it once flat."""
+        if position.side == ONE_WAY:
+            if position.qty:
+                self.positions[position.symbol] = position
+            else:
+                self.positions.pop(position.symbol, None)
+            return
+        key = (position.symbol, position.side)
+        if position.qty:
+            self.hedge_positions[key] = position
+        else:
+            self.hedge_positions.pop(key, None)
+
+    def all_positions(self) -> list[Position]:
+        """Every open position, one-way and hedge, by symbol then side (``LONG`` first)."""
+        found = [*self.positions.values(), *self.hedge_positions.values()]
+        order = {ONE_WAY: 0, "LONG": 1, "SHORT": 2}
+        return sorted((p for p in found if p.qty), key=lambda p: (p.symbol, order[p.side]))
+
+    def mode_switch_blocker(self) -> str | None:
+        """Why the position mode cannot be switched now (``"position"``: a futures position is
+        open, ``"orders"``: a derivative order is open), or ``None``: exchanges refuse the switch
+        in both cases, and so does the simulator, so no order or position ever belongs to the
+        other mode."""
+        if self.all_positions():
+            return "position"
+        live = {*OPEN_STATUSES, PENDING_FILL}  # a pending late fill still acts on its side
+        for order in (*self.orders.values(), *self.algo_orders.values()):
+            if order.status in live and order.venue in DERIVATIVE_VENUES:
+                return "orders"
+        return None
+
+
+def closes_side(side: str, position_side: str) -> bool:
+    """Whether an order of ``side`` (BUY/SELL) on hedge side ``position_side`` reduces it."""
+    return (side, position_side) in {("SELL", "LONG"), ("BUY", "SHORT")}
 
 
 def parse_decimal(name: str, text: str | None) -> Decimal:
@@ -331,12 +421,35 @@ class Engine:
         if price % market.tick_size:
             raise ApiError(-4014, "Price not increased by tick size.")
 
-    def _check_reduce_only(self, account: Account, symbol: str, side: str) -> None:
-        """Reject a reduce-only order that could only open or grow a position (-2022)."""
+    def _check_reduce_only(
+        self, account: Account, symbol: str, side: str, position_side: str = ONE_WAY
+    ) -> None:
+        """Reject a reduce-only order (or a hedge-mode close) that could only open or grow a
+        position (-2022): in hedge mode, one that is not a close of its side, or whose side is
+        flat."""
+        if position_side != ONE_WAY:
+            if not closes_side(side, position_side) or not account.side_qty(symbol, position_side):
+                raise ApiError(-2022, "ReduceOnly Order is rejected.")
+            return
         position = account.position_qty(symbol)
         direction = 1 if side == "BUY" else -1
         if position == 0 or _sign(position) == direction:
             raise ApiError(-2022, "ReduceOnly Order is rejected.")
+
+    @staticmethod
+    def _position_side(
+        account: Account, params: Mapping[str, str], *, reduce_only_in_hedge: bool
+    ) -> str:
+        """The ``positionSide`` of an order, checked against the account's position mode:
+        one-way takes ``BOTH`` (or none), hedge mode ``LONG`` or ``SHORT`` (-4061 otherwise);
+        ``reduceOnly`` sent in hedge mode is -1106 unless the family's exchange accepts it
+        there (``reduce_only_in_hedge``)."""
+        side = params.get("positionSide") or ONE_WAY
+        if side not in {ONE_WAY, *HEDGE_SIDES} or (side != ONE_WAY) != account.hedge_mode:
+            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        if account.hedge_mode and "reduceOnly" in params and not reduce_only_in_hedge:
+            raise ApiError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        return side
 
     def place_futures(
         self,
@@ -345,9 +458,14 @@ class Engine:
         *,
         fill_ratio: Decimal | None = None,
         venue: Venue = Venue.FUTURES,
+        reduce_only_in_hedge: bool = False,
     ) -> Order:
         """``POST /fapi/v1/order`` (or ``/dapi/v1/order`` with ``venue=Venue.COINM``): MARKET
         fills now at the mark, LIMIT rests.
+
+        ``positionSide`` must match the account's position mode (see the module docstring):
+        in hedge mode a close of a side (SELL+LONG, BUY+SHORT) is checked and clipped exactly
+        like a reduce-only order.
 
         A reduce-only order is checked against the position *before* anything happens
         (-2022 if it could only open or grow it) and its fill is clipped to the position, so
@@ -372,8 +490,9 @@ class Engine:
             )
         if order_type not in {"MARKET", "LIMIT"} and not legacy_conditional:
             raise ApiError(-1116, "Invalid orderType.")
-        if (params.get("positionSide", "BOTH") != "BOTH") != account.hedge_mode:
-            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        position_side = self._position_side(
+            account, params, reduce_only_in_hedge=reduce_only_in_hedge
+        )
         qty = parse_decimal("quantity", params.get("quantity"))
         self._check_qty(market, qty)
         price = ZERO
@@ -387,8 +506,8 @@ class Engine:
             trigger = parse_decimal("stopPrice", params.get("stopPrice"))
             self._check_price(market, trigger)
         reduce_only = parse_bool(params.get("reduceOnly"))
-        if reduce_only:
-            self._check_reduce_only(account, market.symbol, side)
+        if reduce_only or closes_side(side, position_side):
+            self._check_reduce_only(account, market.symbol, side, position_side)
         order = Order(
             order_id=next(self._order_ids),
             venue=market.venue,
@@ -402,13 +521,12 @@ class Engine:
             reduce_only=reduce_only,
             trigger_price=trigger,
             time_in_force=params.get("timeInForce", "GTC"),
+            position_side=position_side,
         )
         order.update_ms = order.time_ms
         account.orders[order.order_id] = order
         if order_type == "MARKET":
-            target = qty
-            if reduce_only:
-                target = min(qty, abs(account.position_qty(market.symbol)))
+            target = self._reducible(account, order, qty) if order.limited else qty
             wanted = target
             if fill_ratio is not None:
                 wanted = floor_to_step(target * fill_ratio, market.step_size)
@@ -420,10 +538,17 @@ class Engine:
         return order
 
     def place_algo(
-        self, account: Account, params: Mapping[str, str], *, venue: Venue = Venue.FUTURES
+        self,
+        account: Account,
+        params: Mapping[str, str],
+        *,
+        venue: Venue = Venue.FUTURES,
+        reduce_only_in_hedge: bool = False,
     ) -> Order:
         """``POST /fapi/v1/algoOrder`` (``/dapi/v1/algoOrder`` with ``venue=Venue.COINM``;
-        ``algoType=CONDITIONAL``): the order rests untriggered."""
+        ``algoType=CONDITIONAL``): the order rests untriggered. ``positionSide`` follows the
+        position mode as in :meth:`place_futures`; a hedge-mode close (other than a
+        ``closePosition`` one) needs a position on its side."""
         market = self.market(self._derivative(venue), params.get("symbol"))
         side = self._side(params)
         if params.get("algoType") != "CONDITIONAL":
@@ -431,6 +556,9 @@ class Engine:
         order_type = params.get("type") or ""
         if order_type not in CONDITIONAL_TYPES:
             raise ApiError(-1116, "Invalid orderType.")
+        position_side = self._position_side(
+            account, params, reduce_only_in_hedge=reduce_only_in_hedge
+        )
         close_position = parse_bool(params.get("closePosition"))
         qty = ZERO
         if not close_position:
@@ -445,8 +573,8 @@ class Engine:
             price = parse_decimal("price", params.get("price"))
             self._check_price(market, price)
         reduce_only = parse_bool(params.get("reduceOnly"))
-        if reduce_only:
-            self._check_reduce_only(account, market.symbol, side)
+        if reduce_only or (closes_side(side, position_side) and not close_position):
+            self._check_reduce_only(account, market.symbol, side, position_side)
         order = Order(
             order_id=next(self._algo_ids),
             venue=market.venue,
@@ -462,6 +590,7 @@ class Engine:
             trigger_price=trigger,
             close_position=close_position,
             time_in_force=params.get("timeInForce", "GTC"),
+            position_side=position_side,
         )
         order.update_ms = order.time_ms
         account.algo_orders[order.order_id] = order
@@ -562,15 +691,26 @@ class Engine:
         reduce_only: bool,
         client_order_id: str | None,
         trigger_price: Decimal,
+        position_side: str = ONE_WAY,
     ) -> Order:
         """An order that is already resting, bypassing the API's checks (not its bookkeeping:
-        a spot order still locks its funds, so cancelling it gives them back)."""
+        a spot order still locks its funds, so cancelling it gives them back).
+
+        ``position_side`` must fit the account's position mode (``ValueError``): a hedge-mode
+        account's derivative orders name their side, so their fills follow its arithmetic."""
         market = self.market(venue, symbol)
         conditional = order_type in CONDITIONAL_TYPES
         if conditional and venue is Venue.SPOT:
             raise ValueError("conditional orders are modelled on futures only")
         if side not in {"BUY", "SELL"}:
             raise ValueError(f"side must be BUY or SELL, not {side!r}")
+        if venue is Venue.SPOT:
+            if position_side != ONE_WAY:
+                raise ValueError("spot orders have no position side")
+        elif account.hedge_mode and position_side not in HEDGE_SIDES:
+            raise ValueError("a hedge-mode account's order needs position_side LONG or SHORT")
+        elif not account.hedge_mode and position_side != ONE_WAY:
+            raise ValueError("a one-way-mode account's order takes no position_side")
         order = Order(
             order_id=next(self._algo_ids if conditional else self._order_ids),
             venue=venue,
@@ -584,6 +724,7 @@ class Engine:
             reduce_only=reduce_only,
             conditional=conditional,
             trigger_price=trigger_price,
+            position_side=position_side,
         )
         order.update_ms = order.time_ms
         if venue is Venue.SPOT:
@@ -607,10 +748,11 @@ class Engine:
     ) -> Fill | None:
         """Fill a resting order (``qty`` defaults to all that remains, ``price`` to its limit).
 
-        A reduce-only order is clipped to the position at fill time, and whatever is left of
-        it once the position is closed ends (``FILLED`` if it did anything, else ``EXPIRED``):
-        a late or rogue fill can never flip a position through a reduce-only order. With
-        ``late`` (the order was taken off the book by a cancel) a remainder is cancelled.
+        A reduce-only order (and a hedge-mode close) is clipped to the position (its side's)
+        at fill time, and whatever is left of it once the position is closed ends (``FILLED``
+        if it did anything, else ``EXPIRED``): a late or rogue fill can never flip a position,
+        nor open the other side, through such an order. With ``late`` (the order was taken off
+        the book by a cancel) a remainder is cancelled.
         """
         wanted = order.remaining if qty is None else min(qty, order.remaining)
         price = price or order.price or self.mark(order.venue, order.symbol)
@@ -620,7 +762,7 @@ class Engine:
             if wanted > 0:
                 fill = self._fill_spot(account, order, wanted, price, locked=True, late=late)
         else:
-            allowed = self._reducible(account, order, wanted) if order.reduce_only else wanted
+            allowed = self._reducible(account, order, wanted) if order.limited else wanted
             clipped = allowed < wanted
             if allowed > 0:
                 fill = self._fill_futures(account, order, allowed, price, late=late)
@@ -636,6 +778,12 @@ class Engine:
         return fill
 
     def _reducible(self, account: Account, order: Order, qty: Decimal) -> Decimal:
+        """How much of ``qty`` a reduce-only order or hedge-mode close may fill now: at most
+        the size of the position (of its side) it reduces, nothing if it would open or grow."""
+        if order.position_side != ONE_WAY:
+            if not order.closes_side:
+                return ZERO
+            return min(qty, abs(account.side_qty(order.symbol, order.position_side)))
         position = account.position_qty(order.symbol)
         direction = 1 if order.side == "BUY" else -1
         if position == 0 or _sign(position) == direction:
@@ -647,10 +795,14 @@ class Engine:
     ) -> Fill:
         now = self.now_ms()
         market = self.market(order.venue, order.symbol)
-        position = account.positions.setdefault(order.symbol, Position(order.symbol))
+        side = order.position_side
+        position = account.position(order.symbol, side) or Position(order.symbol, side=side)
         signed = qty if order.side == "BUY" else -qty
         realized = ZERO
         old = position.qty
+        if order.closes_side and qty > abs(old):
+            # Callers clip hedge closes (_reducible): one past its side would open the other.
+            raise RuntimeError(f"hedge close of {qty} exceeds the {side} side's {abs(old)}")
         if old == 0 or _sign(old) == _sign(signed):
             total = abs(old) + qty
             if old == 0:
@@ -680,8 +832,7 @@ class Engine:
             order.cum_base += qty * market.contract_size / price
         else:
             account.futures_wallet += realized
-        if position.qty == 0:
-            del account.positions[order.symbol]
+        account.store_position(position)
         return self._record(
             account, order, qty=qty, price=price, realized=realized, late=late, now=now
         )
@@ -735,6 +886,7 @@ class Engine:
             time_ms=now,
             realized_pnl=realized,
             late=late,
+            position_side=order.position_side,
         )
         account.fills.append(fill)
         return fill

@@ -7,6 +7,9 @@ Field choices that ccxt depends on (``docs/ccxt-loopback.md``, "Fields ccxt read
   and a short's ``notional`` is negative.
 * futures account: ccxt skips assets with ``updateTime == 0``, so it is always set.
 * order: ``positionSide``/``cumQuote`` mark an order as a contract order for ccxt.
+* hedge mode: a position row's ``positionSide`` is ``LONG``/``SHORT`` (ccxt's ``hedged``),
+  with a signed ``positionAmt`` and notional (a ``SHORT`` one negative, ccxt's ``short``);
+  orders echo the ``positionSide`` they were placed with.
 * COIN-M (``/dapi``): quantities are contracts; an order's filled value is ``cumBase`` (in the
   base coin, ccxt's ``cost`` for an inverse market), positionRisk's side comes from the sign of
   ``notionalValue`` (in the base coin), and balances and PnL are per margin coin.
@@ -65,7 +68,7 @@ def futures_order(order: Order) -> dict[str, Any]:
         "reduceOnly": order.reduce_only,
         "closePosition": order.close_position,
         "side": order.side,
-        "positionSide": "BOTH",
+        "positionSide": order.position_side,
         "stopPrice": fmt(order.trigger_price),
         "workingType": "CONTRACT_PRICE",
         "priceProtect": False,
@@ -87,7 +90,7 @@ def algo_order(order: Order) -> dict[str, Any]:
         "orderType": order.type,
         "symbol": order.symbol,
         "side": order.side,
-        "positionSide": "BOTH",
+        "positionSide": order.position_side,
         "timeInForce": order.time_in_force,
         "quantity": fmt(order.orig_qty),
         "algoStatus": order.public_status,
@@ -148,16 +151,14 @@ def position_risk(
     leverage: int,
     *,
     v2: bool = False,
-    hedge_mode: bool = False,
 ) -> dict[str, Any]:
-    """One ``positionRisk`` element (v3 by default; ``v2`` adds ``leverage``/``marginType``).
-    In ``hedge_mode`` the side is ``LONG`` or ``SHORT`` instead of ``BOTH``."""
+    """One ``positionRisk`` element (v3 by default; ``v2`` adds ``leverage``/``marginType``);
+    ``positionSide`` is the position's (``BOTH``, or ``LONG``/``SHORT`` in hedge mode)."""
     notional = position.qty * mark
     initial = abs(notional) / leverage
-    side = ("LONG" if position.qty >= 0 else "SHORT") if hedge_mode else "BOTH"
     body: dict[str, Any] = {
         "symbol": position.symbol,
-        "positionSide": side,
+        "positionSide": position.side,
         "positionAmt": fmt(position.qty),
         "entryPrice": fmt(position.entry_price),
         "breakEvenPrice": fmt(position.entry_price),
@@ -194,7 +195,8 @@ def futures_account(
     unrealized = ZERO
     initial = ZERO
     positions = []
-    for symbol, position in sorted(account.positions.items()):
+    for position in account.all_positions():
+        symbol = position.symbol
         if (Venue.FUTURES, symbol) not in marks:
             continue  # a COIN-M position: /dapi reports it
         mark = marks[(Venue.FUTURES, symbol)]
@@ -203,7 +205,7 @@ def futures_account(
         positions.append(
             {
                 "symbol": symbol,
-                "positionSide": "BOTH",
+                "positionSide": position.side,
                 "positionAmt": fmt(position.qty),
                 "unrealizedProfit": fmt(_unrealized(position, mark)),
                 "isolatedMargin": "0",
@@ -327,12 +329,12 @@ def coinm_order(order: Order, market: Market) -> dict[str, Any]:
 
 
 def coinm_position_risk(
-    position: Position, market: Market, mark: Decimal, leverage: int, *, hedge_mode: bool = False
+    position: Position, market: Market, mark: Decimal, leverage: int
 ) -> dict[str, Any]:
     """One ``GET /dapi/v1/positionRisk`` element: ``positionAmt`` in contracts,
     ``notionalValue`` and ``unRealizedProfit`` in the base coin (a short's notional negative);
-    a flat symbol has ``entryPrice`` ``"0"`` (ccxt drops it)."""
-    side = ("LONG" if position.qty >= 0 else "SHORT") if hedge_mode else "BOTH"
+    a flat symbol has ``entryPrice`` ``"0"`` (ccxt drops it); ``positionSide`` is the
+    position's (``LONG``/``SHORT`` in hedge mode)."""
     return {
         "symbol": position.symbol,
         "positionAmt": fmt(position.qty),
@@ -346,7 +348,7 @@ def coinm_position_risk(
         "marginType": "cross",
         "isolatedMargin": "0",
         "isAutoAddMargin": "false",
-        "positionSide": side,
+        "positionSide": position.side,
         "notionalValue": _coin(_coin_value(position.qty, market, mark)),
         "isolatedWallet": "0",
         "updateTime": position.update_ms,
@@ -364,7 +366,8 @@ def coinm_account(
     unrealized: dict[str, Decimal] = {}
     initial: dict[str, Decimal] = {}
     positions = []
-    for symbol, position in sorted(account.positions.items()):
+    for position in account.all_positions():
+        symbol = position.symbol
         market = markets.get(symbol)
         if market is None:
             continue  # a USD-M position: /fapi reports it
@@ -385,7 +388,7 @@ def coinm_account(
                 "openOrderInitialMargin": "0",
                 "leverage": str(account.leverage),
                 "isolated": False,
-                "positionSide": "BOTH",
+                "positionSide": position.side,
                 "entryPrice": fmt(position.entry_price),
                 "maxQty": "1000000",
                 "updateTime": position.update_ms or now_ms,

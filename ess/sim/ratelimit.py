@@ -85,6 +85,8 @@ DEFAULT_WEIGHTS: Final[Mapping[tuple[str, str], tuple[int, int]]] = {
     ("DELETE", "/fapi/v1/algoOrder"): (1, 1),
     ("GET", "/fapi/v1/openAlgoOrders"): (1, 40),
     ("DELETE", "/fapi/v1/algoOpenOrders"): (1, 1),
+    ("GET", "/fapi/v1/positionSide/dual"): (30, 30),
+    ("POST", "/fapi/v1/positionSide/dual"): (1, 1),
     ("GET", "/api/v3/ping"): (1, 1),
     ("GET", "/api/v3/time"): (1, 1),
     ("GET", "/api/v3/exchangeInfo"): (20, 20),
@@ -115,6 +117,8 @@ DEFAULT_WEIGHTS: Final[Mapping[tuple[str, str], tuple[int, int]]] = {
     ("DELETE", "/dapi/v1/algoOrder"): (1, 1),
     ("GET", "/dapi/v1/openAlgoOrders"): (1, 40),
     ("DELETE", "/dapi/v1/algoOpenOrders"): (1, 1),
+    ("GET", "/dapi/v1/positionSide/dual"): (30, 30),
+    ("POST", "/dapi/v1/positionSide/dual"): (1, 1),
 }
 
 #: Routes that count against the order budgets.

@@ -109,11 +109,12 @@ class ExchangeSimulator:
     Use as ``async with ExchangeSimulator() as sim:`` (or ``await sim.start()`` /
     ``await sim.stop()``), then point ccxt at :attr:`url` with
     :func:`ess.venues.ccxt_client.make_exchange`. Seed state with :meth:`add_account`,
-    :meth:`seed_position`, :meth:`seed_order`, :meth:`seed_balance`, :meth:`set_mark_price`;
-    inspect it with :meth:`positions`, :meth:`open_orders`, :meth:`fills`, :attr:`log`,
-    :meth:`rate_counters`; act as the market with :meth:`fill_order`; break it with
-    :meth:`add_fault`. Symbols are the engine's (Binance's) market ids, e.g. ``BTCUSDT``,
-    whichever family a client uses.
+    :meth:`seed_position`, :meth:`seed_order`, :meth:`seed_balance`, :meth:`set_mark_price`,
+    :meth:`set_hedge_mode` (two-sided positions on every derivative family, see
+    ``docs/sim-hedge.md``); inspect it with :meth:`positions`, :meth:`hedge_positions`,
+    :meth:`open_orders`, :meth:`fills`, :attr:`log`, :meth:`rate_counters`; act as the market
+    with :meth:`fill_order`; break it with :meth:`add_fault`. Symbols are the engine's
+    (Binance's) market ids, e.g. ``BTCUSDT``, whichever family a client uses.
 
     ``latency_ms`` delays every answer by a simulated network round trip (half before the
     exchange acts, half after), so that concurrency pays off as it does against a real venue
@@ -265,22 +266,55 @@ class ExchangeSimulator:
             raise KeyError(f"unknown account {name!r}") from None
 
     def set_hedge_mode(self, account: str, hedge_mode: bool = True) -> None:
-        """Switch the futures position mode of ``account`` (Binance's dual-side setting)."""
-        self.account(account).hedge_mode = hedge_mode
+        """Switch the futures position mode of ``account``: hedge (two-sided) or one-way, for
+        every derivative book and family at once (Binance USD-M and COIN-M ``dualSidePosition``,
+        Bybit linear ``positionIdx`` 1/2, OKX swap ``long_short_mode``).
+
+        Raises ``ValueError`` while the account holds a futures position or an open derivative
+        order, as the exchanges refuse the switch then (and so no position or order ever
+        belongs to the other mode).
+        """
+        state = self.account(account)
+        if state.hedge_mode == hedge_mode:
+            return
+        blocker = state.mode_switch_blocker()
+        if blocker == "position":
+            raise ValueError(f"{account!r} holds a futures position: close it to switch mode")
+        if blocker == "orders":
+            raise ValueError(f"{account!r} has open derivative orders: cancel them to switch mode")
+        state.hedge_mode = hedge_mode
 
     def seed_position(
-        self, account: str, symbol: str, qty: Decimal | str | float, entry_price: Decimal | str
+        self,
+        account: str,
+        symbol: str,
+        qty: Decimal | str | float,
+        entry_price: Decimal | str,
+        *,
+        position_side: str | None = None,
     ) -> None:
         """Set a futures position (USD-M, or COIN-M in contracts for a COIN-M symbol): ``qty``
-        signed (negative short), ``0`` removes it."""
+        signed (negative short), ``0`` removes it.
+
+        In hedge mode ``position_side`` (``LONG``/``SHORT``) says which side, and ``qty``'s
+        sign must match it (``LONG`` > 0, ``SHORT`` < 0); in one-way mode it is ``None`` or
+        ``BOTH``. ``ValueError`` otherwise.
+        """
         state = self.account(account)
         self.engine.market(self._derivative_venue(symbol), symbol)
         amount = Decimal(str(qty))
-        if amount == 0:
-            state.positions.pop(symbol, None)
-            return
-        state.positions[symbol] = Position(
-            symbol, amount, Decimal(str(entry_price)), update_ms=self.now_ms()
+        side = position_side or "BOTH"
+        if state.hedge_mode:
+            if side not in {"LONG", "SHORT"}:
+                raise ValueError("a hedge-mode position needs position_side LONG or SHORT")
+            if amount and (amount > 0) != (side == "LONG"):
+                raise ValueError(
+                    f"a {side} position's qty must be {'>' if side == 'LONG' else '<'} 0"
+                )
+        elif side != "BOTH":
+            raise ValueError("a one-way-mode position takes no position_side (or BOTH)")
+        state.store_position(
+            Position(symbol, amount, Decimal(str(entry_price)), update_ms=self.now_ms(), side=side)
         )
 
     def seed_balance(
@@ -321,13 +355,17 @@ class ExchangeSimulator:
         reduce_only: bool = False,
         client_order_id: str | None = None,
         trigger_price: Decimal | str | float | None = None,
+        position_side: str | None = None,
     ) -> int:
         """Put a resting order on the book and return its id.
 
         ``order_type`` ``STOP_MARKET``/``TAKE_PROFIT_MARKET``/``STOP``/... makes it a conditional
         (algo) order, which lives in Binance's separate algo book: only
         ``cancel_all_orders(sym, {'trigger': True})`` removes it. A COIN-M symbol goes to the
-        COIN-M book with the default ``venue``.
+        COIN-M book with the default ``venue``. On a hedge-mode account a derivative order
+        needs ``position_side`` ``LONG``/``SHORT`` (SELL+LONG and BUY+SHORT close that side
+        and are clipped to it when filled); elsewhere it is ``None`` (``ValueError``
+        otherwise).
         """
         if venue is Venue.FUTURES:
             venue = self._derivative_venue(symbol)
@@ -342,6 +380,7 @@ class ExchangeSimulator:
             reduce_only=reduce_only,
             client_order_id=client_order_id,
             trigger_price=Decimal(str(trigger_price)) if trigger_price is not None else ZERO,
+            position_side=(position_side or "BOTH").upper(),
         )
         return order.order_id
 
@@ -401,9 +440,17 @@ class ExchangeSimulator:
     # -- inspection ------------------------------------------------------------------------
 
     def positions(self, account: str) -> dict[str, Position]:
-        """Open futures positions by symbol, USD-M and COIN-M (copies; flat symbols are absent;
-        COIN-M quantities are contracts)."""
+        """Open one-way-mode futures positions by symbol, USD-M and COIN-M (copies; flat
+        symbols are absent; COIN-M quantities are contracts). A hedge-mode account's are in
+        :meth:`hedge_positions`."""
         return {s: copy.copy(p) for s, p in self.account(account).positions.items() if p.qty}
+
+    def hedge_positions(self, account: str) -> dict[tuple[str, str], Position]:
+        """Open hedge-mode futures positions by ``(symbol, "LONG"/"SHORT")``, USD-M and
+        COIN-M (copies; signed ``qty``: a ``SHORT`` one is negative; flat sides are absent)."""
+        return {
+            key: copy.copy(p) for key, p in self.account(account).hedge_positions.items() if p.qty
+        }
 
     def open_orders(
         self,

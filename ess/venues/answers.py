@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Final
 
+from ess.core.flatten import PositionSide
 from ess.venues.ports import VenueError, VenueErrorKind
 
-__all__ = ["QUERY", "malformed", "mapping", "order_id", "retry_after", "rows", "text"]
+__all__ = [
+    "QUERY",
+    "exposure_order",
+    "malformed",
+    "mapping",
+    "order_id",
+    "position_side",
+    "retry_after",
+    "rows",
+    "text",
+]
 
 #: The query string of a URL in an error message (it may carry a signature): cut from it.
 QUERY: Final = re.compile(r"\?\S*")
@@ -53,6 +65,21 @@ def order_id(row: Mapping[str, Any], key: str, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
         raise malformed(f"{what}: no {key!r} in {row!r:.200}")
     return str(value)
+
+
+def position_side(side: PositionSide | None, quantity: Decimal, what: str) -> PositionSide | None:
+    """``side`` (``None`` in one-way mode) once it agrees with the signed ``quantity``: a long
+    of a hedge-mode account is > 0 and a short < 0. A row that says otherwise was garbled and
+    cannot be closed from: closing it on the wrong side would do nothing, or add risk."""
+    if side is not None and quantity and (quantity > 0) != (side == "long"):
+        raise malformed(f"{what}: a {side} position of size {quantity}")
+    return side
+
+
+def exposure_order(item: tuple[tuple[str, PositionSide | None], Decimal]) -> tuple[str, str]:
+    """Sort key of exposure keyed by (symbol, hedge-mode side): by symbol, one-way first."""
+    (symbol, side), _ = item
+    return symbol, side or ""
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

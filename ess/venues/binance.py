@@ -40,6 +40,7 @@ from ess.core.flatten import (
     CloseStep,
     MarketKind,
     OrderView,
+    PositionSide,
     PositionView,
     VenueSnapshot,
     apply_spot_policy,
@@ -281,7 +282,11 @@ class BinanceVenue:
             "newClientOrderId": step.client_order_id,
             "newOrderRespType": "RESULT",
         }
-        if self.kind is MarketKind.FUTURES:
+        if step.position_side is not None:
+            # Hedge mode: the side makes the order closing-only, and Binance refuses a
+            # reduceOnly beside it (-1106); an oversized close is refused, never flips.
+            params["positionSide"] = step.position_side.upper()
+        elif self.kind is MarketKind.FUTURES:
             params["reduceOnly"] = "true"
         answer = await self._call("order", params)
         row = answers.mapping(answer, "order")
@@ -310,20 +315,6 @@ class BinanceVenue:
         risk, account, orders, conditional = await self._read(
             "positions", "account", "orders", "conditional_orders"
         )
-        hedged = sorted(
-            {
-                str(row.get("symbol"))
-                for row in answers.rows(risk, "positionRisk")
-                if row.get("positionSide") in {"LONG", "SHORT"}
-            }
-        )
-        if hedged:
-            raise VenueError(
-                VenueErrorKind.UNSUPPORTED,
-                f"the account is in hedge mode (dual-side positions: {', '.join(hedged[:5])}); "
-                "ESS closes one-way positions only: switch it to one-way mode "
-                "(Binance: Preferences > Position Mode)",
-            )
         rows = [
             *answers.rows(risk, "positionRisk"),
             *answers.rows(
@@ -331,13 +322,15 @@ class BinanceVenue:
             ),
         ]
         # Two independent reads of the same positions: a stale or partial one must not hide
-        # exposure the other shows, so the larger size wins.
-        sizes: dict[str, Decimal] = {}
+        # exposure the other shows, so the larger size wins. In hedge mode a symbol has a
+        # LONG and a SHORT row, two positions each closed on its own side.
+        sizes: dict[tuple[str, PositionSide | None], Decimal] = {}
         for row in rows:
             symbol = answers.text(row, "symbol", "position")
             quantity = _decimal(row, "positionAmt", "position")
-            if abs(quantity) > abs(sizes.get(symbol, Decimal(0))):
-                sizes[symbol] = quantity
+            key = (symbol, _position_side(row, quantity))
+            if abs(quantity) > abs(sizes.get(key, Decimal(0))):
+                sizes[key] = quantity
         views = [
             OrderView(
                 answers.text(row, "symbol", "order"), answers.order_id(row, "orderId", "order")
@@ -357,7 +350,7 @@ class BinanceVenue:
     async def _spot_snapshot(self) -> VenueSnapshot:
         account, orders = await self._read("account", "orders")
         keep = {self._config.quote, *self._config.keep_assets}
-        held: dict[str, Decimal] = {}
+        held: dict[tuple[str, PositionSide | None], Decimal] = {}
         stranded: dict[str, Decimal] = {}
         for row in answers.rows(answers.mapping(account, "account").get("balances"), "balances"):
             asset = answers.text(row, "asset", "balance")
@@ -370,7 +363,7 @@ class BinanceVenue:
                 # never "flat" (list it in keep_assets if it is held on purpose).
                 stranded[asset] = stranded.get(asset, Decimal(0)) + total
             else:
-                held[symbol] = held.get(symbol, Decimal(0)) + total
+                held[(symbol, None)] = held.get((symbol, None), Decimal(0)) + total
         views = [
             OrderView(
                 answers.text(row, "symbol", "order"), answers.order_id(row, "orderId", "order")
@@ -397,17 +390,22 @@ class BinanceVenue:
             return [task.result() for task in tasks]
         raise first
 
-    def _build(self, exposure: Mapping[str, Decimal], orders: list[OrderView]) -> VenueSnapshot:
-        """Split exposure into positions and dust (no order could remove it). A symbol without
-        a known market is kept as a position: unknown is never assumed to be small."""
+    def _build(
+        self,
+        exposure: Mapping[tuple[str, PositionSide | None], Decimal],
+        orders: list[OrderView],
+    ) -> VenueSnapshot:
+        """Split exposure (by symbol and hedge-mode side) into positions and dust (no order
+        could remove it). A symbol without a known market is kept as a position: unknown is
+        never assumed to be small."""
         positions: list[PositionView] = []
         dust: list[PositionView] = []
-        for symbol, quantity in sorted(exposure.items()):
+        for (symbol, side), quantity in sorted(exposure.items(), key=answers.exposure_order):
             if not quantity:
                 continue
             lot = self._lots.get(symbol)
             tradable = lot is None or bool(lot.tradable(abs(quantity)))
-            (positions if tradable else dust).append(PositionView(symbol, quantity))
+            (positions if tradable else dust).append(PositionView(symbol, quantity, side))
         orders = sorted(orders, key=lambda o: (o.symbol, o.conditional, o.order_id))
         return VenueSnapshot(tuple(positions), tuple(orders), tuple(dust))
 
@@ -528,6 +526,19 @@ def _from_ccxt(exc: ccxt_errors.BaseError, call: str) -> VenueError:
 
 
 # -- shape validation -------------------------------------------------------------------------
+
+
+#: Binance's ``positionSide`` of a position row: ``BOTH`` in one-way mode.
+_SIDES: dict[str, PositionSide | None] = {"BOTH": None, "LONG": "long", "SHORT": "short"}
+
+
+def _position_side(row: Mapping[str, Any], quantity: Decimal) -> PositionSide | None:
+    """The hedge-mode side of a position row (``None`` in one-way mode, and when Binance
+    leaves the field out); an unknown side or one the size contradicts is malformed."""
+    value = row.get("positionSide", "BOTH")
+    if value not in _SIDES:
+        raise answers.malformed(f"position: bad 'positionSide' in {row!r:.200}")
+    return answers.position_side(_SIDES[value], quantity, "position")
 
 
 def _decimal(row: Mapping[str, Any], key: str, what: str) -> Decimal:

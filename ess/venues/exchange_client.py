@@ -86,8 +86,7 @@ class VenuesExchangeClient:
         async def symbol(index: int) -> None:
             item = plan.symbols[index]
             await asyncio.gather(*(venue.cancel_all(cancel) for cancel in item.cancels))
-            if item.close is not None:
-                await venue.close(item.close)
+            await asyncio.gather(*(venue.close(close) for close in item.closes))
 
         outcomes = await asyncio.gather(
             *(symbol(index) for index in range(len(plan.symbols))), return_exceptions=True

@@ -19,7 +19,10 @@ loaded, OKX's client-id alphabet). The same safety rules hold:
   ``MALFORMED`` before ccxt sees it, and every unified structure is checked for the fields
   used (symbol, id, side, size) before a snapshot is built from it.
 * **Closes never flip.** Derivative closes are market orders with ``reduceOnly`` for the
-  size read; spot closes sell at most the balance the snapshot held. Client order ids
+  size read; spot closes sell at most the balance the snapshot held. In hedge (two-sided)
+  mode each side is closed on its own side, named the venue's way (:data:`_HEDGE_CLOSES`:
+  Binance ``positionSide``, Bybit ``positionIdx``, OKX ``posSide``); an account in hedge mode
+  on an exchange missing from that table is refused (``UNSUPPORTED``). Client order ids
   are the derived ones of :class:`~ess.core.flatten.CloseStep` (ccxt's ``clientOrderId``).
 * **Errors by ccxt's unified classes** (:data:`_KIND_BY_CCXT_ERROR`), with the HTTP status and
   ``Retry-After`` of the failed answer attached by the same hook (HTTP 418 is ``BANNED``).
@@ -37,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -50,6 +53,7 @@ from ess.core.flatten import (
     CloseStep,
     MarketKind,
     OrderView,
+    PositionSide,
     PositionView,
     VenueSnapshot,
     apply_spot_policy,
@@ -84,9 +88,13 @@ _KIND_BY_CCXT_ERROR: Final[tuple[tuple[type[Exception], VenueErrorKind], ...]] =
     (ccxt_errors.DuplicateOrderId, VenueErrorKind.DUPLICATE_ID),
     (ccxt_errors.NotSupported, VenueErrorKind.UNSUPPORTED),
 )
-#: A refusal whose message says this is a reduce-only rejection ("ReduceOnly Order is
-#: rejected", "reduce-only", "reduce only").
-_REDUCE_ONLY: Final = re.compile(r"reduce[\s_-]?only", re.IGNORECASE)
+#: A refused close that says the position (or hedge-mode side) is already smaller or gone:
+#: "reduce only" in the venue's words (Binance -2022, Bybit 110017), or OKX's 51169 ("you
+#: don't have any positions in this direction ... to reduce or close"), which ccxt leaves a
+#: plain ``ExchangeError``.
+_REDUCE_ONLY: Final = re.compile(
+    r"""reduce[\s_-]?only|["']sCode["']\s*:\s*["']51169["']""", re.IGNORECASE
+)
 #: The venue's numeric error code inside ccxt's message, when it quotes the JSON body.
 _CODE: Final = re.compile(r"""["']?(?:code|retCode|error_code)["']?\s*[:=]\s*["']?(-?\d+)""")
 #: Slack of the outer ``asyncio.timeout`` over ccxt's per-request timeout.
@@ -136,6 +144,33 @@ _ONE_TRIGGER_LISTING: Final[tuple[Mapping[str, Any], ...]] = ({"trigger": True},
 #: call: ccxt's paginating call re-enters the method, which would page again, endlessly, if
 #: the flag came from the client's options.)
 _LISTING_PARAMS: Final[Mapping[str, Mapping[str, Any]]] = {"bybit": {"paginate": True}}
+
+
+@dataclass(frozen=True, slots=True)
+class _HedgeClose:
+    """How an exchange's order names the hedge-mode position side it closes: ``param`` with
+    ``long``/``short`` as values. A sell on the long side (a buy on the short side) can only
+    reduce that side there, so ``reduceOnly`` is sent beside it only where the venue takes it
+    (Binance refuses it with -1106; OKX ignores it outside net mode)."""
+
+    param: str
+    long: str | int
+    short: str | int
+    reduce_only: bool
+
+    def params(self, side: PositionSide) -> dict[str, Any]:
+        value = self.long if side == "long" else self.short
+        return {self.param: value, **({"reduceOnly": True} if self.reduce_only else {})}
+
+
+_BINANCE_HEDGE: Final = _HedgeClose("positionSide", "LONG", "SHORT", reduce_only=False)
+#: The exchanges whose hedge-mode positions ESS can close, and how (see :class:`_HedgeClose`).
+_HEDGE_CLOSES: Final[Mapping[str, _HedgeClose]] = {
+    "binanceusdm": _BINANCE_HEDGE,
+    "binancecoinm": _BINANCE_HEDGE,
+    "bybit": _HedgeClose("positionIdx", 1, 2, reduce_only=True),
+    **{okx: _HedgeClose("posSide", "long", "short", reduce_only=False) for okx in OKX_IDS},
+}
 
 
 # -- capabilities -------------------------------------------------------------------------------
@@ -438,7 +473,9 @@ class CcxtVenue:
         params: dict[str, Any] = {
             "clientOrderId": _venue_client_id(self._config.exchange, step.client_order_id)
         }
-        if self.kind is MarketKind.FUTURES:
+        if step.position_side is not None:
+            params.update(self._hedge_close().params(step.position_side))
+        elif self.kind is MarketKind.FUTURES:
             params["reduceOnly"] = True
         amount = self._tradable(step.symbol, wanted)
         log = self._log.bind(
@@ -545,8 +582,7 @@ class CcxtVenue:
         if self._trigger_book:
             reads += self._trigger_reads()
         replies = await self._read(reads)
-        sizes: dict[str, Decimal] = {}
-        hedged: set[str] = set()
+        sizes: dict[tuple[str, PositionSide | None], Decimal] = {}
         for row in answers.rows(replies[0], "positions"):
             symbol = answers.text(row, "symbol", "position")
             contracts = _decimal(row.get("contracts"), f"position {symbol} contracts")
@@ -556,18 +592,12 @@ class CcxtVenue:
             if side not in {"long", "short"}:
                 raise answers.malformed(f"position {symbol}: side {side!r}")
             if row.get("hedged") is True:
-                hedged.add(symbol)
+                self._hedge_close()  # refused here if ESS cannot close a side on this venue
+            key = (symbol, side if row.get("hedged") is True else None)
             size = abs(contracts) * self._contract_size(symbol)  # base units, as the port says
             signed = size if side == "long" else -size
-            if abs(signed) > abs(sizes.get(symbol, Decimal(0))):
-                sizes[symbol] = signed
-        if hedged:
-            raise VenueError(
-                VenueErrorKind.UNSUPPORTED,
-                f"the account is in hedge mode (dual-side positions: "
-                f"{', '.join(sorted(hedged)[:5])}); ESS closes one-way positions only: switch "
-                "it to one-way mode",
-            )
+            if abs(signed) > abs(sizes.get(key, Decimal(0))):
+                sizes[key] = signed
         views = _orders(replies[1], conditional=False)
         for reply in replies[2:]:
             views += _orders(reply, conditional=True)
@@ -589,7 +619,7 @@ class CcxtVenue:
             for market in _markets_of(exchange, MarketKind.SPOT)
             if market.get("quote") == self._config.quote and market.get("active") is not False
         }
-        held: dict[str, Decimal] = {}
+        held: dict[tuple[str, PositionSide | None], Decimal] = {}
         stranded: dict[str, Decimal] = {}
         for asset, amount in total.items():
             quantity = _decimal(amount, f"balance of {asset}")
@@ -600,7 +630,7 @@ class CcxtVenue:
                 # Held, but no <asset>/<quote> market to sell it on: exposure, never "flat".
                 stranded[asset] = stranded.get(asset, Decimal(0)) + quantity
             else:
-                held[symbol] = held.get(symbol, Decimal(0)) + quantity
+                held[(symbol, None)] = held.get((symbol, None), Decimal(0)) + quantity
         views = _orders(orders, conditional=False)
         for reply in triggers:
             views += _orders(reply, conditional=True)
@@ -651,18 +681,32 @@ class CcxtVenue:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    def _hedge_close(self) -> _HedgeClose:
+        """How this exchange closes a hedge-mode side; ``UNSUPPORTED`` where ESS does not know
+        (an account in hedge mode there could not be flattened: fail loudly, not by guessing)."""
+        hedge = _HEDGE_CLOSES.get(self._config.exchange)
+        if hedge is None:
+            raise VenueError(
+                VenueErrorKind.UNSUPPORTED,
+                f"the account is in hedge (two-sided) mode, and ESS does not know how "
+                f"{self._config.exchange} names the side a close reduces: switch it to one-way "
+                "mode",
+            )
+        return hedge
+
     def _build_snapshot(
-        self, exposure: Mapping[str, Decimal], orders: list[OrderView]
+        self, exposure: Mapping[tuple[str, PositionSide | None], Decimal], orders: list[OrderView]
     ) -> VenueSnapshot:
-        """Split exposure into positions and dust (no order could remove it). A symbol without
-        a known market is kept as a position: unknown is never assumed to be small."""
+        """Split exposure (by symbol and hedge-mode side) into positions and dust (no order
+        could remove it). A symbol without a known market is kept as a position: unknown is
+        never assumed to be small."""
         positions: list[PositionView] = []
         dust: list[PositionView] = []
-        for symbol, quantity in sorted(exposure.items()):
+        for (symbol, side), quantity in sorted(exposure.items(), key=answers.exposure_order):
             if not quantity:
                 continue
             tradable = self._tradable(symbol, abs(quantity), unknown_is_tradable=True)
-            (positions if tradable else dust).append(PositionView(symbol, quantity))
+            (positions if tradable else dust).append(PositionView(symbol, quantity, side))
         orders = sorted(orders, key=lambda o: (o.symbol, o.conditional, o.order_id))
         return VenueSnapshot(tuple(positions), tuple(orders), tuple(dust))
 

@@ -33,8 +33,8 @@ class VenueErrorKind(StrEnum):
     #: Invalid key, signature or permissions (-2015, -2014, -1022): nothing works until the
     #: credentials are fixed; keep trying slowly and report loudly.
     AUTH = "auth"
-    #: The account is set up in a way ESS cannot flatten (Binance futures hedge mode: every
-    #: close would need a ``positionSide``). Nothing works until it is changed; report loudly.
+    #: The account is set up in a way ESS cannot flatten (hedge mode on an exchange whose
+    #: position sides ESS cannot name). Nothing works until it is changed; report loudly.
     UNSUPPORTED = "unsupported"
     #: HTTP 200 with an empty or unparseable body, or a body of the wrong shape: the request may
     #: have been executed, and nothing can be concluded from the answer.

@@ -27,7 +27,7 @@ SNAPSHOT = VenueSnapshot(
 def plan(snapshot: VenueSnapshot) -> dict[str, tuple[int, bool]]:
     """``{symbol: (cancels, has a sell)}`` of the spot plan for ``snapshot``."""
     planned = plan_flatten(snapshot, activation_id="a1", venue="spot", kind=MarketKind.SPOT)
-    return {item.symbol: (len(item.cancels), item.close is not None) for item in planned.symbols}
+    return {item.symbol: (len(item.cancels), bool(item.closes)) for item in planned.symbols}
 
 
 def test_sell_is_todays_behaviour() -> None:

@@ -1,5 +1,5 @@
 """The simulator's trading rules without HTTP: position arithmetic, reduce-only clipping, spot
-funds locking, parameter validation and the sliding rate windows."""
+funds locking, parameter validation, hedge (two-sided) mode and the sliding rate windows."""
 
 from __future__ import annotations
 
@@ -188,3 +188,175 @@ def test_rate_limiter_counts_only_admitted_requests() -> None:
     now[0] = 1.5
     assert limiter.counters(Venue.FUTURES).used_weight == 0
     assert limiter.counters(Venue.FUTURES).peak_weight == 10
+
+
+# -- hedge (two-sided) position mode ---------------------------------------------------------------
+
+
+@pytest.fixture
+def hedged() -> Account:
+    return Account(name="h", api_key="k", secret="s", hedge_mode=True)
+
+
+def order(side: str, qty: str, position_side: str | None, **extra: str) -> dict[str, str]:
+    """A BTCUSDT market order on ``position_side`` (``None``: the parameter left out)."""
+    params = {"symbol": "BTCUSDT", "side": side, "type": "MARKET", "quantity": qty, **extra}
+    if position_side is not None:
+        params["positionSide"] = position_side
+    return params
+
+
+def sides(account: Account) -> dict[tuple[str, str], Decimal]:
+    return {key: position.qty for key, position in account.hedge_positions.items()}
+
+
+def test_each_side_opens_and_grows_on_its_own(engine: Engine, hedged: Account) -> None:
+    engine.place_futures(hedged, order("BUY", "1", "LONG"))  # @60000
+    engine.place_futures(hedged, order("SELL", "0.4", "SHORT"))
+    engine.marks[(Venue.FUTURES, "BTCUSDT")] = D(62000)
+    engine.place_futures(hedged, order("BUY", "1", "LONG"))
+
+    assert sides(hedged) == {("BTCUSDT", "LONG"): D(2), ("BTCUSDT", "SHORT"): D("-0.4")}
+    assert hedged.hedge_positions[("BTCUSDT", "LONG")].entry_price == D(61000)
+    assert hedged.hedge_positions[("BTCUSDT", "SHORT")].entry_price == D(60000)
+    assert hedged.positions == {}  # no one-way position in hedge mode
+    assert [f.position_side for f in hedged.fills] == ["LONG", "SHORT", "LONG"]
+
+
+def test_a_close_is_clipped_to_its_side_and_never_opens_the_other(
+    engine: Engine, hedged: Account
+) -> None:
+    engine.place_futures(hedged, order("BUY", "0.5", "LONG"))  # @60000
+    engine.place_futures(hedged, order("SELL", "0.2", "SHORT"))
+    engine.marks[(Venue.FUTURES, "BTCUSDT")] = D(61000)
+
+    closed = engine.place_futures(hedged, order("SELL", "3", "LONG"))
+
+    assert (closed.executed_qty, closed.status) == (D("0.5"), "FILLED")
+    assert sides(hedged) == {("BTCUSDT", "SHORT"): D("-0.2")}  # the short is untouched
+    assert hedged.futures_wallet == D(10_000) + D(500)  # (61000 - 60000) x 0.5
+
+    bought = engine.place_futures(hedged, order("BUY", "1", "SHORT"))  # closes the short @61000
+    assert bought.executed_qty == D("0.2")
+    assert sides(hedged) == {}
+    assert hedged.futures_wallet == D(10_500) - D(200)  # short from 60000: -1000 x 0.2
+
+
+@pytest.mark.parametrize(("side", "position_side"), [("SELL", "LONG"), ("BUY", "SHORT")])
+def test_a_close_of_a_flat_side_is_refused(
+    engine: Engine, hedged: Account, side: str, position_side: str
+) -> None:
+    other = "SHORT" if position_side == "LONG" else "LONG"
+    engine.place_futures(hedged, order("BUY" if other == "LONG" else "SELL", "0.5", other))
+    before = sides(hedged)
+
+    with pytest.raises(ApiError) as refused:
+        engine.place_futures(hedged, order(side, "0.1", position_side))
+
+    assert refused.value.code == -2022
+    assert sides(hedged) == before
+
+
+def test_the_position_side_must_match_the_mode(engine: Engine, hedged: Account) -> None:
+    one_way = Account(name="o", api_key="k2", secret="s")
+    for account, position_side in ((hedged, None), (hedged, "BOTH"), (one_way, "LONG")):
+        with pytest.raises(ApiError) as refused:
+            engine.place_futures(account, order("BUY", "0.1", position_side))
+        assert refused.value.code == -4061
+    with pytest.raises(ApiError) as refused:
+        engine.place_algo(
+            hedged,
+            order("SELL", "0.1", None, type="STOP_MARKET", algoType="CONDITIONAL")
+            | {"triggerPrice": "50000"},
+        )
+    assert refused.value.code == -4061
+    assert hedged.fills == one_way.fills == []
+
+
+def test_reduce_only_in_hedge_mode_is_1106_unless_the_family_accepts_it(
+    engine: Engine, hedged: Account
+) -> None:
+    engine.place_futures(hedged, order("BUY", "0.5", "LONG"))
+    with pytest.raises(ApiError) as refused:
+        engine.place_futures(hedged, order("SELL", "0.5", "LONG", reduceOnly="true"))
+    assert refused.value.code == -1106
+
+    # Bybit accepts it: a close is fine, an opening order marked reduce-only is not.
+    with pytest.raises(ApiError) as opening:
+        engine.place_futures(
+            hedged, order("BUY", "0.1", "LONG", reduceOnly="true"), reduce_only_in_hedge=True
+        )
+    assert opening.value.code == -2022
+    engine.place_futures(
+        hedged, order("SELL", "0.9", "LONG", reduceOnly="true"), reduce_only_in_hedge=True
+    )
+    assert sides(hedged) == {}
+
+
+def test_a_resting_close_fills_at_most_its_side(engine: Engine, hedged: Account) -> None:
+    engine.place_futures(hedged, order("BUY", "0.5", "LONG"))
+    resting = engine.place_futures(
+        hedged, order("SELL", "2", "LONG", type="LIMIT", price="61000", timeInForce="GTC")
+    )
+    assert resting.is_open
+
+    engine.fill_resting(hedged, resting)
+
+    assert (resting.executed_qty, resting.status) == (D("0.5"), "FILLED")
+    assert sides(hedged) == {}
+
+
+def test_a_late_fill_of_a_hedge_close_is_clipped(engine: Engine, hedged: Account) -> None:
+    """The close rests for 0.5; the long shrinks to 0.3 meanwhile; the cancel turns into a late
+    fill of the whole order: it fills 0.3 and opens no short."""
+    engine.place_futures(hedged, order("BUY", "0.5", "LONG"))
+    resting = engine.place_futures(
+        hedged, order("SELL", "0.5", "LONG", type="LIMIT", price="61000", timeInForce="GTC")
+    )
+    engine.place_futures(hedged, order("SELL", "0.2", "LONG"))
+    engine.detach(resting)
+
+    fill = engine.fill_resting(hedged, resting, late=True)
+
+    assert fill is not None
+    assert (fill.qty, fill.late, fill.position_side) == (D("0.3"), True, "LONG")
+    assert sides(hedged) == {}
+    assert resting.status == "FILLED"
+
+
+def test_a_late_fill_of_a_close_on_a_side_gone_flat_fills_nothing(
+    engine: Engine, hedged: Account
+) -> None:
+    engine.place_futures(hedged, order("SELL", "0.1", "SHORT"))
+    late = engine.place_futures(
+        hedged, order("BUY", "0.1", "SHORT", type="LIMIT", price="59000", timeInForce="GTC")
+    )
+    engine.place_futures(hedged, order("BUY", "0.1", "SHORT"))  # the short is closed meanwhile
+    engine.detach(late)
+
+    assert engine.fill_resting(hedged, late, late=True) is None
+    assert (late.status, late.executed_qty, sides(hedged)) == ("EXPIRED", D(0), {})
+
+
+def test_a_partial_fill_of_a_hedge_close_leaves_the_rest_of_its_side(
+    engine: Engine, hedged: Account
+) -> None:
+    engine.place_futures(hedged, order("SELL", "1", "SHORT"))
+    closed = engine.place_futures(hedged, order("BUY", "4", "SHORT"), fill_ratio=D("0.5"))
+
+    assert closed.executed_qty == D("0.5")  # half of the clipped 1, not of the 4 asked
+    assert (closed.status, sides(hedged)) == ("EXPIRED", {("BTCUSDT", "SHORT"): D("-0.5")})
+
+
+def test_a_coinm_hedge_close_realizes_inverse_pnl(engine: Engine, hedged: Account) -> None:
+    def coinm(side: str, qty: str, position_side: str) -> dict[str, str]:
+        return order(side, qty, position_side, symbol="BTCUSD_PERP")
+
+    engine.place_futures(hedged, coinm("BUY", "10", "LONG"), venue=Venue.COINM)  # @60000
+    engine.place_futures(hedged, coinm("SELL", "4", "SHORT"), venue=Venue.COINM)
+    engine.marks[(Venue.COINM, "BTCUSD_PERP")] = D(64000)
+
+    engine.place_futures(hedged, coinm("SELL", "50", "LONG"), venue=Venue.COINM)
+
+    assert sides(hedged) == {("BTCUSD_PERP", "SHORT"): D(-4)}
+    assert hedged.coinm_wallet["BTC"] == (1000 * (1 / D(60000) - 1 / D(64000))).quantize(D("1e-8"))

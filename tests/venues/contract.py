@@ -38,7 +38,10 @@ What a supported venue guarantees:
    once in total, never flipping a position;
 5. an order the venue reported cancelled that fills later is closed again while ACTIVE;
 6. with every simulator fault kind firing on 30 % of requests, the venue ends flat within a
-   deadline and no close of ESS ever flips a position.
+   deadline and no close of ESS ever flips a position;
+7. futures pairs, on an account in hedge (two-sided) mode: each side of a symbol is closed on
+   its own position side (the family's :class:`HedgeFields`), exactly once in total even when
+   the flatten is cut short and finished by a fresh engine, and no close ever opens a side.
 """
 
 from __future__ import annotations
@@ -177,6 +180,22 @@ class OrderFields:
     reduce_only: str = "reduceOnly"
 
 
+@dataclass(frozen=True)
+class HedgeFields:
+    """How a family's order names the hedge-mode side it closes, as the simulator logs it:
+    ``param`` is ``long``/``short`` for the two sides, and ``reduce_only`` says whether a close
+    also carries the reduce-only flag there (Binance refuses it beside a ``positionSide``)."""
+
+    param: str
+    long: str
+    short: str
+    reduce_only: bool
+
+    def value(self, side: str) -> str:
+        """The logged value for the simulator's ``LONG``/``SHORT``."""
+        return self.long if side == "LONG" else self.short
+
+
 def same_instrument(sim: ExchangeSimulator, venue: Venue, market_id: str) -> str:
     """The exchange names the instrument by the simulator's market id (Binance, Bybit)."""
     return market_id
@@ -225,6 +244,8 @@ class SimBook:
     contract_value: Callable[[ExchangeSimulator, str], Decimal] = one_unit
     #: Orders are sized in whole contracts (every close must be a whole number of them).
     whole_contracts: bool = False
+    #: How a close names its hedge-mode side (futures books of families with hedge mode).
+    hedge: HedgeFields | None = None
 
     def id(self, market_id: str) -> str:
         return self.ids.get(market_id, market_id)
@@ -278,6 +299,8 @@ OKX_ORDERS: Final = OrderFields(
     size="sz",
 )
 
+BINANCE_HEDGE: Final = HedgeFields("positionSide", "LONG", "SHORT", reduce_only=False)
+
 #: What the cases need of each family, per market kind (see the module docstring).
 FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
     "binance": {
@@ -286,6 +309,7 @@ FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
             Route("POST", "/fapi/v1/order"),
             (Route("DELETE", "/fapi/v1/allOpenOrders"), Route("DELETE", "/fapi/v1/algoOpenOrders")),
             BINANCE_ORDERS,
+            hedge=BINANCE_HEDGE,
         ),
         MarketKind.SPOT: SimBook(
             Venue.SPOT,
@@ -305,6 +329,7 @@ FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
             ids={f"{b}USDT": f"{b}USD_PERP" for b in ("BTC", "ETH", "SOL", "SIM001", "SIM002")},
             unit=Decimal(100),
             whole_contracts=True,
+            hedge=BINANCE_HEDGE,
         ),
     },
     # One create and one cancel-all route for both books, told apart by ``category``; the
@@ -315,6 +340,9 @@ FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
             Route("POST", "/v5/order/create", {"category": category}),
             (Route("POST", "/v5/order/cancel-all", {"category": category}),),
             BYBIT_ORDERS,
+            hedge=HedgeFields("positionIdx", "1", "2", reduce_only=True)
+            if kind.value == "futures"
+            else None,
         )
         for kind, category in ((MarketKind.FUTURES, "linear"), (MarketKind.SPOT, "spot"))
     },
@@ -333,6 +361,7 @@ FAMILIES: Final[Mapping[str, Mapping[MarketKind, SimBook]]] = {
             instrument_of=okx_instrument,
             contract_value=okx_contract,
             whole_contracts=True,
+            hedge=HedgeFields("posSide", "long", "short", reduce_only=False),
         ),
         MarketKind.SPOT: SimBook(
             Venue.SPOT,
@@ -570,6 +599,63 @@ def seed_book(
     sim.seed_order(account, "SIM001USDT", "SELL", "5", "50", venue=Venue.SPOT)
     sim.seed_order(account, "SIM002USDT", "BUY", "2", "60", venue=Venue.SPOT)
     return {f"{asset}{QUOTE}": D(amount) for asset, amount in balances.items()}
+
+
+#: The hedge-mode book of :func:`seed_hedged_book`: (symbol, side, size) in the contract's
+#: terms (read through the pair's :class:`SimBook`).
+HEDGED: Final = (
+    ("BTCUSDT", "LONG", "0.5"),
+    ("BTCUSDT", "SHORT", "-0.3"),
+    ("ETHUSDT", "SHORT", "-2"),
+)
+
+
+def seed_hedged_book(sim: ExchangeSimulator, account: str, book: SimBook) -> dict[Side, Decimal]:
+    """Switch ``account`` to hedge mode and seed a long and a short on BTC, a short on ETH, an
+    opening buy on BTC's long side and a stop on its long side; returns the exposure by
+    (market id, ``LONG``/``SHORT``)."""
+    sim.set_hedge_mode(account)
+    held = {(book.id(symbol), side): book.size(size) for symbol, side, size in HEDGED}
+    for (symbol, side), size in held.items():
+        sim.seed_position(account, symbol, size, sim.mark_price(symbol), position_side=side)
+    btc = book.id("BTCUSDT")
+    sim.seed_order(account, btc, "BUY", book.size("0.01"), "50000", position_side="LONG")
+    sim.seed_order(
+        account,
+        btc,
+        "SELL",
+        book.size("0.5"),
+        order_type="STOP_MARKET",
+        trigger_price="55000",
+        position_side="LONG",
+    )
+    return held
+
+
+#: A hedge-mode position: (market id, ``LONG``/``SHORT``).
+Side = tuple[str, str]
+
+
+def closed_by_side(sim: ExchangeSimulator, account: str) -> dict[Side, Decimal]:
+    """Quantity filled per hedge-mode side by anything but a late fill (ESS's closes)."""
+    closed: dict[Side, Decimal] = {}
+    for fill in sim.fills(account):
+        if not fill.late and fill.venue is not Venue.SPOT:
+            key = (fill.symbol, fill.position_side)
+            closed[key] = closed.get(key, D(0)) + fill.qty
+    return closed
+
+
+def assert_every_fill_closed_its_side(sim: ExchangeSimulator, account: str) -> None:
+    """Every fill of ESS reduced the side it named (a sell of a long, a buy of a short): a
+    close never opened or grew a side."""
+    closing = {("SELL", "LONG"), ("BUY", "SHORT")}
+    opened = [
+        (fill.symbol, fill.side, fill.position_side)
+        for fill in sim.fills(account)
+        if not fill.late and (fill.side, fill.position_side) not in closing
+    ]
+    assert opened == []
 
 
 def exposure(sim: ExchangeSimulator, account: str, kind: MarketKind) -> dict[str, Decimal]:
@@ -1016,3 +1102,95 @@ class VenueContract:
         sim.clear_faults()
         for pair in pairs:
             assert (await fresh_snapshot(open_pair, account=pair.account)).flat
+
+    # 7 -------------------------------------------------------------------------------------
+
+    async def test_hedge_mode_closes_each_side_on_its_own_position_side(
+        self, open_pair: OpenPair, start: Start
+    ) -> None:
+        """Futures, an account in hedge mode holding a long and a short on one symbol: the
+        snapshot shows each side as its own position; the flatten sends one close per side,
+        each naming its side the family's way (:class:`HedgeFields`) and sized exactly to it,
+        cancels both books, and ends verified flat with every fill a closing one."""
+        hedge = self.book.hedge
+        if hedge is None:
+            pytest.skip(f"{self.family} {self.kind.value} has no hedge mode")
+        pair = await open_pair()
+        sim, book, account = pair.sim, pair.book, pair.account
+        held = seed_hedged_book(sim, account, book)
+        sides = {"LONG": "long", "SHORT": "short"}
+        before = await pair.venue.snapshot()
+        assert {(p.symbol, p.side, p.quantity) for p in before.positions} == {
+            (pair.symbol(symbol), sides[side], size) for (symbol, side), size in held.items()
+        }
+        assert not before.flat
+
+        run = start(pair.venue)
+        await run.until("flatten", "verified_flat")
+
+        assert sim.hedge_positions(account) == {}
+        assert sim.open_orders(account) == []
+        assert closed_by_side(sim, account) == {key: abs(size) for key, size in held.items()}
+        assert_every_fill_closed_its_side(sim, account)
+        orders = book.orders(sim, account)
+        by_instrument = {book.instrument(sim, symbol): symbol for symbol, _ in held}
+        sent = {
+            (by_instrument[o.params[book.fields.instrument]], o.params.get(hedge.param))
+            for o in orders
+        }
+        assert sent == {(symbol, hedge.value(side)) for symbol, side in held}
+        assert len(orders) == len(held)
+        reduce_only = {o.params.get(book.fields.reduce_only) for o in orders}
+        assert reduce_only == ({"true"} if hedge.reduce_only else {None})
+        closes = run.details("close", "sent")
+        assert {(d["symbol"], d["position_side"]) for d in closes} == {
+            (pair.symbol(symbol), sides[side]) for symbol, side in held
+        }
+        fresh = await fresh_snapshot(open_pair)
+        assert fresh.flat
+        assert fresh.positions == ()
+
+    async def test_a_restarted_hedge_flatten_closes_each_side_exactly_once(
+        self, open_pair: OpenPair, start: Start
+    ) -> None:
+        """Hedge mode, the first engine dies mid-flatten: BTC's long close executed but
+        unanswered, its short close never executed (hangs), ETH's short done. A fresh engine
+        and adapter finish: each side is closed exactly once in total, none opened."""
+        hedge = self.book.hedge
+        if hedge is None:
+            pytest.skip(f"{self.family} {self.kind.value} has no hedge mode")
+        first = await open_pair()
+        sim, book, account = first.sim, first.book, first.account
+        held = seed_hedged_book(sim, account, book)
+        btc = book.id("BTCUSDT")
+        on_btc = {book.fields.instrument: book.instrument(sim, btc)}
+        unanswered = {**on_btc, hedge.param: hedge.value("LONG")}
+        never = {**on_btc, hedge.param: hedge.value("SHORT")}
+        book.order.add_fault(sim, "exec_then_hang", times=None, params=unanswered)
+        book.order.add_fault(sim, "hang", times=None, params=never)
+        first_run = start(first.venue)
+
+        def cut_short() -> bool:
+            closed = closed_by_side(sim, account)
+            assert closed.get((btc, "LONG")) == abs(held[(btc, "LONG")])
+            assert closed.get((book.id("ETHUSDT"), "SHORT")) == abs(
+                held[(book.id("ETHUSDT"), "SHORT")]
+            )
+            hung = book.orders(sim, account)
+            assert any(all(r.params.get(k) == v for k, v in never.items()) for r in hung)
+            return True
+
+        await eventually(cut_short, timeout=FLAT_WITHIN_S)
+        await first_run.halt()
+        assert first_run.count("flatten", "verified_flat") == 0
+        assert set(sim.hedge_positions(account)) == {(btc, "SHORT")}
+
+        sim.clear_faults()
+        second = await open_pair()
+        second_run = start(second.venue, seq=0)  # the same activation, resumed
+        await second_run.until("flatten", "verified_flat")
+
+        assert sim.hedge_positions(account) == {}
+        assert closed_by_side(sim, account) == {key: abs(size) for key, size in held.items()}
+        assert_every_fill_closed_its_side(sim, account)
+        assert (await fresh_snapshot(open_pair)).flat

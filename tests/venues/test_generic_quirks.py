@@ -19,12 +19,13 @@ import ccxt.async_support as ccxt_async
 import pytest
 from pydantic import SecretStr
 
-from ess.core.flatten import CancelStep
+from ess.core.flatten import CancelStep, CloseStep, PositionSide
 from ess.sim import ExchangeSimulator, Venue, localize_urls
 from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials, parse_venues
 from ess.venues.generic import CcxtVenue
 from ess.venues.ports import VenueError, VenueErrorKind
 from tests.fixtures.venues import venue_config
+from tests.venues.test_generic_adapter import SIM_OPTIONS
 
 KEY, SECRET, PASSPHRASE = "quirks-key", "quirks-secret", "quirks-pass"
 CREDENTIALS = VenueCredentials(
@@ -156,5 +157,43 @@ async def test_a_lost_read_is_tried_again_within_the_snapshot(
         with pytest.raises(VenueError) as raised:
             await venue.snapshot()
         assert (raised.value.kind, limited.hits) == (VenueErrorKind.RATE_LIMITED, 1)
+    finally:
+        await venue.aclose()
+
+
+@pytest.mark.parametrize(
+    ("exchange", "side"),
+    [("binanceusdm", "LONG"), ("bybit", "LONG"), ("okx", "LONG"), ("okx", "SHORT")],
+)
+async def test_a_hedge_close_of_a_side_already_flat_reads_as_already_reduced(
+    sim: ExchangeSimulator, account: str, exchange: str, side: str
+) -> None:
+    """Hedge mode: the venue refuses the close of a side that is flat by now (Binance -2022,
+    Bybit 110017, OKX 51169, each in its own words): the engine must read it as "already
+    reduced", as it reads a refused reduce-only close in one-way mode, not as a failure to
+    back off from."""
+    sim.set_hedge_mode(account)
+    other = "SHORT" if side == "LONG" else "LONG"
+    sim.seed_position(
+        account, "BTCUSDT", "-0.5" if other == "SHORT" else "0.5", "58000", position_side=other
+    )
+    config = venue_config(sim, exchange, adapter="generic", market="futures", timeout_ms=2000)
+    venue = CcxtVenue(config, CREDENTIALS, options=SIM_OPTIONS.get(exchange, {}))
+    await venue.open()
+    try:
+        flat_side: PositionSide = "long" if side == "LONG" else "short"
+        close = CloseStep(
+            "BTC/USDT:USDT",
+            "sell" if side == "LONG" else "buy",
+            Decimal("0.5"),
+            "ess-" + "e" * 32,
+            reduce_only=True,
+            observed=Decimal("0.5") if side == "LONG" else Decimal("-0.5"),
+            position_side=flat_side,
+        )
+        with pytest.raises(VenueError) as refused:
+            await venue.close(close)
+        assert refused.value.kind is VenueErrorKind.REDUCE_ONLY_REJECTED, str(refused.value)
+        assert set(sim.hedge_positions(account)) == {("BTCUSDT", other)}
     finally:
         await venue.aclose()

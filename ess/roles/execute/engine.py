@@ -319,7 +319,8 @@ class VenueFlattener:
         return [error for errors in results for error in errors]
 
     async def _symbol(self, run: _Run, plan: SymbolPlan, stop: asyncio.Event) -> list[VenueError]:
-        """One symbol: its cancels (both books at once), then its close.
+        """One symbol: its cancels (both books at once), then its close (in hedge mode the two
+        sides' closes, side by side).
 
         The close waits for the cancels because a resting order can block it: on spot a
         resting sell locks the balance to sell; on futures a reduce-only order holds the
@@ -331,10 +332,10 @@ class VenueFlattener:
         cancels = await asyncio.gather(*(self._cancel(run, step) for step in plan.cancels))
         failures = [error for error in cancels if error is not None]
         blocked = failures and self._venue.kind is MarketKind.SPOT
-        if blocked or plan.close is None or stop.is_set():
+        if blocked or not plan.closes or stop.is_set():
             return failures
-        error = await self._close(run, plan.close)
-        return failures if error is None else [*failures, error]
+        closes = await asyncio.gather(*(self._close(run, step) for step in plan.closes))
+        return [*failures, *(error for error in closes if error is not None)]
 
     async def _cancel(self, run: _Run, step: CancelStep) -> VenueError | None:
         error = await _guarded(self._venue.cancel_all(step), self._log)
@@ -366,6 +367,8 @@ class VenueFlattener:
             "client_order_id": step.client_order_id,
             "reduce_only": step.reduce_only,
         }
+        if step.position_side is not None:
+            fields["position_side"] = step.position_side
         if error is None:
             run.closes_sent += 1
             self._emit(run, "close", "sent", **fields)
@@ -641,9 +644,9 @@ class _Reporter:
 
 def _positions(snapshot: VenueSnapshot, *, dust: bool = False) -> dict[str, str]:
     """``{symbol: quantity}`` of the snapshot's positions and stranded exposure (or its
-    dust), for reports."""
+    dust), for reports; a hedge-mode position is named with its side (``BTCUSDT long``)."""
     views = snapshot.dust if dust else (*snapshot.positions, *snapshot.stranded)
-    return {view.symbol: quantity_text(view.quantity) for view in views}
+    return {view.label: quantity_text(view.quantity) for view in views}
 
 
 def _text(error: VenueError) -> str:

@@ -512,7 +512,8 @@ class Executor:
         )
 
     async def unsupported_venues(self) -> dict[str, str]:
-        """Venues whose account ESS could never flatten (hedge mode), by name, from one read
+        """Venues whose account ESS could never flatten (hedge mode on an exchange whose
+        position sides ESS cannot name), by name, from one read
         of each at start (bounded by ``start_check_timeout_sec``). A venue that cannot be read
         now is not held against the start: the flatten and the probes report it later."""
 

@@ -9,6 +9,17 @@ string or form body before ``&signature=`` with that account's secret (else -102
 429/-1003 (-1015 for orders) or 418 while banned, with ``Retry-After``. The engine's codes are
 Binance's, so nothing is translated.
 
+Hedge (two-sided) position mode is modelled on USD-M and COIN-M: ``GET``/``POST
+.../positionSide/dual`` read and switch it (one setting for both books, and for the other
+families: :meth:`~ess.sim.server.ExchangeSimulator.set_hedge_mode`; the switch is refused with
+-4068 while a position is open, -4067 while an order is, -4059 when nothing changes). In hedge
+mode ``positionRisk`` and ``account`` list one row per symbol and side (``positionSide``
+``LONG``/``SHORT``, ``positionAmt`` signed: a ``SHORT`` one negative), every order, algo orders
+included, must carry ``positionSide`` ``LONG``/``SHORT`` (else -4061, as must a one-way
+account's be ``BOTH``), ``reduceOnly`` is refused (-1106), and SELL+LONG / BUY+SHORT close
+their side: refused with -2022 when that side is flat, clipped to its size (never opening the
+other side) at every fill.
+
 The futures dead-man's switch (``countdownCancelAll``, on ``/fapi`` and ``/dapi``) is run by the
 simulator itself: when an armed countdown expires without being refreshed, the symbol's open
 regular orders are cancelled by the server, with no client involved.
@@ -201,6 +212,8 @@ class BinanceFamily(Family):
             ("GET", "openAlgoOrders", self._algo_open_orders),
             ("DELETE", "algoOpenOrders", self._algo_cancel_all),
             ("POST", "countdownCancelAll", self._countdown_cancel_all),
+            ("GET", "positionSide/dual", self._position_mode_get),
+            ("POST", "positionSide/dual", self._position_mode_post),
         )
         signed: dict[tuple[str, str], Handler] = {
             ("GET", "/fapi/v1/leverageBracket"): self._leverage_bracket,
@@ -278,27 +291,31 @@ class BinanceFamily(Family):
             ctx.acct, self.sim.markets_by_venue[Venue.COINM], self.sim.marks, self.sim.now_ms()
         )
 
+    @staticmethod
+    def _sides(account: Account) -> tuple[str, ...]:
+        """The position sides of the account's mode: one row per symbol and side."""
+        return ("LONG", "SHORT") if account.hedge_mode else ("BOTH",)
+
     def _position_rows(self, ctx: Ctx, *, v2: bool) -> list[dict[str, Any]]:
+        """v3: the open positions; v2: every symbol (flat ones with ``entryPrice`` 0). In
+        hedge mode one row per symbol and side, ``positionSide`` LONG/SHORT."""
         symbol = ctx.params.get("symbol")
         if symbol:
             self.sim.engine.market(Venue.FUTURES, symbol)
         account = ctx.acct
         listed = self.sim.markets_by_venue[Venue.FUTURES]
-        symbols = listed if v2 else sorted(s for s in account.positions if s in listed)
         rows = []
-        for each in symbols:
-            if symbol and each != symbol:
+        for each in listed if v2 else sorted({p.symbol for p in account.all_positions()}):
+            if (symbol and each != symbol) or each not in listed:
                 continue
-            position = account.positions.get(each) or Position(each)
-            if not v2 and position.qty == 0:
-                continue
-            market = listed[each]
-            mark = self.sim.marks[(Venue.FUTURES, each)]
-            rows.append(
-                payloads.position_risk(
-                    position, market, mark, account.leverage, v2=v2, hedge_mode=account.hedge_mode
+            for side in self._sides(account):
+                position = account.position(each, side) or Position(each, side=side)
+                if not v2 and position.qty == 0:
+                    continue
+                mark = self.sim.marks[(Venue.FUTURES, each)]
+                rows.append(
+                    payloads.position_risk(position, listed[each], mark, account.leverage, v2=v2)
                 )
-            )
         return rows
 
     async def _position_risk_v3(self, ctx: Ctx) -> Any:
@@ -318,14 +335,36 @@ class BinanceFamily(Family):
                 continue
             if pair and symbol.split("_")[0] != pair:
                 continue
-            position = account.positions.get(symbol) or Position(symbol)
             mark = self.sim.marks[(Venue.COINM, symbol)]
-            rows.append(
-                payloads.coinm_position_risk(
-                    position, market, mark, account.leverage, hedge_mode=account.hedge_mode
-                )
-            )
+            for side in self._sides(account):
+                position = account.position(symbol, side) or Position(symbol, side=side)
+                rows.append(payloads.coinm_position_risk(position, market, mark, account.leverage))
         return rows
+
+    async def _position_mode_get(self, ctx: Ctx) -> Any:
+        """``GET .../positionSide/dual`` (ccxt's ``fetch_position_mode``): the account's mode,
+        shared by USD-M and COIN-M in the simulator."""
+        return {"dualSidePosition": ctx.acct.hedge_mode}
+
+    async def _position_mode_post(self, ctx: Ctx) -> Any:
+        """``POST .../positionSide/dual`` (ccxt's ``set_position_mode``): switch the mode,
+        refused as Binance does when nothing changes (-4059), with an open order (-4067) or
+        with a position (-4068). It switches every derivative book and family of the account
+        (one setting in the simulator)."""
+        text = ctx.params.get("dualSidePosition")
+        if text not in {"true", "false"}:
+            raise missing("dualSidePosition")
+        account = ctx.acct
+        wanted = text == "true"
+        if wanted == account.hedge_mode:
+            raise ApiError(-4059, "No need to change position side.")
+        blocker = account.mode_switch_blocker()
+        if blocker == "position":
+            raise ApiError(-4068, "Position side cannot be changed if there exists position.")
+        if blocker == "orders":
+            raise ApiError(-4067, "Position side cannot be changed if there exists open orders.")
+        account.hedge_mode = wanted
+        return {"code": 200, "msg": "success"}
 
     def _symbol_filter(self, ctx: Ctx, venue: Venue, *, required: bool) -> str | None:
         symbol = ctx.params.get("symbol")

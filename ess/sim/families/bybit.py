@@ -1,6 +1,6 @@
 """The Bybit v5 family: USDT perpetuals (``category=linear``) and spot under ``/v5``.
 
-What is modelled, for a unified trading account (UTA 2.0) in one-way position mode:
+What is modelled, for a unified trading account (UTA 2.0) in one-way or hedge position mode:
 
 * **Markets** (``GET /v5/market/instruments-info``): the engine's USD-M markets as
   ``LinearPerpetual`` instruments and its spot markets, with the filters ccxt turns into
@@ -19,10 +19,24 @@ What is modelled, for a unified trading account (UTA 2.0) in one-way position mo
   ``availableToWithdraw`` is ``""`` as on UTA 2.0 (deprecated there), so ccxt computes
   ``free = walletBalance - locked - totalPositionIM - totalOrderIM``: the spot coins' ``free``
   is the engine's free balance. COIN-M wallets are not part of it (inverse is not modelled).
-* **Positions** (``/v5/position/list``, ``category=linear``): ``positionIdx`` 0 only: hedge
-  mode is **not modelled** (the engine keeps one net position per symbol; an order with
-  ``positionIdx`` 1 or 2 is refused with 10001). Querying by ``settleCoin`` lists open
-  positions only; by ``symbol`` the row is there even when flat (``side`` ``""``).
+* **Positions** (``/v5/position/list``, ``category=linear``): in one-way mode one row per
+  symbol, ``positionIdx`` 0; in hedge mode (both-sides mode, ``POST /v5/position/switch-mode``
+  ``mode`` 3, or :meth:`~ess.sim.server.ExchangeSimulator.set_hedge_mode`) one row per side,
+  ``positionIdx`` 1 (the long side, ``side`` ``Buy``) and 2 (the short side, ``Sell``), ``size``
+  positive in both. Querying by ``settleCoin`` lists open positions only; by ``symbol`` the
+  row (each side's, in hedge mode) is there even when flat (``side`` ``""``).
+* **Position mode**: ``POST /v5/position/switch-mode`` (ccxt's ``set_position_mode``),
+  ``category=linear``, ``mode`` 0 (merged single) or 3 (both sides), with ``coin`` or
+  ``symbol``; refused with 110024 while a position is open, 110028 while an order is, 110025
+  when nothing changes. The simulator keeps one mode per account, for every symbol and every
+  family (Bybit keeps it per coin or symbol). Linear orders must carry the ``positionIdx`` of the
+  mode (0 or none one-way, 1 or 2 in hedge mode; 10001 "position idx not match position mode"
+  otherwise). In hedge mode ``positionIdx`` 1 acts on the long side and 2 on the short side: Buy
+  on 1 and Sell on 2 open, Sell on 1 and Buy on 2 close, refused with 110017 when the side is
+  flat and clipped to its size (a close never opens the other side). ``reduceOnly`` is accepted
+  in hedge mode (Sell + ``positionIdx`` 1 + ``reduceOnly`` closes the long; an opening one is
+  110017), which is also what ccxt's ``{'hedged': True, 'reduceOnly': True}`` sends, minus the
+  ``reduceOnly``.
 * **Orders**: ``/v5/order/create`` (market and limit, ``reduceOnly``, ``orderLinkId``,
   ``timeInForce``; on linear a ``triggerPrice`` with ``triggerDirection`` makes a conditional
   order, which rests untriggered in the engine's conditional (algo) book), ``/v5/order/cancel``,
@@ -64,7 +78,7 @@ What is modelled, for a unified trading account (UTA 2.0) in one-way position mo
   (configure ``ban_after``/``ban_s``), and one IP budget across books (the limiter counts linear
   and spot requests apart; requests without a category count as linear).
 
-Not modelled, by choice: hedge mode, inverse and option trading, margin trading
+Not modelled, by choice: inverse and option trading, margin trading
 (``isLeverage=1``), TP/SL attached to orders, amending, order history beyond the engine's books.
 """
 
@@ -118,6 +132,11 @@ _POSITION_PAGE: Final = (20, 200)
 _BATCH_MAX: Final = 20
 _LINK_ID_MAX: Final = 36
 _RECV_WINDOW_DEFAULT: Final = "5000"
+#: ``positionIdx`` -> the engine's position side, and back.
+_SIDE_BY_IDX: Final[Mapping[str, str]] = {"0": "BOTH", "1": "LONG", "2": "SHORT"}
+_IDX_BY_SIDE: Final[Mapping[str, int]] = {"BOTH": 0, "LONG": 1, "SHORT": 2}
+#: ``switch-mode`` modes: 0 merged single (one-way), 3 both sides (hedge).
+_MODES: Final[Mapping[str, bool]] = {"0": False, "3": True}
 
 #: What a fault of each "instead of the exchange" kind answers. ``native`` ones are already
 #: Bybit's; the others are the engine's codes, translated by :meth:`BybitFamily.render_error`
@@ -352,7 +371,8 @@ class BybitFamily(Family):
 
     def _reduce_only_message(self, ctx: Ctx) -> str:
         symbol = ctx.params.get("symbol", "")
-        if ctx.account is not None and ctx.account.position_qty(symbol) != 0:
+        side = _SIDE_BY_IDX.get(ctx.params.get("positionIdx") or "0", "BOTH")
+        if ctx.account is not None and ctx.account.side_qty(symbol, side) != 0:
             return "reduce-only rule not satisfied"
         return "current position is zero, cannot fix reduce-only order qty"
 
@@ -401,6 +421,7 @@ class BybitFamily(Family):
             ("GET", "/v5/account/info"): self._account_info,
             ("GET", "/v5/account/wallet-balance"): self._wallet_balance,
             ("GET", "/v5/position/list"): self._positions,
+            ("POST", "/v5/position/switch-mode"): self._switch_mode,
             ("GET", "/v5/order/realtime"): self._realtime,
             ("POST", "/v5/order/create"): self._create,
             ("POST", "/v5/order/cancel"): self._cancel,
@@ -575,8 +596,9 @@ class BybitFamily(Family):
         marks = self.sim.marks
         linear = self.sim.markets_by_venue[Venue.FUTURES]
         upnl = position_im = position_mm = order_im = ZERO
-        for symbol, position in account.positions.items():
-            if symbol not in linear or not position.qty:
+        for position in account.all_positions():
+            symbol = position.symbol
+            if symbol not in linear:
                 continue
             mark = marks[(Venue.FUTURES, symbol)]
             upnl += (mark - position.entry_price) * position.qty
@@ -584,7 +606,7 @@ class BybitFamily(Family):
             position_im += notional / account.leverage
             position_mm += notional * Decimal("0.005")
         for order in account.open_orders(Venue.FUTURES):
-            if not order.reduce_only:
+            if not order.limited:
                 price = order.price or marks[(Venue.FUTURES, order.symbol)]
                 order_im += order.remaining * price / account.leverage
         assets = {*account.spot_free, *account.spot_locked, "USDT"}
@@ -602,7 +624,7 @@ class BybitFamily(Family):
                     position_mm,
                     order_im,
                 )
-                realized = sum((p.realized_pnl for p in account.positions.values()), ZERO)
+                realized = sum((p.realized_pnl for p in account.all_positions()), ZERO)
             if (wanted and asset not in wanted) or (not wallet and asset != "USDT"):
                 continue
             usd = wallet * self._usd_price(asset)
@@ -664,17 +686,48 @@ class BybitFamily(Family):
             if symbol is not None:
                 self._market(Venue.FUTURES, symbol)
             account = ctx.acct
+            sides = ("LONG", "SHORT") if account.hedge_mode else ("BOTH",)
             for market in self.sim.markets_by_venue[Venue.FUTURES].values():
                 if not self._in_scope(market.symbol, Venue.FUTURES, scope):
                     continue
-                position = account.positions.get(market.symbol)
-                if position is None or not position.qty:
-                    if symbol is None:
-                        continue  # by settle or base coin: open positions only
-                    position = Position(market.symbol)
-                rows.append(self._position_row(account, market, position))
+                for side in sides:
+                    position = account.position(market.symbol, side)
+                    if position is None or not position.qty:
+                        if symbol is None:
+                            continue  # by settle or base coin: open positions only
+                        position = Position(market.symbol, side=side)
+                    rows.append(self._position_row(account, market, position))
         page, cursor = self._page(ctx, rows, _POSITION_PAGE)
         return {"category": category, "list": page, "nextPageCursor": cursor}
+
+    async def _switch_mode(self, ctx: Ctx) -> Any:
+        """``POST /v5/position/switch-mode`` (ccxt's ``set_position_mode``): ``mode`` 0 one-way,
+        3 hedge, for the account (see the module docstring)."""
+        self._json_body(ctx)
+        category = self._category(ctx, ("linear", "inverse"))
+        if category != "linear":
+            raise _params_error("params error: inverse is not modelled by the simulator")
+        params = ctx.params
+        symbol = params.get("symbol") or None
+        if symbol is not None:
+            self._market(Venue.FUTURES, symbol)
+        elif not params.get("coin"):
+            raise _params_error("params error: symbol or coin is required")
+        wanted = _MODES.get(params.get("mode", ""))
+        if wanted is None:
+            raise _params_error("params error: mode invalid")
+        account = ctx.acct
+        if wanted == account.hedge_mode:
+            raise _fail(110025, "Position mode is not modified")
+        blocker = account.mode_switch_blocker()
+        if blocker == "position":
+            raise _fail(
+                110024, "You have an existing position, so position mode cannot be switched"
+            )
+        if blocker == "orders":
+            raise _fail(110028, "Open orders exist, so you cannot change position mode")
+        account.hedge_mode = wanted
+        return {}
 
     def _position_row(self, account: Account, market: Market, position: Position) -> Any:
         mark = self.sim.marks[(Venue.FUTURES, market.symbol)]
@@ -684,7 +737,7 @@ class BybitFamily(Family):
         side = "Buy" if position.qty > 0 else "Sell" if position.qty < 0 else ""
         created = position.update_ms or self.sim.now_ms()
         return {
-            "positionIdx": 0,
+            "positionIdx": _IDX_BY_SIDE[position.side],
             "riskId": 1,
             "riskLimitValue": "2000000",
             "symbol": market.symbol,
@@ -811,7 +864,7 @@ class BybitFamily(Family):
             "orderIv": "",
             "createdTime": _ms(order.time_ms),
             "tpTriggerBy": "",
-            "positionIdx": 0,
+            "positionIdx": _IDX_BY_SIDE[order.position_side],
             "timeInForce": time_in_force,
             "leavesValue": fmt(order.remaining * order.price) if is_open else "0",
             "updatedTime": _ms(order.update_ms or order.time_ms),
@@ -912,15 +965,21 @@ class BybitFamily(Family):
         ratio: Decimal | None,
     ) -> Order:
         params = ctx.params
-        if params.get("positionIdx", "0") not in {"", "0"}:
+        side = _SIDE_BY_IDX.get(params.get("positionIdx") or "0")
+        if side is None:
+            raise _params_error("params error: positionIdx invalid")
+        if (side != "BOTH") != ctx.acct.hedge_mode:
             raise _params_error("position idx not match position mode")
         reduce_only = _text(body.get("reduceOnly")).lower() in {"true", "1"}
         engine["quantity"] = fmt(qty)
         engine["reduceOnly"] = "true" if reduce_only else "false"
+        engine["positionSide"] = side
         trigger = _decimal("triggerPrice", params.get("triggerPrice"), required=False)
         if trigger is None:
             engine["timeInForce"] = _TIF_IN[tif_in]
-            return self.sim.engine.place_futures(ctx.acct, engine, fill_ratio=ratio)
+            return self.sim.engine.place_futures(
+                ctx.acct, engine, fill_ratio=ratio, reduce_only_in_hedge=True
+            )
         direction = params.get("triggerDirection", "")
         if direction not in {"1", "2"}:
             raise _params_error("params error: TriggerDirection invalid")
@@ -932,7 +991,7 @@ class BybitFamily(Family):
         }
         if "newClientOrderId" in engine:
             engine["clientAlgoId"] = engine.pop("newClientOrderId")
-        return self.sim.engine.place_algo(ctx.acct, engine)
+        return self.sim.engine.place_algo(ctx.acct, engine, reduce_only_in_hedge=True)
 
     def _create_spot(
         self,

@@ -10,11 +10,21 @@ What is modelled, over the shared engine (``docs/sim-okx.md`` has the endpoint t
   contract size other than 1 exercises the contracts/base conversion of every client, yet
   nothing is ever rounded). Spot sizes are base units. Dated futures and options are listed
   as empty (ccxt asks for them by default).
-* **One unified trading account** (``acctLv`` 2, single-currency margin), **net position mode
-  only**: every position reads ``posSide`` ``"net"`` with a signed ``pos``; long/short
-  (hedge) mode is not modelled (an order carrying ``posSide`` long/short is refused with
-  51000, as OKX does in net mode). ``/account/balance`` derives the account from the
-  engine's: per currency, spot free plus locked is the cash balance, locked is frozen; USDT
+* **One unified trading account** (``acctLv`` 2, single-currency margin) in ``net_mode`` or
+  ``long_short_mode`` (``/account/config``'s ``posMode``; switched by
+  ``POST /account/set-position-mode``, ccxt's ``set_position_mode``, or
+  :meth:`~ess.sim.server.ExchangeSimulator.set_hedge_mode`, refused with 59000 while a position
+  or an order is open; one setting for every family of the account). In net mode a position
+  reads ``posSide`` ``"net"`` with a signed ``pos`` and an order carrying ``posSide``
+  long/short is refused with 51000. In long/short mode a position reads ``posSide``
+  ``"long"``/``"short"`` with a positive ``pos``, and every swap order, algo orders included,
+  must carry ``posSide`` long or short (51000 "Parameter posSide error" otherwise): buy+long
+  and sell+short open, sell+long and buy+short close, refused with 51169 when that side is flat
+  and clipped to its size (a close never opens the other side). ``reduceOnly`` is accepted and
+  ignored there: OKX documents it for net mode only ("only applicable to ... FUTURES/SWAP
+  orders in net mode"), and ccxt leaves it out of a hedged close.
+* **Balance.** ``/account/balance`` derives the account from the engine's: per currency,
+  spot free plus locked is the cash balance, locked is frozen; USDT
   also holds the futures wallet (its cash) and the swaps' unrealized PnL (its ``upl``), with
   the positions' initial margin frozen. ``availEq`` is empty (as OKX reports it in that
   account mode), so ccxt reads ``free = availBal``, ``used = frozenBal``, ``total = eq``.
@@ -50,12 +60,13 @@ What is modelled, over the shared engine (``docs/sim-okx.md`` has the endpoint t
   ``Retry-After``, so none are sent.
 * **Errors** in OKX's codes and shapes: request-level ``{"code":"5xxxx","msg":...,"data":[]}``
   (auth 401, rate 429, parameters 400), order-level ``{"code":"1","data":[{"sCode":...}]}``
-  with HTTP 200. The reduce-only refusal is 51205 "Reduce Only is not available", because
-  ccxt 4.5.90 maps it to ``InvalidOrder``; real OKX answers 51169 when there is no position
-  to reduce, which ccxt does not map (a plain ``ExchangeError``).
+  with HTTP 200. In net mode the reduce-only refusal is 51205 "Reduce Only is not
+  available", because ccxt 4.5.90 maps it to ``InvalidOrder``; real OKX answers 51169 when
+  there is no position to reduce, which ccxt does not map (a plain ``ExchangeError``). In
+  long/short mode a close of a flat side is 51169, as OKX answers it.
 
-Not modelled, and why: long/short position mode, isolated margin (``tdMode`` isolated is
-accepted and treated as cross), margin trading and borrowing, dated futures and options
+Not modelled, and why: isolated margin (``tdMode`` isolated is accepted and treated as
+cross), margin trading and borrowing, dated futures and options
 (listed empty), amend endpoints, fees (always 0), order history beyond what the engine keeps,
 and a matching engine (limit orders rest until a test fills them): none of it changes what a
 kill switch must do.
@@ -125,6 +136,7 @@ ENDPOINT_LIMITS: Final[Mapping[tuple[str, str], EndpointLimit]] = {
     ("GET", f"{_V5}/public/instruments"): EndpointLimit(20, per_user=False, keys=("instType",)),
     ("GET", f"{_V5}/asset/currencies"): EndpointLimit(6, window_s=1.0),
     ("GET", f"{_V5}/account/config"): EndpointLimit(5),
+    ("POST", f"{_V5}/account/set-position-mode"): EndpointLimit(5),
     ("GET", f"{_V5}/account/balance"): EndpointLimit(10),
     ("GET", f"{_V5}/account/positions"): EndpointLimit(10),
     ("GET", f"{_V5}/trade/orders-pending"): EndpointLimit(60),
@@ -281,6 +293,16 @@ _BATCH_ROUTES: Final = frozenset(
     f"{_V5}/trade/{name}" for name in ("batch-orders", "cancel-batch-orders", "cancel-algos")
 )
 _AUTH_CODES: Final = frozenset(range(50100, 50120))
+#: ``posMode`` by the account's hedge mode, and the engine's position side by ``posSide``.
+_POS_MODE: Final = {False: "net_mode", True: "long_short_mode"}
+_SIDE_BY_POS_SIDE: Final = {"long": "LONG", "short": "SHORT"}
+_POS_SIDE: Final = {"BOTH": "net", "LONG": "long", "SHORT": "short"}
+#: OKX's refusal of a close (long/short mode) whose side holds nothing.
+_NO_POSITION: Final = (
+    51169,
+    "Order failed because you don't have any positions in this direction for this contract to "
+    "reduce or close.",
+)
 
 #: What a fault of each "instead of the exchange" kind answers. ``unknown_order`` and
 #: ``reduce_only_rejected`` are given in the engine's codes: which OKX code they become
@@ -571,6 +593,8 @@ class OkxFamily(Family):
         if code in {-1003, -1015}:
             return 50011, _TOO_MANY, err.status if err.status in {418, 429} else 429
         known = _TRANSLATED.get(code)
+        if code == -2022 and ctx.account is not None and ctx.account.hedge_mode:
+            known = _NO_POSITION
         if known is None:
             found = re.search(r"'(\w+)'", err.msg)
             name = _PARAM_NAMES.get(found.group(1), found.group(1)) if found else "request"
@@ -620,6 +644,7 @@ class OkxFamily(Family):
         signed: dict[tuple[str, str], Handler] = {
             ("GET", f"{_V5}/asset/currencies"): self._currencies,
             ("GET", f"{_V5}/account/config"): self._config,
+            ("POST", f"{_V5}/account/set-position-mode"): self._set_position_mode,
             ("GET", f"{_V5}/account/balance"): self._balance,
             ("GET", f"{_V5}/account/positions"): self._positions,
             ("GET", f"{_V5}/trade/orders-pending"): self._orders_pending,
@@ -799,6 +824,28 @@ class OkxFamily(Family):
             if only is None or code in only
         ]
 
+    async def _set_position_mode(self, ctx: Ctx) -> Any:
+        """``POST /account/set-position-mode`` (ccxt's ``set_position_mode``): ``posMode``
+        ``net_mode`` or ``long_short_mode``; 59000 while a position or an order is open."""
+        item = self._object(ctx)
+        mode = item.get("posMode")
+        if not mode:
+            raise _empty_param("posMode")
+        if mode not in _POS_MODE.values():
+            raise _param_error("posMode")
+        account = ctx.acct
+        wanted = mode == _POS_MODE[True]
+        if wanted != account.hedge_mode:
+            if account.mode_switch_blocker() is not None:
+                raise ApiError(
+                    59000,
+                    "Your settings failed as you have positions or open orders.",
+                    200,
+                    native=True,
+                )
+            account.hedge_mode = wanted
+        return [{"posMode": mode}]
+
     async def _config(self, ctx: Ctx) -> Any:
         account = ctx.acct
         uid = str(zlib.crc32(account.name.encode()))
@@ -808,7 +855,7 @@ class OkxFamily(Family):
                 "mainUid": uid,
                 "acctLv": "2",
                 "acctStpMode": "cancel_maker",
-                "posMode": "net_mode",
+                "posMode": _POS_MODE[account.hedge_mode],
                 "autoLoan": False,
                 "greeksType": "PA",
                 "level": "Lv1",
@@ -838,7 +885,8 @@ class OkxFamily(Family):
     def _margins(self, account: Account) -> tuple[Decimal, Decimal, Decimal, Decimal]:
         """Unrealized PnL, initial margin, maintenance margin and notional of the swaps."""
         upl = imr = mmr = notional = ZERO
-        for symbol, position in account.positions.items():
+        for position in account.all_positions():
+            symbol = position.symbol
             if (Venue.FUTURES, symbol) not in self._by_market:
                 continue
             mark = self.sim.marks[(Venue.FUTURES, symbol)]
@@ -921,21 +969,25 @@ class OkxFamily(Family):
         ]
 
     async def _positions(self, ctx: Ctx) -> Any:
-        """Net-mode swap positions; flat instruments are left out, as OKX does."""
+        """Swap positions (net mode: ``posSide`` net, signed ``pos``; long/short mode: one row
+        per open side, ``posSide`` long/short, positive ``pos``); flat ones are left out, as OKX
+        does."""
         account = ctx.acct
         inst_type = ctx.params.get("instType")
         if inst_type and inst_type not in {"MARGIN", "SWAP", "FUTURES", "OPTION"}:
             raise _param_error("instType")
         only = self._filter(ctx, "instId")
         rows = []
-        for symbol, position in sorted(account.positions.items()):
+        for position in account.all_positions():
+            symbol = position.symbol
             inst = self._by_market.get((Venue.FUTURES, symbol))
             if inst is None or not position.qty or inst_type not in {None, "SWAP"}:
                 continue
             if only is not None and inst.inst_id not in only:
                 continue
             mark = self._mark(inst)
-            value = abs(position.qty) * mark
+            size = abs(position.qty)
+            value = size * mark
             upl = (mark - position.entry_price) * position.qty
             imr = value / account.leverage
             rows.append(
@@ -943,9 +995,11 @@ class OkxFamily(Family):
                     "instType": "SWAP",
                     "instId": inst.inst_id,
                     "mgnMode": "cross",
-                    "posId": str(zlib.crc32(f"{account.name}:{inst.inst_id}".encode())),
-                    "posSide": "net",
-                    "pos": fmt(inst.contracts(position.qty)),
+                    "posId": str(
+                        zlib.crc32(f"{account.name}:{inst.inst_id}:{position.side}".encode())
+                    ),
+                    "posSide": _POS_SIDE[position.side],
+                    "pos": fmt(inst.contracts(position.qty if position.side == "BOTH" else size)),
                     "posCcy": "",
                     "availPos": "",
                     "avgPx": fmt(position.entry_price),
@@ -1010,7 +1064,7 @@ class OkxFamily(Family):
             "sz": fmt(inst.contracts(order.orig_qty)),
             "ordType": ord_type,
             "side": order.side.lower(),
-            "posSide": "net" if swap else "",
+            "posSide": _POS_SIDE[order.position_side] if swap else "",
             "tdMode": "cross" if swap else "cash",
             "tgtCcy": "" if swap else "base_ccy",
             "ccy": "",
@@ -1062,7 +1116,7 @@ class OkxFamily(Family):
             "ordIdList": [],
             "ordType": kind,
             "side": order.side.lower(),
-            "posSide": "net",
+            "posSide": _POS_SIDE[order.position_side],
             "tdMode": "cross",
             "tgtCcy": "",
             "ccy": "",
@@ -1211,8 +1265,10 @@ class OkxFamily(Family):
         return None
 
     @staticmethod
-    def _common(item: Mapping[str, Any], inst: _Inst) -> tuple[str, bool]:
-        """Side (engine's) and reduce-only of an order item, after OKX's own checks."""
+    def _common(item: Mapping[str, Any], inst: _Inst, account: Account) -> tuple[str, bool, str]:
+        """Side, reduce-only and position side (the engine's) of an order item, after OKX's
+        own checks: ``posSide`` must fit the account's position mode (net or none in net mode,
+        long/short in long/short mode, where ``reduceOnly`` is ignored)."""
         side = item.get("side")
         if side not in {"buy", "sell"}:
             raise _param_error("side")
@@ -1223,9 +1279,16 @@ class OkxFamily(Family):
             raise _param_error("tdMode")  # margin trading is not modelled
         if inst.venue is Venue.FUTURES and td_mode not in {"cross", "isolated"}:
             raise _param_error("tdMode")
-        if item.get("posSide") not in {None, "", "net"}:
-            raise _param_error("posSide")  # net mode only
         reduce_only = _bool(item.get("reduceOnly"), "reduceOnly")
+        pos_side = item.get("posSide")
+        position_side = "BOTH"
+        if inst.venue is Venue.FUTURES and account.hedge_mode:
+            if pos_side not in _SIDE_BY_POS_SIDE:
+                raise _param_error("posSide")
+            position_side = _SIDE_BY_POS_SIDE[pos_side]
+            reduce_only = False  # net mode only: a close of a side is reduce-only already
+        elif pos_side not in {None, "", "net"}:
+            raise _param_error("posSide")
         if reduce_only and inst.venue is Venue.SPOT:
             raise ApiError(
                 51139,
@@ -1233,7 +1296,7 @@ class OkxFamily(Family):
                 200,
                 native=True,
             )
-        return side.upper(), reduce_only
+        return side.upper(), reduce_only, position_side
 
     def _contracts_to_base(self, inst: _Inst, sz: Decimal) -> Decimal:
         """Swap ``sz`` (contracts, whole lots of 1, at least ``minSz``) in base units."""
@@ -1245,7 +1308,7 @@ class OkxFamily(Family):
 
     def _place(self, ctx: Ctx, item: Mapping[str, Any], fill_ratio: Decimal | None) -> Order:
         inst = self._inst(item.get("instId"))
-        side, reduce_only = self._common(item, inst)
+        side, reduce_only, position_side = self._common(item, inst, ctx.acct)
         ord_type = item.get("ordType")
         if ord_type not in {"market", "limit", "post_only"}:
             raise _param_error("ordType")  # ioc, fok, optimal_limit_ioc...: not modelled
@@ -1265,7 +1328,10 @@ class OkxFamily(Family):
         if inst.venue is Venue.FUTURES:
             params["quantity"] = fmt(self._contracts_to_base(inst, sz))
             params["reduceOnly"] = "true" if reduce_only else "false"
-            return engine.place_futures(ctx.acct, params, fill_ratio=fill_ratio)
+            params["positionSide"] = position_side
+            return engine.place_futures(
+                ctx.acct, params, fill_ratio=fill_ratio, reduce_only_in_hedge=True
+            )
         target = item.get("tgtCcy") or "base_ccy"
         if target not in {"base_ccy", "quote_ccy"}:
             raise _param_error("tgtCcy")
@@ -1324,7 +1390,7 @@ class OkxFamily(Family):
         inst = self._inst(item.get("instId"))
         if inst.venue is not Venue.FUTURES:
             raise _param_error("instId")  # spot algo orders are not modelled
-        side, reduce_only = self._common(item, inst)
+        side, reduce_only, position_side = self._common(item, inst, ctx.acct)
         kind = item.get("ordType")
         price: Any
         if kind == "trigger":
@@ -1351,13 +1417,14 @@ class OkxFamily(Family):
                 _positive(trigger, f"{'trigger' if kind == 'trigger' else 'sl'}Px")
             ),
             "reduceOnly": "true" if reduce_only else "false",
+            "positionSide": position_side,
         }
         if not at_market:
             params["price"] = fmt(_positive(price, "orderPx"))
         client_id = self._client_id(item, "algoClOrdId", "clOrdId")
         if client_id is not None:
             params["clientAlgoId"] = client_id
-        order = self.sim.engine.place_algo(ctx.acct, params)
+        order = self.sim.engine.place_algo(ctx.acct, params, reduce_only_in_hedge=True)
         self._algo_kinds[order.order_id] = str(kind)
         return [
             {

@@ -22,6 +22,7 @@ from ess.roles.execute.service import Countdown, Executor, run_executor
 from ess.settings import ExecuteSettings
 from ess.sim import ExchangeSimulator, Venue
 from ess.statelog import STATE_KEY
+from ess.venues import generic
 from ess.venues.binance import BinanceVenue
 from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials
 from schemas import (
@@ -407,43 +408,50 @@ async def test_a_venue_refusing_the_credentials_is_reported_as_api_key_invalid(
         await task
 
 
-async def test_an_account_in_hedge_mode_is_refused_at_start(
-    kafka_bootstrap: str, registry: TopicRegistry, sim: ExchangeSimulator, account: str
+async def test_hedge_mode_starts_where_ess_names_the_sides_and_is_refused_elsewhere(
+    kafka_bootstrap: str,
+    registry: TopicRegistry,
+    sim: ExchangeSimulator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 13, item 9: ESS closes one-way positions only; a futures account in hedge mode
-    (every close would need a positionSide) would leave every position open in an
-    emergency, so the executor refuses to start and says how to fix it."""
+    """Issue 15: ESS closes each side of a hedge-mode (two-sided) account on its own position
+    side wherever it knows how the exchange names one (Binance, Bybit, OKX), so such an
+    account starts. On any other exchange every close would miss its side and leave the
+    position open in an emergency: the executor refuses to start and says how to fix it.
+    (The simulator serves only exchanges ESS knows; emptying the table stands for one it
+    does not.)"""
+    account = sim.add_account("hedge-key", "hedge-secret", name="hedged")
     sim.set_hedge_mode(account)
+    sim.seed_position(account, "BTCUSDT", "0.5", sim.mark_price("BTCUSDT"), position_side="LONG")
+    credentials = VenueCredentials(api_key=SecretStr("hedge-key"), secret=SecretStr("hedge-secret"))
     configs = [
+        (VenueConfig(name="futures", exchange="binanceusdm", base_url=sim.url), credentials),
         (
-            VenueConfig(name="futures", exchange="binanceusdm", base_url=sim.url),
-            VenueCredentials(api_key=SecretStr(KEY), secret=SecretStr(SECRET)),
-        )
+            VenueConfig(name="bybit", exchange="bybit", market="futures", base_url=sim.url),
+            credentials,
+        ),
     ]
-    with pytest.raises(VenueConfigError, match="hedge mode") as refused:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_executor(
+            registry, kafka_bootstrap, configs, SETTINGS, stop, trust=trust(registry.state.name)
+        )
+    )
+    # started: both venues were read at start (the Bybit positions read included)
+    await eventually(lambda: sim.requests("GET", "/v5/position/list", account) != [], timeout=20)
+    assert not task.done()
+    stop.set()
+    await task
+
+    monkeypatch.setattr(generic, "_HEDGE_CLOSES", {})
+    with pytest.raises(VenueConfigError, match="hedge") as refused:
         await run_executor(
             registry,
             kafka_bootstrap,
-            configs,
+            configs[1:],
             SETTINGS,
             asyncio.Event(),
             trust=trust(registry.state.name),
         )
     assert "one-way mode" in str(refused.value)
-    assert "venue futures" in str(refused.value)
-
-    sim.set_hedge_mode(account, False)  # the same account in one-way mode starts
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_executor(
-            registry,
-            kafka_bootstrap,
-            configs,
-            SETTINGS,
-            stop,
-            trust=trust(registry.state.name),
-        )
-    )
-    await asyncio.sleep(0)
-    stop.set()
-    await task
+    assert "venue bybit" in str(refused.value)
