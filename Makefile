@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_FLAGS ?= -q
 
-.PHONY: install lint fmt schemas test test-unit test-integration check-alerts demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart chaos sim
+.PHONY: install lint fmt schemas test test-unit test-integration check-alerts demo clean bench bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart chaos sim up
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[server,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -74,6 +74,10 @@ chaos: install
 
 sim: install
 	$(BIN)/python -m ess.sim --port 8090 --seed-demo
+
+# All of ESS on this host (embedded broker, simulator, PolicyStore, every role); Ctrl-C stops.
+up: install
+	$(BIN)/ess up
 
 bench: bench-gate bench-detect bench-broker bench-flatten bench-replay bench-restart
 

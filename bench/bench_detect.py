@@ -318,7 +318,10 @@ def plain_worker(bootstrap: str, prefix: str, total: int, conn: Connection) -> N
                 det = detectors[tp.topic]
                 table = tables[tp.topic]
                 out = det.process(
-                    [RawRecord(r.partition, r.offset, r.value, r.timestamp) for r in records],
+                    [
+                        RawRecord(r.partition, r.offset, r.value, r.timestamp, r.key)
+                        for r in records
+                    ],
                     table,
                     ctx,
                     datetime.now(UTC),

@@ -7,13 +7,22 @@ evaluators themselves, and fakes of every port. It runs on the same pure core
 
 The names load lazily: ``import ess.gate`` in a trading service (or ``import ess.<anything>``)
 does not import the in-process API and its fakes; ``from ess import EmergencyStopController``
-imports just what it needs on first use.
+imports just what it needs on first use. Importing ``ess`` silences its logs until
+``logger.enable("ess")`` (loguru's convention for libraries).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from loguru import logger as _logger
+
+# A library stays quiet: a trading service importing ess.gate or ess.client must not get ESS's
+# DEBUG lines on its stderr (loguru's default sink). Where ESS runs as a program (the `ess`
+# command, the roles' entry points, the demos) it calls logger.enable("ess"); a bot that
+# wants ESS's logs in its own sinks does the same.
+_logger.disable("ess")
 
 if TYPE_CHECKING:
     from ess.api.controller import ActivationIncomplete, EmergencyStopController, ResetRejected

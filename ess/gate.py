@@ -5,7 +5,9 @@ ask :meth:`TradingGate.allowed` before every order. The answer comes from an in-
 the PolicyStore record ``emergency_stop``, kept current by a feed (:class:`PolicyStoreGateFeed`,
 :class:`RedisGateFeed`, or anything that calls :meth:`TradingGate.update`, such as a future
 state-log follower). The gate fails closed: it answers ``False`` unless it holds a readable,
-inactive, fresh record.
+inactive, fresh record. Records are decoded strictly, as every ESS consumer decodes: a wrong
+JSON type (``"active": "false"``, an epoch number for a time) is refused, never coerced. The
+wire protocol, for gates in other languages, is ``docs/gate-protocol.md``.
 
 Hot path. ``allowed()`` is one monotonic-clock read and one float comparison against a
 deadline, ``open_until``. All the work (validating the record, date arithmetic, clock skew)
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +63,7 @@ from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.clock import Clock, SystemClock
 from ess.policystore.base import PolicyStoreError
 from ess.policystore.redis_store import RedisPolicyStore
-from schemas import PolicyRecord, RecordError, validate
+from schemas import PolicyRecord, RecordError, decode
 
 _CLOSED = -math.inf
 
@@ -203,7 +206,7 @@ class TradingGate:
             self._close(GateState.NO_RECORD, "no record", read_mono=read_mono)
             return
         try:
-            parsed: PolicyRecord = validate(PolicyRecord, dict(record))
+            parsed = _strict_record(record)
         except (RecordError, TypeError, ValueError) as exc:
             self._close(GateState.INVALID, f"unreadable record: {exc}", read_mono=read_mono)
             return
@@ -301,6 +304,18 @@ class TradingGate:
             log.info("trading gate opened")
         else:
             log.warning("trading gate closed: {reason}", reason=status.reason)
+
+
+def _strict_record(record: Mapping[str, Any]) -> PolicyRecord:
+    """``record`` validated as its JSON text, strictly (as every ESS consumer decodes).
+
+    Lax validation of a Python dict coerces: ``"active": "false"``, ``0`` or ``"no"`` would
+    read as ``False`` and *open* the gate, and an epoch number would pass for ``refreshed_at``.
+    The contract refuses wrong JSON types, so the mapping is rendered back to the JSON it came
+    from and decoded strictly; anything that is not JSON (a ``datetime``, NaN) is refused too.
+    """
+    text = json.dumps(dict(record), allow_nan=False, ensure_ascii=False)
+    return decode(PolicyRecord, text)
 
 
 def _seq(record: PolicyRecord | None) -> str:

@@ -25,8 +25,11 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
+    SerializerFunctionWrapHandler,
     computed_field,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 
 #: Longest identifier and longest free text a record may hold.
@@ -64,6 +67,10 @@ class ReasonCode(StrEnum):
     UNAUTHORIZED_ACCESS = "unauthorized_access"
     ENVIRONMENT_MODIFIED = "environment_modified"
     MANUAL = "manual"
+    #: Extension, recorded by the command processor only: the PolicyStore record says ESS is
+    #: ACTIVE at a ``seq`` the state log does not reach (the log was lost, e.g. an embedded
+    #: broker restarted); the stop is re-established (see docs/contract.md, "Lost state log").
+    STATE_LOG_LOST = "state_log_lost"
 
 
 class Side(StrEnum):
@@ -81,6 +88,22 @@ class HealthStatus(StrEnum):
     HEALTHY = "HEALTHY"
     DEGRADED = "DEGRADED"
     CRITICAL = "CRITICAL"
+
+
+class ComponentLifecycle(StrEnum):
+    """What a component says about its own beats (``HealthBeat.lifecycle``, extension).
+
+    It speaks only about *silence*: whether ESS should expect further beats. ``status`` and
+    ``checks`` of the same beat keep their meaning whatever the lifecycle."""
+
+    #: Beats keep coming; silence longer than the timeout is ``heartbeat_lost`` (the default).
+    RUNNING = "running"
+    #: Beats stop until ``maintenance_until`` (capped by the detection config's
+    #: ``max_maintenance_sec``); silence counts from then.
+    MAINTENANCE = "maintenance"
+    #: The component stopped on purpose: no more beats, no ``heartbeat_lost``. A later
+    #: ``running`` beat registers it again.
+    RETIRED = "retired"
 
 
 class SecurityEventKind(StrEnum):
@@ -123,19 +146,23 @@ EARLIEST_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TS: Final = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def _plausible_time(value: datetime) -> datetime:
+    try:
+        plausible = EARLIEST_TS <= value < LATEST_TS
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 has no UTC equivalent
+        plausible = False
+    if not plausible:
+        raise ValueError(f"timestamp outside {EARLIEST_TS.year}-{LATEST_TS.year - 1}")
+    return value
+
+
 class TimedRecord(Record):
     ts: AwareDatetime
 
     @field_validator("ts")
     @classmethod
     def _plausible(cls, value: datetime) -> datetime:
-        try:
-            plausible = EARLIEST_TS <= value < LATEST_TS
-        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 has no UTC equivalent
-            plausible = False
-        if not plausible:
-            raise ValueError(f"timestamp outside {EARLIEST_TS.year}-{LATEST_TS.year - 1}")
-        return value
+        return _plausible_time(value)
 
 
 # --------------------------------------------------------------------------- input topics
@@ -182,10 +209,44 @@ class OrderError(TimedRecord):
 
 
 class HealthBeat(TimedRecord):
+    """A component's beat. ``lifecycle`` and ``maintenance_until`` extend the contract
+    (optional; a beat without them is ``running``, exactly as before): a component announces
+    that it stops on purpose, for good (``retired``) or until a time (``maintenance``), so
+    that stopping a bot does not trip ``heartbeat_lost`` (see ``docs/contract.md``)."""
+
     event_id: Ident
     component: Ident
     status: HealthStatus
     checks: dict[Ident, Ident] = Field(default_factory=dict, max_length=64)
+    lifecycle: ComponentLifecycle = ComponentLifecycle.RUNNING
+    #: End of an announced maintenance (event time; any offset, compared as an instant).
+    #: Required with ``lifecycle="maintenance"``, refused otherwise, and must be after ``ts``.
+    maintenance_until: AwareDatetime | None = None
+
+    @field_validator("maintenance_until")
+    @classmethod
+    def _plausible_until(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _plausible_time(value)
+
+    @model_validator(mode="after")
+    def _maintenance_has_an_end(self) -> HealthBeat:
+        # A maintenance without an end would be a retirement that a later beat cannot tell
+        # from a crash; an end on any other beat is a producer bug worth refusing loudly.
+        until = self.maintenance_until
+        if self.lifecycle is ComponentLifecycle.MAINTENANCE:
+            if until is None:
+                raise ValueError("maintenance_until is required when lifecycle is maintenance")
+            if until <= self.ts:
+                raise ValueError(
+                    f"maintenance_until ({until.isoformat()}) must be after ts "
+                    f"({self.ts.isoformat()})"
+                )
+        elif until is not None:
+            raise ValueError(
+                f"maintenance_until is only allowed when lifecycle is maintenance "
+                f"(lifecycle is {self.lifecycle.value})"
+            )
+        return self
 
 
 class LatencySample(TimedRecord):
@@ -397,6 +458,19 @@ class PolicyRecord(Record):
     #: When the writer last re-asserted this record (extension). ``timestamp`` is when the
     #: state changed; a gate judges staleness by ``refreshed_at`` (or ``timestamp`` if absent).
     refreshed_at: AwareDatetime | None = None
+    #: While active (extension): the ``activated`` state-log entry this record projects,
+    #: exactly as the command processor sealed it. Its signature proves the stop to whoever
+    #: trusts the processor's key, e.g. a processor that finds its log lost; gates ignore it.
+    activation_entry: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _absent_when_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out rather than ``null`` when there is none: an inactive record stays
+        # byte-for-byte what it was before the extension.
+        data: dict[str, Any] = handler(self)
+        if data.get("activation_entry") is None:
+            data.pop("activation_entry", None)
+        return data
 
 
 class DeadLetter(TimedRecord):
@@ -409,6 +483,10 @@ class DeadLetter(TimedRecord):
     raw: str
     raw_encoding: Literal["utf-8", "base64"] = "utf-8"
     error: Text
+    #: Why, as a short stable code (extension; ``None`` from writers that do not set it).
+    #: Detection sets ``invalid``, ``decode_failed``, ``future_ts``, ``rule_failed`` or
+    #: ``key_mismatch`` (the record's Kafka key is not its key field: see the contract).
+    reason: Ident | None = None
 
 
 class ActionReport(TimedRecord):

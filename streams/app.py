@@ -7,7 +7,8 @@ Per input topic ``T`` (``ess.fills``, ``ess.pnl``, ...):
   consumer turns the records of ``T`` from each fetch into one stream event, a
   :class:`~streams.faust_compat.FetchedBatch`, through an in-memory channel
   (:meth:`~streams.faust_compat.DetectApp.deliver_batches`; per-record events cost more
-  than the rules). It hands the batch to :meth:`TopicDetector.process`
+  than the rules). It hands the batch (values, coordinates, Kafka keys: a record keyed other
+  than by its key field is refused there) to :meth:`TopicDetector.process`
   (:mod:`ess.detection.detector`, pure), sends the detections as ``TripCommand`` s and waits for
   the broker's ack, writes the changed states (once per key per batch), sends dead letters, and
   only then acks the batch. Any exception is caught inside the loop: an exception escaping a Faust
@@ -144,6 +145,7 @@ def create_app(
     auto-created by the broker on first use would get the broker's default count.
     """
     clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its own folder only
     if observer is None:
         observer = DetectObserver(settings.app_id, wedged_after=settings.wedged_after_sec)
     registry = settings.registry
@@ -155,6 +157,7 @@ def create_app(
         # (trips go through ESS's own, Faust's carries changelogs) stays on kafka://.
         broker_consumer=consumer_urls(settings.bootstrap),
         store=settings.store,
+        datadir=str(settings.data_dir / f"{settings.app_id}-data"),
         autodiscover=False,
         web_enabled=settings.web_enabled,
         # The embedded broker holds JoinGroup for half the session and keeps a departed member

@@ -388,9 +388,10 @@ class FetchedBatch:
         self.acked = False
 
     def add(self, tp: Any, record: Any) -> None:
-        """Append an aiokafka ``ConsumerRecord`` of partition ``tp``."""
+        """Append an aiokafka ``ConsumerRecord`` of partition ``tp``, with its Kafka key:
+        the detector checks it against the record's key field."""
         self.records.append(
-            RawRecord(record.partition, record.offset, record.value, record.timestamp)
+            RawRecord(record.partition, record.offset, record.value, record.timestamp, record.key)
         )
         offsets = self.offsets.get(tp)
         if offsets is None:

@@ -19,6 +19,7 @@ from ess.roles.command.metrics import ProcessorMetrics
 from ess.roles.detect.metrics import DetectMetrics
 from ess.roles.detect.observe import DEAD_LETTER_REASONS
 from ess.roles.execute.service import ExecutorMetrics
+from ess.roles.notify.metrics import NotifyMetrics
 from ess.roles.project.metrics import ProjectorMetrics
 from ess.roles.worker import ROLES
 
@@ -54,13 +55,14 @@ def _sample_names(registry: CollectorRegistry) -> set[str]:
 
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
-    """Every ESS sample name the four roles' registries expose."""
+    """Every ESS sample name the roles' registries expose."""
     detect = DetectMetrics()
     detect.declare(["ess.fills"], ["trade_rate"], DEAD_LETTER_REASONS)
     registries = [
         ProjectorMetrics().registry,
         ProcessorMetrics().registry,
         ExecutorMetrics().registry,
+        NotifyMetrics().registry,
         detect.registry,
     ]
     return set().union(*(_sample_names(registry) for registry in registries))

@@ -37,6 +37,13 @@ processes. The trips of all topics are then put in replay order (by their trigge
 record, or by the tick that found them) and fed to the decider, together with the recorded
 resets and the recorded trips of other sources (operators, evaluators: so that "activated"
 versus "trip_recorded" lines up). Only detector trips are compared.
+
+Operator actions
+----------------
+Manual trips, resets, reset approvals and rejected resets (and trips from other non-detector
+sources: the command processor, the executor) are human or system decisions, not detection:
+no replay can make them. They are read from the recorded ``ess.state`` as
+:class:`OperatorAction` items, shown in the reports as a timeline, and never compared.
 """
 
 from __future__ import annotations
@@ -74,7 +81,9 @@ from ess.settings import DetectSettings
 from schemas import (
     ActivatedEntry,
     ReasonCode,
+    ResetApprovalEntry,
     ResetEntry,
+    StateEntry,
     TriggerRef,
     TripCommand,
     TripRecordedEntry,
@@ -85,6 +94,7 @@ __all__ = [
     "DEFAULT_TICK_INTERVAL",
     "DeadLetterSample",
     "Decision",
+    "OperatorAction",
     "ReplayResult",
     "Reset",
     "replay",
@@ -140,6 +150,81 @@ class Reset:
     entry: ResetEntry
 
 
+#: Rejections whose operator name is only a claim: the command did not authenticate.
+_UNVERIFIED: Final = frozenset({"unknown_operator", "bad_signature"})
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """A recorded ``ess.state`` entry that a person (or ESS's own machinery) decided, not a
+    detector: a manual trip, a reset, a reset approval, a rejected reset. Kept because an
+    audit must see what humans did around the detector trips, and kept apart because a
+    replay cannot reproduce a human decision: these are never compared.
+
+    ``who`` is the trip's ``source`` (``operator:carol``, ``ess-command-processor``), the
+    reset's operators, or the approving/rejected operator (for an ``unknown_operator`` or
+    ``bad_signature`` rejection only the name the command claimed). ``what`` and
+    ``outcome`` are short texts for people; ``kind`` (the entry kind), ``reason`` (trips)
+    and ``why`` (rejections) are the machine-readable facts. ``epoch`` is ESS's epoch after
+    the entry (a reset starts the next one); ``offset`` and ``log_ms`` place the entry in
+    the recorded state log (its Kafka timestamp, ms); ``at`` is the entry's ``ts``."""
+
+    kind: str
+    seq: int
+    offset: int
+    at: datetime
+    log_ms: int
+    who: str
+    what: str
+    detail: str
+    outcome: str
+    command_id: str
+    epoch: int
+    reason: ReasonCode | None = None
+    why: str | None = None
+
+
+def _operator_action(offset: int, item: StateEntry, log_ms: int, epoch: int) -> OperatorAction:
+    """The :class:`OperatorAction` of a state entry no detector decided."""
+    reason: ReasonCode | None = None
+    why: str | None = None
+    if isinstance(item, ActivatedEntry | TripRecordedEntry):
+        reason = item.reason
+        who, detail = item.source, item.detail
+        what = f"{'manual trip' if reason is ReasonCode.MANUAL else 'trip'} ({reason.value})"
+        if isinstance(item, ActivatedEntry):
+            outcome = "activated: ESS ACTIVE"
+        else:
+            outcome = "recorded: ESS already ACTIVE"
+    elif isinstance(item, ResetEntry):
+        who, what, detail = ", ".join(item.operators), "reset", item.detail
+        outcome = f"applied: ESS INACTIVE (epoch {epoch})"
+    elif isinstance(item, ResetApprovalEntry):
+        who, what = item.operator, "reset approval"
+        detail = item.command.detail if item.command is not None else ""
+        outcome = f"approval {len(item.approvals)}/{item.quorum}: quorum pending"
+    else:
+        why = item.why.value
+        who, what, detail = item.operator, "reset", item.detail
+        claim = " (operator name not verified)" if why in _UNVERIFIED else ""
+        outcome = f"rejected: {why}{claim}"
+    return OperatorAction(
+        kind=item.kind,
+        seq=item.seq,
+        offset=offset,
+        at=item.ts,
+        log_ms=log_ms,
+        who=who,
+        what=what,
+        detail=detail,
+        outcome=outcome,
+        command_id=item.command_id,
+        epoch=epoch,
+        reason=reason,
+        why=why,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetterSample:
     """A record the replay refused, as the live worker would have dead-lettered it."""
@@ -177,6 +262,10 @@ class ReplayResult:
     by_topic: dict[str, int] = field(default_factory=dict)
     #: Records of the recorded ``ess.state`` that did not verify (never applied).
     foreign: tuple[ForeignRecord, ...] = ()
+    #: Manual trips, resets, approvals, rejected resets: shown, never replayed or compared.
+    operator_actions: list[OperatorAction] = field(default_factory=list)
+    #: Seconds between silence-rule ticks the replay used (it shapes silence trips).
+    tick_interval: float = DEFAULT_TICK_INTERVAL
 
     @property
     def records_per_s(self) -> float:
@@ -245,10 +334,12 @@ def _ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _detectors(prefix: str, config: DetectionConfig) -> dict[str, TopicDetector]:
+def _detectors(prefix: str, config: DetectionConfig, partitions: int) -> dict[str, TopicDetector]:
     """The live worker's detectors by logical topic: the same :func:`build_detectors`, which
-    also points the silence rules' never-seen triggers at this prefix's topics."""
-    detectors = build_detectors(config, topic_registry(prefix))
+    also points the silence rules' never-seen triggers at this prefix's topics, over the
+    recorded topic's partition count (the key check refuses mis-keyed records only where
+    more than one partition could split a key's state)."""
+    detectors = build_detectors(config, topic_registry(prefix, partitions))
     return {detector.logical: detector for detector in detectors}
 
 
@@ -257,7 +348,7 @@ class _TopicReplay:
 
     def __init__(self, job: _TopicJob) -> None:
         self.job = job
-        self.detector = _detectors(job.prefix, job.config)[job.entry.logical]
+        self.detector = _detectors(job.prefix, job.config, job.entry.partitions)[job.entry.logical]
         self.index = TOPICS.index(job.entry.logical)
         self.rule_index = {rule.name: i for i, rule in enumerate(self.detector.rules)}
         self.parts = {
@@ -314,11 +405,13 @@ class _TopicReplay:
                 continue
             data = part.data
             batch.extend(
-                RawRecord(p, offset, value, stamp)
-                for offset, value, stamp in zip(
+                # The recorded key too: live detection refuses a mis-keyed record, so must replay.
+                RawRecord(p, offset, value, stamp, key)
+                for offset, value, stamp, key in zip(
                     data.offsets[start:end],
                     data.values[start:end],
                     data.timestamps[start:end],
+                    data.keys[start:end],
                     strict=True,
                 )
             )
@@ -427,6 +520,7 @@ class _Recorded:
     external: list[tuple[_Key, TripCommand]] = field(default_factory=list)
     last_ms: int = 0
     foreign: tuple[ForeignRecord, ...] = ()
+    actions: list[OperatorAction] = field(default_factory=list)
 
 
 def _read_state(directory: Path, entry: TopicEntry | None, trust: Trust) -> _Recorded:
@@ -453,7 +547,14 @@ def _read_state(directory: Path, entry: TopicEntry | None, trust: Trust) -> _Rec
         if isinstance(item, ResetEntry):
             epoch += 1
             out.resets.append(Reset(item.ts, log_ms, item))
-        elif isinstance(item, ActivatedEntry | TripRecordedEntry):
+        is_detection = (
+            isinstance(item, ActivatedEntry | TripRecordedEntry)
+            and item.source.startswith(DETECTOR_SOURCE)
+            and item.trigger is not None
+        )
+        if not is_detection:
+            out.actions.append(_operator_action(offset, item, log_ms, epoch))
+        if isinstance(item, ActivatedEntry | TripRecordedEntry):
             if item.source.startswith(DETECTOR_SOURCE) and item.trigger is not None:
                 out.decisions.append(
                     Decision(
@@ -547,7 +648,7 @@ def _balance(jobs: list[_TopicJob], workers: int) -> list[list[_TopicJob]]:
     """Topics into ``workers`` groups of about equal cost, greedily. Cost per record is
     about two rules' worth of decoding and bookkeeping plus one per rule (figures:
     BENCHMARKS.md)."""
-    rules = _detectors(jobs[0].prefix, jobs[0].config) if jobs else {}
+    rules = _detectors(jobs[0].prefix, jobs[0].config, jobs[0].entry.partitions) if jobs else {}
     groups: list[tuple[int, list[_TopicJob]]] = [(0, []) for _ in range(workers)]
 
     def cost(job: _TopicJob) -> int:
@@ -649,6 +750,8 @@ def replay(
         workers=used,
         by_topic={outcome.topic: outcome.records for outcome in outcomes},
         foreign=recorded.foreign,
+        operator_actions=recorded.actions,
+        tick_interval=tick_interval,
     )
 
 

@@ -5,10 +5,20 @@ and the charts are SVG built here. Per account (from the recorded ``ess.pnl``): 
 curve, the drawdown from the running peak (re-anchored after each reset, as the loss rules
 do), and a marker at the event time of every trip of that account, recorded (solid) and
 replayed (dashed), with the details as a tooltip.
+
+Both also show the operator actions of the recorded state log (manual trips, resets,
+approvals, rejected resets) as a timeline of their own: human decisions, which a replay does
+not make and the comparison never counts.
+
+Where the report goes (:func:`report_path`): an audit replay writes
+``DIR/replay-report.html``; a what-if replay writes
+``DIR/replay-report-whatif-<hash>.html``, the hash naming its overrides, so that what-ifs
+never replace the audit report nor each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from collections.abc import Iterable, Sequence
@@ -19,13 +29,33 @@ from typing import Final
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ess.audit.compare import AGREEING, Comparison, Outcome, Row, trigger_text
+from ess.audit.overrides import parse_assignment
 from ess.audit.recording import read_topic
-from ess.audit.replay import Decision, ReplayResult
+from ess.audit.replay import Decision, OperatorAction, ReplayResult
+from ess.errors import EssError
 
-__all__ = ["decisions_table", "html_report", "print_summary", "write_html_report"]
+__all__ = [
+    "ACTIONS_NOTE",
+    "AUDIT_REPORT",
+    "ReportPathError",
+    "actions_table",
+    "decisions_table",
+    "default_report_path",
+    "html_report",
+    "overrides_hash",
+    "print_summary",
+    "report_path",
+    "write_html_report",
+]
+
+#: File name of the audit (no ``--set``) report in the recording's directory.
+AUDIT_REPORT: Final = "replay-report.html"
+#: Hex digits of the overrides' hash in a what-if report's name.
+_HASH_DIGITS: Final = 10
 
 #: Charts in one report, accounts with trips first: a report must open in a browser.
 MAX_ACCOUNTS: Final = 50
@@ -55,6 +85,60 @@ def _side(decision: Decision | None) -> str:
     return f"{trigger_text(decision)}\n{_time(decision.event_ts)}\n{decision.kind}"
 
 
+# --------------------------------------------------------------------------- report path
+
+
+class ReportPathError(EssError, ValueError):
+    """A report path that would overwrite the audit report with a what-if one."""
+
+
+def overrides_hash(overrides: Sequence[str]) -> str:
+    """A short hash naming a set of ``--set`` overrides, stable across runs and machines.
+
+    The assignments are parsed first (:func:`~ess.audit.overrides.parse_assignment`), later
+    ones winning as in :func:`~ess.audit.overrides.apply_overrides`, then hashed sorted by
+    path: the order of independent ``--set`` options and the spelling of a value
+    (``7%``, ``0.07``) do not change the name; any change of what is overridden does.
+    Raises :class:`~ess.audit.overrides.ConfigError` for a malformed assignment."""
+    settings: dict[str, object] = {}
+    for text in overrides:
+        path, value = parse_assignment(text)
+        settings[".".join(path)] = value
+    canonical = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:_HASH_DIGITS]
+
+
+def default_report_path(directory: Path, overrides: Sequence[str] = ()) -> Path:
+    """Where a replay of the recording in ``directory`` writes its HTML report by default:
+    ``replay-report.html`` for the audit (no overrides), and for a what-if
+    ``replay-report-whatif-<overrides_hash>.html``, so that several what-ifs coexist and
+    none ever replaces the audit report. Pure."""
+    if not overrides:
+        return directory / AUDIT_REPORT
+    return directory / f"replay-report-whatif-{overrides_hash(overrides)}.html"
+
+
+def report_path(
+    directory: Path, overrides: Sequence[str] = (), explicit: Path | None = None
+) -> Path:
+    """The report path of a replay: ``explicit`` (``--report``) if given, else
+    :func:`default_report_path`.
+
+    A what-if replay may not write where the audit report of the same recording goes:
+    :class:`ReportPathError` says so. The paths are compared resolved (``..``, symlinks), so
+    this check reads the file system; the default path itself never does."""
+    if explicit is None:
+        return default_report_path(directory, overrides)
+    audit = directory / AUDIT_REPORT
+    if overrides and explicit.resolve() == audit.resolve():
+        raise ReportPathError(
+            f"--report {explicit} is the audit report of this recording; a what-if replay "
+            f"(--set) must not overwrite it. Leave --report out (the what-if report then goes "
+            f"to {default_report_path(directory, overrides)}) or choose another file"
+        )
+    return explicit
+
+
 # --------------------------------------------------------------------------- terminal
 
 
@@ -74,23 +158,62 @@ def decisions_table(comparison: Comparison, *, limit: int | None = None) -> Tabl
         table.add_row(
             f"[{style}]{row.outcome.value}[/]",
             f"{decision.rule}\n({decision.reason.value})",
-            decision.subject,
+            escape(decision.subject),  # a Kafka key: text, never rich markup
             str(decision.epoch),
             _side(row.recorded),
             _side(row.replayed),
-            row.note,
+            escape(row.note),
         )
     return table
+
+
+#: Says what the operator-action timeline is, wherever it is shown.
+ACTIONS_NOTE: Final = (
+    "human decisions recorded in the state log: not replayed, not compared, never a difference"
+)
+
+
+def actions_table(actions: Sequence[OperatorAction], *, limit: int | None = None) -> Table:
+    """The operator actions of the recorded state log, in log order (the first ``limit``)."""
+    table = Table(title=f"operator actions ({ACTIONS_NOTE})", show_lines=False)
+    for column in ("when", "seq", "who", "what", "detail", "outcome"):
+        table.add_column(column, overflow="fold")
+    for action in actions[:limit]:
+        # Names and details come from operators and producers: text, never rich markup.
+        table.add_row(
+            _time(action.at),
+            str(action.seq),
+            escape(action.who),
+            escape(action.what),
+            escape(action.detail),
+            f"[{_action_style(action)}]{escape(action.outcome)}[/]",
+        )
+    return table
+
+
+#: How an action's outcome is coloured, by entry kind: a stop red, trading resumed green, a
+#: refused reset amber; further trips and approvals change nothing visible.
+_ACTION_STYLE: Final = {"activated": "red", "reset": "green", "reset_rejected": "magenta"}
+_ACTION_CSS: Final = {"activated": "bad", "reset": "ok", "reset_rejected": "moved"}
+
+
+def _action_style(action: OperatorAction) -> str:
+    return _ACTION_STYLE.get(action.kind, "default")
 
 
 def print_summary(
     console: Console, result: ReplayResult, comparison: Comparison, *, limit: int = 200
 ) -> None:
-    """The table, then the counts and the verdict."""
+    """The decisions table, the operator actions, then the counts and the verdict."""
     if comparison.rows:
         console.print(decisions_table(comparison, limit=limit))
         if len(comparison.rows) > limit:
             console.print(f"({len(comparison.rows) - limit} more rows in the HTML report)")
+    actions = result.operator_actions
+    if actions:
+        console.print(actions_table(actions, limit=limit))
+        if len(actions) > limit:
+            console.print(f"({len(actions) - limit} more operator actions in the HTML report)")
     console.print(
         f"replayed {result.records:,} records ({result.valid:,} valid, "
         f"{result.dead_letters:,} dead-lettered) in {result.seconds:.2f}s "
@@ -105,6 +228,11 @@ def print_summary(
             else ""
         )
     )
+    if actions:
+        console.print(
+            f"operator actions: {len(actions)} (manual trips, resets, approvals, rejected "
+            "resets; not replayed, not compared)"
+        )
     if result.foreign:
         console.print(
             f"[bold red]{len(result.foreign)} record(s) of the recorded state log did not "
@@ -294,6 +422,7 @@ td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}
 .chart .trip.replayed line{stroke:#1565c0;stroke-dasharray:5 3}
 .chart .trip.replayed circle{fill:#1565c0}
 h2{margin-top:1.5em}section.account{margin-bottom:1.5em}
+table.actions td.outcome{font-weight:600}
 """
 
 
@@ -348,6 +477,8 @@ def html_report(
         f"<tr><th>resets applied</th><td>{len(result.resets)}</td></tr>",
         f"<tr><th>trips</th><td>{len(result.recorded)} recorded, {len(result.replayed)} "
         f"replayed, {len(result.unreplayable)} recorded outside the recording</td></tr>",
+        f"<tr><th>operator actions</th><td>{len(result.operator_actions)} (not replayed, "
+        "not compared)</td></tr>",
         f"<tr><th>overrides</th><td>{esc(', '.join(overrides)) or 'none (audit)'}</td></tr>",
         "</table>",
         "<h2>Trips</h2><table><tr><th>outcome</th><th>rule (reason)</th><th>subject</th>"
@@ -362,6 +493,7 @@ def html_report(
             f"<td>{esc(row.note)}</td></tr>"
         )
     out.append("</table>")
+    out.append(_actions_html(result.operator_actions))
     if result.dead_letter_samples:
         out.append("<h2>Dead letters (examples)</h2><table>")
         out.extend(
@@ -371,6 +503,27 @@ def html_report(
         out.append("</table>")
     out.append(_accounts_html(result, comparison, max_accounts))
     out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _actions_html(actions: Sequence[OperatorAction]) -> str:
+    esc = html.escape
+    head = f'<h2>Operator actions</h2><p class="muted">{esc(ACTIONS_NOTE)}.</p>'
+    if not actions:
+        return head + '<p class="muted">none recorded</p>'
+    out = [
+        head,
+        '<table class="actions"><tr><th>when</th><th>seq</th><th>who</th><th>what</th>'
+        "<th>detail</th><th>outcome</th></tr>",
+    ]
+    for action in actions:
+        css = _ACTION_CSS.get(action.kind, "muted")
+        out.append(
+            f"<tr><td>{esc(_time(action.at))}</td><td>{action.seq}</td>"
+            f"<td>{esc(action.who)}</td><td>{esc(action.what)}</td><td>{esc(action.detail)}</td>"
+            f'<td class="outcome {css}">{esc(action.outcome)}</td></tr>'
+        )
+    out.append("</table>")
     return "\n".join(out)
 
 

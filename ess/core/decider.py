@@ -12,7 +12,9 @@ Invariants (property-tested in ``tests/core/test_decider_properties.py``):
   unless what triggered it happened before the last reset (a late redelivery). So a
   producer cannot "use up" the ids of future detections while ESS is ACTIVE, and an
   operator script reusing a fixed id trips ESS again after a reset.
-* ``seq`` is contiguous; ``evolve`` refuses an entry out of sequence.
+* ``seq`` is contiguous; ``evolve`` refuses an entry out of sequence. The one exception is
+  the ``state_log_lost`` activation that re-establishes a stop after the log was lost: it may
+  carry the numbering forward past the lost log's (:func:`carries_seq_forward`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ess.core.state import INITIAL_STATE, Activation, Approval, EssState, Status
 from ess.errors import EssError
 from schemas import (
     ActivatedEntry,
+    ReasonCode,
     RejectReason,
     ResetApprovalEntry,
     ResetCommand,
@@ -288,11 +291,26 @@ def reset_authorization_problem(
     return None
 
 
+def carries_seq_forward(entry: StateEntry) -> bool:
+    """Whether ``entry`` may skip ahead of the next ``seq``: only the ``activated`` entry with
+    reason ``state_log_lost``, by which the command processor re-establishes a stop that the
+    PolicyStore record proves at a ``seq`` the log has lost (:mod:`ess.core.recovery`).
+
+    Carrying the numbering past the record's keeps every ``seq`` ESS publishes increasing
+    across the loss, which is what a gate that saw the old record needs to reopen on the next
+    reset. No entry goes missing in between: readers follow the signed chain (``prev``), and
+    the jump is one the processor signed; everything else stays strictly contiguous."""
+    return isinstance(entry, ActivatedEntry) and entry.reason is ReasonCode.STATE_LOG_LOST
+
+
 def evolve(state: EssState, entry: StateEntry) -> EssState:
-    """The state after ``entry``. Raises :class:`SequenceError` unless ``entry.seq`` is next.
+    """The state after ``entry``. Raises :class:`SequenceError` unless ``entry.seq`` is next
+    (or, for an entry that :func:`carries_seq_forward`, at least next).
 
     One ``replace`` per entry: folding a long log is dominated by this function."""
-    if entry.seq != state.next_seq:
+    if entry.seq != state.next_seq and not (
+        entry.seq > state.next_seq and carries_seq_forward(entry)
+    ):
         raise SequenceError(f"expected seq {state.next_seq}, got {entry.seq} ({entry.kind})")
     changes = _changes(state, entry)
     changes["next_seq"] = entry.seq + 1

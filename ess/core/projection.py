@@ -6,8 +6,9 @@ Shared by the stream projector (:mod:`ess.roles.project.projector`) and the in-p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from ess.core.state import EssState
 from schemas import (
@@ -25,7 +26,12 @@ from schemas import (
 NEVER: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def policy_record(state: EssState, *, refreshed_at: datetime) -> PolicyRecord:
+def policy_record(
+    state: EssState,
+    *,
+    refreshed_at: datetime,
+    activation_entry: Mapping[str, Any] | None = None,
+) -> PolicyRecord:
     """The ``emergency_stop`` record for ``state``, re-asserted at ``refreshed_at``.
 
     ``timestamp`` is when the state changed: the activation's time while ACTIVE, the reset's
@@ -33,6 +39,11 @@ def policy_record(state: EssState, *, refreshed_at: datetime) -> PolicyRecord:
     ``refreshed_at``), so a gate can show "stopped since" and judge staleness separately.
     ``seq`` is the last applied entry's (any kind), ``None`` for an empty log. The same
     shape as :class:`ess.api.EmergencyStopController` writes.
+
+    ``activation_entry``: the current activation's entry exactly as the command processor
+    sealed it (the JSON object read from the log). It goes into an ACTIVE record only, as the
+    proof a processor that lost its log re-establishes the stop from
+    (:mod:`ess.core.recovery`); an INACTIVE record never carries one.
     """
     activation = state.activation
     if activation is not None:
@@ -43,6 +54,7 @@ def policy_record(state: EssState, *, refreshed_at: datetime) -> PolicyRecord:
             seq=state.last_seq,
             detail=activation.detail,
             refreshed_at=refreshed_at,
+            activation_entry=dict(activation_entry) if activation_entry is not None else None,
         )
     return PolicyRecord(
         active=False,

@@ -20,6 +20,18 @@ iteration) learns from it where the key lives and whether this worker owns it (s
 serializes a key only when it flushes the changelog (once per key per offset commit, see
 :class:`streams.faust_compat.DetectTable`).
 
+Kafka keys
+----------
+Every record's Kafka key must be the one the contract derives from its key field
+(:mod:`ess.detection.keys`): otherwise one key's records sit in several partitions and its
+state is split between the workers (and changelog partitions) that own them. On a topic with
+more than one partition a mismatched record (no key counts) is refused: dead-lettered with
+reason ``key_mismatch``, expected and got, and never folded, not even into the rules that
+count invalid records. It is not re-routed: detection only reads input topics (see
+docs/contract.md for why). On a single-partition topic nothing can split, so the record is
+processed and only reported. Either way it is listed in :attr:`BatchOutcome.key_mismatches`
+for the shell to count and log.
+
 Batching
 --------
 Within a batch the state of every (rule, key) is read from the table at most once, folded
@@ -40,6 +52,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from ess.core.deadletter import build_dead_letter
+from ess.detection.keys import KEY_UNKNOWN, KeyMismatch, KeyUnknown, key_matches
 from ess.rules.base import Context, Coordinates, Detection, Rule
 from ess.rules.catalog import (
     RECORD_TYPE,
@@ -53,6 +66,7 @@ from schemas import DeadLetter, RecordError, TopicRegistry, decode
 from schemas.records import EARLIEST_TS, LATEST_TS
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
     "KEY_SEP",
     "BatchOutcome",
     "RawRecord",
@@ -69,6 +83,17 @@ AnyRule = Rule[Any, Any]
 
 #: Separator between rule name and rule key in a table key.
 KEY_SEP: Final = "|"
+
+#: ``DeadLetter.reason`` of the dead letters the detector builds (also the metric labels):
+#: not a contract record, the codec itself failed, an event time too far after the Kafka
+#: timestamp, a rule raised on the record, the Kafka key is not the record's key.
+DEAD_LETTER_REASONS: Final = (
+    "invalid",
+    "decode_failed",
+    "future_ts",
+    "rule_failed",
+    "key_mismatch",
+)
 
 
 def table_key(rule_name: str, key: str) -> str:
@@ -93,6 +118,10 @@ class RawRecord:
     #: a record so broken that its own ``ts`` cannot be read, the bound of how far in the
     #: future a ``ts`` may be, and the silence rules' clock when it is earlier than ``ts``.
     timestamp_ms: int | None = None
+    #: The Kafka key (``None``: produced without one), checked against the record's key
+    #: field; :data:`~ess.detection.keys.KEY_UNKNOWN` when the caller does not know it (the
+    #: check is then skipped; the live shell always passes it).
+    key: bytes | KeyUnknown | None = KEY_UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +170,9 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Records of the batch that decoded and went through the rules.
     valid: int = 0
+    #: Records whose Kafka key is not their key field's (dead-lettered or, on a
+    #: single-partition topic, processed): the shell counts and logs them.
+    key_mismatches: list[KeyMismatch] = field(default_factory=list)
 
 
 def _plausible(moment: datetime) -> bool:
@@ -181,8 +213,11 @@ class TopicDetector:
 
     ``topic`` is the physical topic name (it goes into trigger coordinates and dead letters),
     ``key_field`` the record field the topic is keyed by (``account_id``, ``symbol``, ...:
-    the registry's ``TopicSpec.key``), used to attribute an invalid record to a key for the
-    rules that count invalid records.
+    the registry's ``TopicSpec.key``): every record's Kafka key is checked against it (see
+    "Kafka keys" above), and it attributes an invalid record to a key for the rules that
+    count invalid records. ``partitions`` is the topic's partition count: with exactly one,
+    a mismatched key cannot split state and is only reported; unknown (``None``) is treated
+    as several (refuse).
     """
 
     def __init__(
@@ -194,9 +229,13 @@ class TopicDetector:
         rules: Sequence[AnyRule],
         key_field: str,
         max_future_skew: timedelta | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.logical = logical
         self.max_future_skew = max_future_skew
+        self.partitions = partitions
+        #: Whether a mismatched key is refused (it could split state) or only reported.
+        self.refuses_mismatched_keys = partitions is None or partitions > 1
         self.topic = topic
         self.record_type = record_type
         self.rules: tuple[AnyRule, ...] = tuple(rules)
@@ -248,14 +287,35 @@ class TopicDetector:
             try:
                 record: Any = decode(record_type, raw.value or b"")
             except RecordError as exc:
-                self._refuse(out, live, table, raw, coords, str(exc), ctx, now)
+                self._refuse(out, live, table, raw, coords, str(exc), ctx, now, "invalid")
                 continue
             except Exception as exc:  # the codec promises RecordError; belt and braces
-                self._refuse(out, live, table, raw, coords, f"decode failed: {exc!r}", ctx, now)
+                self._refuse(
+                    out,
+                    live,
+                    table,
+                    raw,
+                    coords,
+                    f"decode failed: {exc!r}",
+                    ctx,
+                    now,
+                    "decode_failed",
+                )
                 continue
+            if raw.key is not KEY_UNKNOWN:
+                expected = getattr(record, self.key_field)
+                if not key_matches(expected, raw.key):
+                    mismatch = self._mismatch(raw, expected)
+                    out.key_mismatches.append(mismatch)
+                    if self.refuses_mismatched_keys:
+                        # Never folded (not even as invalid): its key's state lives elsewhere.
+                        out.dead_letters.append(
+                            self._dead_letter(raw, mismatch.error, now, "key_mismatch")
+                        )
+                        continue
             skew = self._future_skew(record, raw)
             if skew is not None:
-                self._refuse(out, live, table, raw, coords, skew, ctx, now)
+                self._refuse(out, live, table, raw, coords, skew, ctx, now, "future_ts")
                 continue
             record = _not_after_logged(record, raw)
             out.valid += 1
@@ -274,7 +334,9 @@ class TopicDetector:
                         "detection rule failed on a record"
                     )
                     out.dead_letters.append(
-                        self._dead_letter(raw, f"rule {rule.name} failed: {exc!r}", now)
+                        self._dead_letter(
+                            raw, f"rule {rule.name} failed: {exc!r}", now, "rule_failed"
+                        )
                     )
                     continue
                 if new is not state:
@@ -308,11 +370,21 @@ class TopicDetector:
         error: str,
         ctx: Context,
         now: datetime,
+        reason: str,
     ) -> None:
-        out.dead_letters.append(self._dead_letter(raw, error, now))
         if not self._invalid:
+            out.dead_letters.append(self._dead_letter(raw, error, now, reason))
             return
         key, event_ts = _key_from_raw(raw.value, self.key_field)
+        if key is not None and raw.key is not KEY_UNKNOWN and not key_matches(key, raw.key):
+            # Counted as invalid for its key, it would land in a state on the wrong
+            # partition: dead-letter it as what it is (invalid) and say the key is wrong too.
+            mismatch = self._mismatch(raw, key)
+            out.key_mismatches.append(mismatch)
+            if self.refuses_mismatched_keys:
+                error = f"{error}; also {mismatch.error}"
+                key = None
+        out.dead_letters.append(self._dead_letter(raw, error, now, reason))
         if key is None:
             return
         if event_ts is None:
@@ -341,14 +413,27 @@ class TopicDetector:
             if hit is not None:
                 out.detections.append(hit)
 
-    def _dead_letter(self, raw: RawRecord, error: str, now: datetime) -> DeadLetter:
-        return build_dead_letter(
+    def _dead_letter(self, raw: RawRecord, error: str, now: datetime, reason: str) -> DeadLetter:
+        letter = build_dead_letter(
             source_topic=self.topic,
             partition=raw.partition,
             offset=raw.offset,
             raw=raw.value,
             error=error,
             ts=now,
+        )
+        return letter.model_copy(update={"reason": reason})
+
+    def _mismatch(self, raw: RawRecord, expected: str) -> KeyMismatch:
+        got = raw.key
+        return KeyMismatch(
+            topic=self.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key_field=self.key_field,
+            expected=expected,
+            got=None if isinstance(got, KeyUnknown) else got,
+            action="dead_lettered" if self.refuses_mismatched_keys else "accepted",
         )
 
     @staticmethod
@@ -471,6 +556,7 @@ def build_detectors(detection: DetectionConfig, registry: TopicRegistry) -> list
                 rules=rules.get(logical, []),
                 key_field=spec.key,
                 max_future_skew=timedelta(seconds=detection.max_future_skew_sec),
+                partitions=spec.partitions,
             )
         )
     return detectors

@@ -12,6 +12,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
+from loguru import logger
 from rich.console import Console
 
 from ess.kafka.broker import kafka_target
@@ -53,6 +54,7 @@ async def round_trip(console: Console | None = None) -> bool:
 
 def main() -> int:
     """Entry point: exit 0 when the record came back intact."""
+    logger.enable("ess")  # a program, not a library: ESS's logs on
     configure_logging("WARNING", json=False)
     return 0 if asyncio.run(round_trip()) else 1
 

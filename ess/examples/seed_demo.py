@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 
+from loguru import logger
 from rich.console import Console
 from rich.table import Table
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-after", type=float, default=3.0, help="seconds until failure")
     parser.add_argument("--interval", type=float, default=1.0, help="check interval seconds")
     args = parser.parse_args(argv)
+    logger.enable("ess")  # a program, not a library: ESS's logs on
     configure_logging("WARNING", json=False)
     ok = asyncio.run(run_demo(args.fail_after, args.interval))
     return 0 if ok else 1

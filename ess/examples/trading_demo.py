@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from loguru import logger
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
@@ -449,6 +450,7 @@ def main() -> int:
     console = Console()
     log_path = Path(tempfile.gettempdir()) / "ess-demo.log"
     with log_path.open("w") as log_file:
+        logger.enable("ess")  # a program, not a library: ESS's logs on
         configure_logging("INFO", json=True, sink=log_file)
         console.print(f"ESS logs (JSON) go to {log_path}")
         return _run(console)

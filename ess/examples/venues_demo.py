@@ -40,6 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
+from loguru import logger
 from rich.console import Console
 from rich.table import Table
 
@@ -326,6 +327,7 @@ async def run_demo(console: Console, workdir: Path) -> bool:
 
 
 def main() -> int:
+    logger.enable("ess")  # a program, not a library: ESS's logs on
     configure_logging("WARNING")
     console = Console()
     with tempfile.TemporaryDirectory(prefix="ess-venues-demo-") as workdir:

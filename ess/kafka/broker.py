@@ -125,6 +125,17 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be listened on now (``SO_REUSEADDR``, as servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 # --------------------------------------------------------------------------- orphan safety
 
 _PR_SET_PDEATHSIG: Final = 1
@@ -338,6 +349,13 @@ class EmbeddedBroker:
     def _prepare(self) -> str:
         if self._proc is not None:
             raise BrokerError(f"{self!r} is already started")
+        if self._requested_port is not None and not _port_free(self._host, self._requested_port):
+            # Checked first: the readiness probe would find whatever already listens there and
+            # report a broker that is not ours as started.
+            raise BrokerError(
+                f"port {self._requested_port} on {self._host} is in use (another broker?): "
+                "choose another port, or none for a free one"
+            )
         return _resolve_binary(self._binary)
 
     def _attempts(self) -> int:

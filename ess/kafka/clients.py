@@ -438,10 +438,10 @@ async def read_to_end(
     """
     tp = TopicPartition(topic, partition)
     reader = consumer(bootstrap, group_id=None, client_id="ess-reader", security=security)
-    await reader.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         async with asyncio.timeout(timeout):
+            await reader.start()  # inside: a start that fails half-way still holds connections
             # topics() asks for all topics' metadata, which never auto-creates one.
             if topic not in await reader.topics():
                 raise UnknownTopicError(f"topic {topic} does not exist")

@@ -131,8 +131,11 @@ def configure_logging(
     """Replace loguru's handlers with one redacting sink (stderr by default).
 
     ``json=True`` writes one compact JSON object per line for log shippers;
-    ``json=False`` is a compact human format for terminals and demos.
+    ``json=False`` is a compact human format for terminals and demos. Configuring logging is
+    what a program running ESS does, so ESS's own logs are switched on here (importing ``ess``
+    as a library leaves them off: see ``ess/__init__.py``).
     """
+    logger.enable("ess")
     logger.remove()
     logger.configure(patcher=_patch)
     target = sink or sys.stderr

@@ -102,8 +102,8 @@ async def send_command(
 ) -> int:
     """Write ``command`` to the command topic; returns its offset once the broker acked it."""
     out = producer(bootstrap, read_to_end_safe=True, security=security)
-    await out.start()
     try:
+        await out.start()  # inside: a start that fails half-way still holds connections
         metadata = await out.send_and_wait(registry.commands.name, encode(command), key=COMMAND_KEY)
     finally:
         await out.stop()
@@ -145,8 +145,8 @@ async def outcomes_end(
     (On the embedded broker the listed end can be short; that only means reading more.)"""
     tp = TopicPartition(registry.outcomes.name, 0)
     client = consumer(bootstrap, group_id=None, client_id="ess-operator", security=security)
-    await client.start()
     try:
+        await client.start()  # inside: a start that fails half-way still holds connections
         return int((await client.end_offsets([tp]))[tp])
     finally:
         await client.stop()

@@ -62,11 +62,24 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not allowed")
 
 
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose member names are unique: with ``{"active": true, "active": false}``
+    parsers disagree on which one counts, so no gate may read such a record as anything."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("duplicate member name")
+    return value
+
+
 def decode_value(key: str, raw: str | bytes, where: str) -> dict[str, Any]:
-    """Parse stored JSON text back into a new dict; :class:`CorruptPolicyValue` if it is not
-    a JSON object (``where`` names the backend in the message)."""
+    """Parse stored JSON text (UTF-8: no byte-order mark, no UTF-16/32 guessing) back into a
+    new dict; :class:`CorruptPolicyValue` if it is not one JSON object with unique member
+    names (``where`` names the backend in the message)."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates
+        )
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise CorruptPolicyValue(f"{where}: value of {key!r} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -15,7 +15,7 @@ AnyPolicyStore = InMemoryPolicyStore | SQLitePolicyStore | RedisPolicyStore
 _SQLITE_PREFIX = "sqlite:///"
 
 
-def policy_store_from_url(url: str) -> AnyPolicyStore:
+def policy_store_from_url(url: str, *, create: bool = True) -> AnyPolicyStore:
     """The adapter for ``url``:
 
     * ``redis://host:port/db`` or ``rediss://...`` (TLS): :class:`RedisPolicyStore`. An extra
@@ -28,6 +28,8 @@ def policy_store_from_url(url: str) -> AnyPolicyStore:
     * ``memory://``: a new, empty :class:`InMemoryPolicyStore` (visible to this process only).
 
     Anything else raises ``ValueError`` naming the accepted forms. Nothing connects yet.
+    ``create=False``: a SQLite file is never created by this store, only read once a writer
+    made it (see :class:`SQLitePolicyStore`); other adapters are unaffected.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"policy store URL is empty ({url!r}); {_ACCEPTED}")
@@ -36,7 +38,7 @@ def policy_store_from_url(url: str) -> AnyPolicyStore:
     if scheme in {"redis", "rediss"}:
         return _redis(url)
     if scheme == "sqlite":
-        return _sqlite(url)
+        return _sqlite(url, create=create)
     if scheme == "memory":
         if url.lower() != "memory://":
             raise ValueError(f"policy store URL {url!r}: memory:// takes no host, path or query")
@@ -64,7 +66,7 @@ def _redis(url: str) -> RedisPolicyStore:
     )
 
 
-def _sqlite(url: str) -> SQLitePolicyStore:
+def _sqlite(url: str, *, create: bool = True) -> SQLitePolicyStore:
     if not url.startswith(_SQLITE_PREFIX) or "?" in url:
         raise ValueError(
             f"policy store URL {url!r}: SQLite URLs look like sqlite:///relative.db or "
@@ -76,4 +78,4 @@ def _sqlite(url: str) -> SQLitePolicyStore:
             f"policy store URL {url!r} names no database file (use memory:// for a "
             "process-local store)"
         )
-    return SQLitePolicyStore(path)
+    return SQLitePolicyStore(path, create=create)

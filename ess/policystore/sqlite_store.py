@@ -65,6 +65,11 @@ class SQLitePolicyStore:
     The file (not its directory) is created on first use. Errors from SQLite surface as
     :class:`PolicyStoreUnavailable` (cannot open, locked past the busy timeout) or
     :class:`PolicyStoreError` (anything else, e.g. not a database); a missing key is ``None``.
+
+    ``create=False`` is for a process that only *looks* at the record where a writer may
+    never have run (the command processor's lost-log check): while the file does not exist,
+    every key reads as missing and nothing is created; a write raises
+    :class:`PolicyStoreUnavailable`. Once the writer has created the file, it reads as usual.
     """
 
     def __init__(
@@ -73,12 +78,14 @@ class SQLitePolicyStore:
         *,
         busy_timeout: float = 5.0,
         clock: Clock | None = None,
+        create: bool = True,
     ) -> None:
         if str(path) in {"", ":memory:"}:
             # A private in-memory database is not shared by anything: use InMemoryPolicyStore.
             raise ValueError(f"SQLitePolicyStore needs a file path, got {str(path)!r}")
         self.path = Path(path)
         self.busy_timeout = busy_timeout
+        self.create = create
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -88,6 +95,8 @@ class SQLitePolicyStore:
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
         check_key(key)
+        if not self.create and self._conn is None and not self.path.exists():
+            return None  # nobody has written a record here yet; do not create the file
         row = await self._run(lambda conn: conn.execute(_SELECT, (key,)).fetchone())
         if row is None:
             return None
@@ -95,6 +104,10 @@ class SQLitePolicyStore:
 
     async def set(self, key: str, value: Mapping[str, Any]) -> None:
         text = encode_value(check_key(key), value)
+        if not self.create and self._conn is None and not self.path.exists():
+            raise PolicyStoreUnavailable(
+                f"{self._where}: does not exist (opened with create=False)"
+            )
         updated_at = self._clock.now().isoformat()
         await self._run(lambda conn: conn.execute(_UPSERT, (key, text, updated_at)))
 

@@ -3,7 +3,8 @@
 Roles: ``detect`` (stream detection), ``command`` (the command processor, single writer of
 ``ess.state``), ``execute`` (cancel and flatten every configured venue while ACTIVE, keep the
 venues' dead-man's switches armed), ``project`` (PolicyStore record, events, health beat,
-metrics, /status).
+metrics, /status); and, only when named, ``notify`` (alerts to Slack, Telegram, PagerDuty or a
+webhook: :data:`OPT_IN_ROLES`).
 Each role can also run alone, in its own process, and scale out where the role allows
 (``detect``). With no ``KAFKA_BOOTSTRAP_SERVERS`` the worker starts the embedded broker, which
 only makes sense with all roles in this one process (nobody else can reach its log).
@@ -26,7 +27,7 @@ from ess.core.attestation import SigningKey
 from ess.core.signing import generate_private_key
 from ess.errors import EssError
 from ess.kafka.broker import kafka_target
-from ess.roles import command, detect, execute, project
+from ess.roles import command, detect, execute, notify, project
 from ess.roles.context import Role, RoleContext
 from ess.settings import EssSettings, warn_environment
 from ess.venues.config import VenueConfig, VenueConfigError, VenueCredentials, load_venues
@@ -37,6 +38,13 @@ ROLES: Final[Mapping[str, Role]] = {
     "command": command.run,
     "execute": execute.run,
     "project": project.run,
+}
+
+#: Roles that run only when named (``ess worker --role notify``), never as part of "every
+#: role": the notifier needs receivers configured and refuses to start without one, so
+#: starting it by default would break every existing setup (see ``docs/notifications.md``).
+OPT_IN_ROLES: Final[Mapping[str, Role]] = {
+    "notify": notify.run,
 }
 
 
@@ -52,9 +60,10 @@ async def run_worker(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run ``roles`` until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
-    unknown = sorted(set(roles) - set(ROLES))
+    known = {**ROLES, **OPT_IN_ROLES}
+    unknown = sorted(set(roles) - set(known))
     if unknown or not roles:
-        raise ValueError(f"unknown roles {unknown}; choose from {', '.join(ROLES)}")
+        raise ValueError(f"unknown roles {unknown}; choose from {', '.join(known)}")
     warn_environment()
     own_stop = stop is None
     stop = stop or asyncio.Event()
@@ -67,6 +76,8 @@ async def run_worker(
     signing_key = _signing_key(settings) if "command" in roles else None
     trust = settings.state_trust(also_trust=signing_key)
     registry = settings.registry()
+    # ESS_DATA_DIR holds the default SQLite PolicyStore and the detect workers' Faust data.
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     async with kafka_target(
         registry, security=settings.kafka_security(), bootstrap=settings.kafka.bootstrap_servers
     ) as bootstrap:
@@ -99,8 +110,9 @@ def _signing_key(settings: EssSettings) -> SigningKey:
 def _jobs(
     settings: EssSettings, roles: Sequence[str], stop: asyncio.Event, context: RoleContext
 ) -> dict[str, Coroutine[Any, Any, None]]:
-    """One coroutine per role, in :data:`ROLES` order."""
-    return {role: run(settings, stop, context) for role, run in ROLES.items() if role in roles}
+    """One coroutine per role, in :data:`ROLES` order (then :data:`OPT_IN_ROLES`)."""
+    known = {**ROLES, **OPT_IN_ROLES}
+    return {role: run(settings, stop, context) for role, run in known.items() if role in roles}
 
 
 async def _supervise(jobs: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:

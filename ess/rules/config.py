@@ -154,7 +154,8 @@ class DetectionConfig(BaseModel):
     * daily loss 10 %, drawdown 25 % (the brief); flash crash 5 % within 60 s.
     * trade rate > 100 fills in any 60 s; stop-loss cluster > 5 in any 10 min; order rejects
       > 10 in any 60 s; execution errors (error/timeout) > 5 in any 60 s.
-    * heartbeat silence > 15 s (three missed 5 s beats, well above jitter); data feed silence
+    * heartbeat silence > 15 s (three missed 5 s beats, well above jitter), announced
+      maintenance counted for at most 4 h (``max_maintenance_sec``); data feed silence
       > 10 s per symbol; exchange ``down`` and policy store ``stale`` continuously for > 5 s
       (a short outage is noise; five seconds of a stale store means gates are closing).
     * latency > 5 s (the brief) on 3 consecutive samples of one component/operation: one slow
@@ -183,9 +184,16 @@ class DetectionConfig(BaseModel):
     #: Components that must beat: ``heartbeat_lost`` also covers them before their first beat.
     required_components: frozenset[Name] = frozenset()
     #: Components every health rule ignores. ESS publishes its own CRITICAL beat while ACTIVE;
-    #: reading it back would trip ESS on itself.
+    #: reading it back would trip ESS on itself. Operators may add components whose beats
+    #: should never trip anything; a component stopping on purpose announces it instead
+    #: (``HealthBeat.lifecycle``), which needs no change here.
     ignore_components: frozenset[Name] = frozenset({"ess"})
     heartbeat_timeout_sec: Seconds = 15.0
+    #: Longest maintenance one beat can announce (``HealthBeat.lifecycle="maintenance"``): a
+    #: later ``maintenance_until`` counts as this long after the beat. A component cannot
+    #: disarm its own silence check for longer than this without beating again (4 h covers a
+    #: deploy or an exchange's maintenance window; a longer stop is a retirement).
+    max_maintenance_sec: Seconds = 4 * 3600.0
     exchange_down_sec: Seconds = 5.0
     policy_store_stale_sec: Seconds = 5.0
     #: ESS's own projector reporting that it cannot write the ``emergency_stop`` record

@@ -47,7 +47,14 @@ class _HealthRule(StateCodec):
 
 
 class SystemCriticalRule(_HealthRule):
-    """``system_critical``: a beat with status ``CRITICAL`` (per component and epoch)."""
+    """``system_critical``: a beat with status ``CRITICAL`` (per component and epoch).
+
+    Whatever the beat's ``lifecycle``: a component that reports CRITICAL while announcing
+    maintenance or retirement still trips. The lifecycle only says whether silence is
+    expected; the status says whether the component is fine, and a bot going down *because*
+    it is broken (positions it cannot manage) is exactly what must stop trading. Announcing
+    retirement must never be a way to mute a critical report. The check-run rules below
+    read ``checks`` the same way."""
 
     name = "system_critical"
     reason = ReasonCode.SYSTEM_CRITICAL
@@ -224,7 +231,10 @@ def ess_policy_store_failing(config: DetectionConfig) -> CheckRunRule:
 
 
 def heartbeat_lost(config: DetectionConfig) -> SilenceRule:
-    """No beat from a seen or required component for longer than ``heartbeat_timeout_sec``."""
+    """No beat from a seen or required component for longer than ``heartbeat_timeout_sec``,
+    unless its newest beat announced the silence: ``retired`` (not watched; a required
+    component cannot retire itself) or ``maintenance`` (watched again from its end, at most
+    ``max_maintenance_sec`` after the beat). See :mod:`ess.rules.silence`."""
     return SilenceRule(
         name="heartbeat_lost",
         topic="health",
@@ -235,6 +245,7 @@ def heartbeat_lost(config: DetectionConfig) -> SilenceRule:
         required=config.required_components,
         ignore=config.ignore_components,
         never_seen_topic=config.health_topic,
+        max_maintenance_sec=config.max_maintenance_sec,
     )
 
 

@@ -9,7 +9,7 @@ Sections (:mod:`ess.settings.sections`), each with its variables:
   ``ESS_STATUS_HOST``);
 * one per role: ``command`` (``ESS_COMMAND_*``), ``project`` (``ESS_STATUS_PORT``,
   ``ESS_REFRESH_INTERVAL_SEC``, ...), ``detect`` (``ESS_DETECT_*``), ``execute``
-  (``ESS_EXECUTOR_*``).
+  (``ESS_EXECUTOR_*``), ``notify`` (``ESS_NOTIFY_*``, the opt-in alert notifier).
 
 Only edges (CLI, worker) read settings; they pass plain values into the core. Each default is
 written once, in its section. At start they call :func:`warn_environment`, which warns about
@@ -39,10 +39,12 @@ from ess.settings.sections import (
     ExecuteSettings,
     KafkaSettings,
     KeySettings,
+    NotifySettings,
     ObservabilitySettings,
     PolicyStoreSettings,
     ProjectSettings,
     Section,
+    StorageSettings,
 )
 
 __all__ = [
@@ -56,10 +58,12 @@ __all__ = [
     "ExecuteSettings",
     "KafkaSettings",
     "KeySettings",
+    "NotifySettings",
     "ObservabilitySettings",
     "PolicyStoreSettings",
     "ProjectSettings",
     "Section",
+    "StorageSettings",
     "Unknown",
     "Variable",
     "check_environment",

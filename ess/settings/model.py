@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
 from pydantic import Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails
@@ -30,10 +31,12 @@ from ess.settings.sections import (
     ExecuteSettings,
     KafkaSettings,
     KeySettings,
+    NotifySettings,
     ObservabilitySettings,
     PolicyStoreSettings,
     ProjectSettings,
     Section,
+    StorageSettings,
 )
 from schemas import TopicRegistry, topic_registry
 
@@ -76,6 +79,7 @@ class EssSettings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     policy_store: PolicyStoreSettings = Field(default_factory=PolicyStoreSettings)
     keys: KeySettings = Field(default_factory=KeySettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
@@ -83,6 +87,7 @@ class EssSettings(BaseSettings):
     project: ProjectSettings = Field(default_factory=ProjectSettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
     execute: ExecuteSettings = Field(default_factory=ExecuteSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     def __init__(self, **values: Any) -> None:
         """Read and validate; an invalid value read from the environment is reported under
@@ -120,7 +125,7 @@ class EssSettings(BaseSettings):
 
     def resolved_policy_store_url(self) -> str:
         """Redis when ``ESS_REDIS_URL`` is set, else ``ESS_POLICY_STORE_URL``."""
-        return self.policy_store.resolved_url()
+        return self.policy_store.resolved_url(self.storage.data_dir)
 
     def registry(self) -> TopicRegistry:
         """The topic registry under the configured prefix."""
@@ -135,6 +140,12 @@ class EssSettings(BaseSettings):
         """
         keys = self.keys
         operators = _read_public_keys(keys.operator_keys_dir)
+        if not operators:
+            logger.bind(directory=str(keys.operator_keys_dir)).warning(
+                f"no operator keys in {keys.operator_keys_dir} (ESS_OPERATOR_KEYS_DIR): ESS can "
+                "be tripped, but no reset can be authorized until an operator's .pub (from "
+                "`ess keygen --name NAME`) is installed there"
+            )
         return ResetPolicy(
             operators=operators,
             quorum=keys.reset_quorum if operators else 1,

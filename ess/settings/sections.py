@@ -25,10 +25,12 @@ __all__ = [
     "ExecuteSettings",
     "KafkaSettings",
     "KeySettings",
+    "NotifySettings",
     "ObservabilitySettings",
     "PolicyStoreSettings",
     "ProjectSettings",
     "Section",
+    "StorageSettings",
 ]
 
 _LOG_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"})
@@ -137,6 +139,15 @@ class KafkaSettings(Section):
         )
 
 
+class StorageSettings(Section):
+    """Where ESS keeps files of its own on this host."""
+
+    #: Every file ESS writes by default: the SQLite PolicyStore (without Redis), the detect
+    #: workers' Faust data, what ``ess up`` generates. Relative to the working directory
+    #: (git-ignored in this repository); give an absolute path in a deployment.
+    data_dir: Path = Path("ess-data")
+
+
 class PolicyStoreSettings(Section):
     """Where the projector writes the ``emergency_stop`` record that trading gates read."""
 
@@ -146,12 +157,13 @@ class PolicyStoreSettings(Section):
     #: Redis PolicyStore (``redis://host:6379/0``); wins over ``url`` when set.
     redis_url: str = ""
     #: The PolicyStore when Redis is not configured: ``sqlite:///path`` (one host) or
-    #: ``memory://`` (this process only).
-    url: str = "sqlite:///ess-policy.sqlite3"
+    #: ``memory://`` (this process only); empty: ``policy.sqlite3`` in ``ESS_DATA_DIR``.
+    url: str = ""
 
-    def resolved_url(self) -> str:
-        """Redis when ``ESS_REDIS_URL`` is set, else ``ESS_POLICY_STORE_URL``."""
-        return self.redis_url or self.url
+    def resolved_url(self, data_dir: Path) -> str:
+        """Redis when ``ESS_REDIS_URL`` is set, else ``ESS_POLICY_STORE_URL``, else SQLite in
+        ``data_dir``."""
+        return self.redis_url or self.url or f"sqlite:///{data_dir / 'policy.sqlite3'}"
 
 
 class KeySettings(Section):
@@ -328,10 +340,129 @@ class ExecuteSettings(Section):
     #: an ``api_key_invalid`` security event, which trips ESS: better now than in an emergency.
     credential_probe_interval_sec: float = Field(default=60.0, gt=0)
     #: At start, each venue is read once (bounded by this): an account ESS could never
-    #: flatten (Binance futures in hedge mode) makes the executor refuse to start.
+    #: flatten (hedge mode on an exchange whose position sides ESS cannot name) makes the
+    #: executor refuse to start.
     start_check_timeout_sec: float = Field(default=10.0, gt=0)
     #: How often the watchdog checks "while ACTIVE, the current activation is enforced" and
     #: restarts enforcement (counted) if it ever finds it broken.
     watchdog_interval_sec: float = Field(default=1.0, gt=0)
     #: The executor's ``/status``, ``/metrics`` and ``/healthz``; 0 picks a free port, -1 none.
     status_port: int = Field(default=9465, ge=-1, le=65535)
+
+
+class NotifySettings(Section):
+    """The ``notify`` role: where alerts go and how hard delivery tries
+    (``docs/notifications.md``). Every receiver is off until its variables are set; the secrets
+    (webhook URLs, bot token, routing key) print as ``**********`` everywhere."""
+
+    env_prefixes: ClassVar[tuple[str, ...]] = ("ESS_NOTIFY_",)
+
+    #: A Slack (or Slack-compatible) incoming webhook URL; the URL is the credential.
+    slack_webhook_url: SecretStr | None = None
+    #: The Telegram bot's token (from @BotFather): alerts and, with an allow-list, commands.
+    telegram_bot_token: SecretStr | None = None
+    #: The chat alerts are sent to: a numeric id (negative for groups) or ``@channel``.
+    telegram_chat_id: str = ""
+    #: Chat ids whose ``/status`` and ``/trip`` the bot obeys (comma-separated); empty: the
+    #: bot reads no commands at all.
+    telegram_allowed_chat_ids: str = ""
+    telegram_base_url: str = "https://api.telegram.org"
+    #: How long one ``getUpdates`` long poll waits for a message (Telegram allows up to 50).
+    telegram_poll_timeout_sec: float = Field(default=30.0, ge=0, le=50)
+    #: A PagerDuty Events API v2 integration (routing) key.
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_base_url: str = "https://events.pagerduty.com"
+    #: Any endpoint taking the alert as JSON (with an ``Idempotency-Key`` header).
+    webhook_url: SecretStr | None = None
+    #: Sent to the webhook as ``Authorization: Bearer <token>`` when set.
+    webhook_token: SecretStr | None = None
+    #: "Processor gone" once no owner beat of the command processor arrived for this long.
+    processor_gone_after_sec: float = Field(default=10.0, gt=0)
+    #: Tries per alert and receiver (the first included) before it is given up, loudly.
+    retry_attempts: int = Field(default=8, ge=1, le=100)
+    #: Backoff after the first failed try; it doubles up to ``retry_max_sec`` (with jitter).
+    retry_initial_sec: float = Field(default=1.0, gt=0)
+    retry_max_sec: float = Field(default=60.0, gt=0)
+    #: Bound on one HTTP request to a receiver.
+    request_timeout_sec: float = Field(default=10.0, gt=0)
+    #: The notifier's ``/status``, ``/metrics`` and ``/healthz`` (``-1``: off, 0: a free port).
+    status_port: int = Field(default=9468, ge=-1, le=65535)
+
+    @field_validator(
+        "slack_webhook_url",
+        "telegram_bot_token",
+        "pagerduty_routing_key",
+        "webhook_url",
+        "webhook_token",
+        mode="before",
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("telegram_allowed_chat_ids")
+    @classmethod
+    def _chat_ids(cls, value: str) -> str:
+        """Comma- or space-separated integers; kept as text, read by :meth:`allowed_chat_ids`."""
+        ids = [part for part in value.replace(",", " ").split() if part]
+        for part in ids:
+            try:
+                int(part)
+            except ValueError:
+                raise ValueError(f"chat ids are integers, got {part!r}") from None
+        return ",".join(ids)
+
+    @field_validator("telegram_base_url", "pagerduty_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def allowed_chat_ids(self) -> frozenset[int]:
+        """The chats whose commands the Telegram bot obeys."""
+        return frozenset(int(part) for part in self.telegram_allowed_chat_ids.split(",") if part)
+
+    def receivers(self) -> tuple[str, ...]:
+        """The receivers these settings configure, by name."""
+        names = []
+        if self.slack_webhook_url is not None:
+            names.append("slack")
+        if self.telegram_bot_token is not None and self.telegram_chat_id.strip():
+            names.append("telegram")
+        if self.pagerduty_routing_key is not None:
+            names.append("pagerduty")
+        if self.webhook_url is not None:
+            names.append("webhook")
+        return tuple(names)
+
+    def telegram_commands(self) -> bool:
+        """Whether the Telegram bot reads commands (a token and an allow-list)."""
+        return self.telegram_bot_token is not None and bool(self.allowed_chat_ids())
+
+    def problems(self) -> list[str]:
+        """Why the ``notify`` role cannot start with these settings (empty: it can). How the
+        settings fit together is checked by the role, not at load: an incomplete notifier
+        configuration must not stop the other roles of a process."""
+        found = []
+        if self.retry_max_sec < self.retry_initial_sec:
+            found.append("ESS_NOTIFY_RETRY_MAX_SEC must be at least ESS_NOTIFY_RETRY_INITIAL_SEC")
+        if not self.receivers() and not self.telegram_commands():
+            found.append(
+                "the notify role has no receiver: set ESS_NOTIFY_SLACK_WEBHOOK_URL, "
+                "ESS_NOTIFY_TELEGRAM_BOT_TOKEN with ESS_NOTIFY_TELEGRAM_CHAT_ID, "
+                "ESS_NOTIFY_PAGERDUTY_ROUTING_KEY or ESS_NOTIFY_WEBHOOK_URL "
+                "(docs/notifications.md)"
+            )
+        if self.telegram_bot_token is None and (
+            self.telegram_chat_id.strip() or self.telegram_allowed_chat_ids
+        ):
+            found.append(
+                "ESS_NOTIFY_TELEGRAM_CHAT_ID / ESS_NOTIFY_TELEGRAM_ALLOWED_CHAT_IDS need "
+                "ESS_NOTIFY_TELEGRAM_BOT_TOKEN"
+            )
+        if self.webhook_token is not None and self.webhook_url is None:
+            found.append("ESS_NOTIFY_WEBHOOK_TOKEN needs ESS_NOTIFY_WEBHOOK_URL")
+        return found

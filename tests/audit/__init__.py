@@ -18,21 +18,24 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from ess.audit.recording import Manifest, RecordingWriter, TopicFile
-from ess.core import INITIAL_STATE, EssState, SequenceError, evolve
+from ess.core import INITIAL_STATE, EssState, SequenceError, decide, evolve
 from ess.core.reader import Trust, digest, seal_entry
+from ess.core.signing import sign_reset
 from ess.rules.base import Coordinates, Detection, trip_command
 from schemas import (
     ActivatedEntry,
     ReasonCode,
+    ResetCommand,
     ResetEntry,
     StateEntry,
     TopicRegistry,
     TriggerRef,
+    TripCommand,
     TripRecordedEntry,
     topic_registry,
 )
 from tests.records import beat, fill, pnl, s, security
-from tests.statelog_support import PROCESSOR, operator_reset, trust
+from tests.statelog_support import ALICE, BOB, PROCESSOR, operator_reset, policy, trust
 
 # Re-exported: the audit tests build their records with the shared builders.
 __all__ = ["beat", "fill", "pnl", "s", "security"]
@@ -99,6 +102,42 @@ class Builder:
         with contextlib.suppress(SequenceError):  # a test of a broken log
             self._folded = evolve(self._folded, sealed)
         self.raw_state(value, at or entry.ts)
+
+    def command(self, command: TripCommand | ResetCommand, *, quorum: int = 1) -> list[StateEntry]:
+        """Record what the command processor appends for ``command``: decided by the real
+        core at the command's ``ts`` (with the test operators and ``quorum``), then sealed
+        and appended at that time. Returns the entries."""
+        entries = decide(self._folded, command, now=command.ts, policy=policy(quorum))
+        for entry in entries:
+            self.state(entry)
+        return entries
+
+    def signed_reset(
+        self,
+        operator: str,
+        ts: datetime,
+        *,
+        detail: str = "",
+        as_operator: str | None = None,
+        activation: tuple[int, str] | None = None,
+    ) -> ResetCommand:
+        """A reset signed with ``operator``'s key (``alice`` or ``bob``) for the current
+        activation, or for ``activation`` (``(seq, command_id)``: a stale one is refused as
+        ``activation_mismatch``); ``as_operator`` claims another name (a forgery)."""
+        current = self._folded.activation
+        seq, command_id = activation or (
+            (current.seq, current.command_id) if current else (None, None)
+        )
+        return sign_reset(
+            {"alice": ALICE, "bob": BOB}[operator],
+            command_id=f"reset-{operator}-{ms(ts)}",
+            operator=as_operator or operator,
+            ts=ts,
+            nonce=f"nonce-{operator}-{ms(ts)}",
+            detail=detail,
+            activation_seq=seq,
+            activation_command_id=command_id,
+        )
 
     def raw_state(self, value: bytes, at: datetime) -> None:
         """Record ``value`` in the state log as is (a test of what a replay refuses)."""

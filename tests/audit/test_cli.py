@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 
@@ -161,3 +162,78 @@ def test_a_replay_without_trusted_processor_keys_is_a_usage_error(
 
     assert result.exit_code == 2, result.output
     assert "cannot verify the recorded state log" in " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------- --json, report paths
+
+
+def test_json_prints_only_the_document_on_stdout(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    result = run("replay", str(directory), "--json")
+
+    assert result.exit_code == 0, result.output
+    document = orjson.loads(result.stdout)  # nothing but the document on stdout
+    assert document["format"] == "ess.replay/1"
+    assert document["verdict"]["result"] == "match"
+    assert [d["rule"] for d in document["decisions"]["replayed"]] == ["api_key_changed"]
+    assert document["report"] == str(directory / "replay-report.html")
+    assert (directory / "replay-report.html").is_file()
+    assert "report:" in result.stderr
+
+
+def test_json_keeps_the_exit_code_of_a_difference(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec", with_state=False)
+
+    result = run("replay", str(directory), "--json", "--no-report")
+
+    assert result.exit_code == 1, result.output
+    document = orjson.loads(result.stdout)
+    assert document["verdict"]["result"] == "different"
+    assert document["matching"][0]["category"] == "only_replayed"
+    assert document["report"] is None
+    assert not (directory / "replay-report.html").exists()
+
+
+def test_a_what_if_never_replaces_the_audit_report(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+    assert run("replay", str(directory)).exit_code == 0
+    audit = (directory / "replay-report.html").read_text(encoding="utf-8")
+
+    five = run("replay", str(directory), "--set", "account.daily_loss=5%")
+    seven = run("replay", str(directory), "--set", "account.daily_loss=7%")
+
+    assert five.exit_code == seven.exit_code == 0, five.output + seven.output
+    assert (directory / "replay-report.html").read_text(encoding="utf-8") == audit
+    what_ifs = sorted(directory.glob("replay-report-whatif-*.html"))
+    assert len(what_ifs) == 2
+    assert "what-if replay" in what_ifs[0].read_text(encoding="utf-8")
+    assert f"report: {what_ifs[0]}" in " ".join(five.output.split()) + " ".join(
+        seven.output.split()
+    )
+
+
+def test_a_what_if_may_not_write_the_audit_report(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    result = run(
+        "replay",
+        str(directory),
+        "--set",
+        "account.daily_loss=5%",
+        "--report",
+        str(directory / "replay-report.html"),
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "is the audit report of this recording" in " ".join(result.output.split())
+    assert not (directory / "replay-report.html").exists()
+
+
+def test_report_and_no_report_exclude_each_other(tmp_path: Path) -> None:
+    directory = recording(tmp_path / "rec")
+
+    result = run("replay", str(directory), "--no-report", "--report", str(tmp_path / "r.html"))
+
+    assert result.exit_code == 2, result.output
+    assert "--report and --no-report exclude each other" in result.output

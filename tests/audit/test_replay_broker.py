@@ -140,6 +140,9 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
         standby_replicas=0,
     )
     epochs: list[int] = []
+    # The detector's epoch follower says when it saw the reset; importing ess silences its
+    # logs (a library's convention), so they are switched on for this test.
+    logger.enable("ess")
     sink = logger.add(
         lambda message: epochs.append(message.record["extra"]["epoch"]),
         filter=lambda record: record["message"] == "ESS epoch changed",
@@ -223,6 +226,7 @@ async def test_a_recorded_live_session_replays_to_the_same_trips(
             await eventually(dead_letters, timeout=10, interval=0.2)
     finally:
         logger.remove(sink)
+        logger.disable("ess")
         await out.stop()
         await commands.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -97,3 +98,15 @@ def test_table_puts_differences_first_when_cut(tmp_path: Path) -> None:
     console.print(decisions_table(comparison, limit=1))
 
     assert "extra in replay" in console.export_text()
+
+
+def test_the_table_shows_a_key_with_brackets_as_text(tmp_path: Path) -> None:
+    recording(tmp_path)
+    result = replay(tmp_path, CONFIG, trust=TRUST)
+    # A Kafka key comes from a producer: rich markup in it is shown, never interpreted.
+    odd = [replace(d, subject="acct-[bold]x[/]") for d in result.replayed]
+    console = Console(record=True, width=200)
+
+    console.print(decisions_table(compare([], odd)))
+
+    assert "acct-[bold]x[/]" in console.export_text()

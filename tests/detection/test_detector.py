@@ -14,6 +14,7 @@ import pytest
 from ess.core.reader import seal_entry
 from ess.detection import build_detectors
 from ess.detection.detector import RawRecord, Slot, TopicDetector, split_table_key, table_key
+from ess.detection.keys import key_matches, show_key
 from ess.roles.detect.epoch import EpochFollower, StaticEpoch
 from ess.roles.detect.settings import DetectorSettings
 from ess.rules.base import Context, Coordinates
@@ -358,3 +359,122 @@ def test_rule_names_with_the_separator_are_refused() -> None:
             rules=[Odd()],  # type: ignore[list-item]
             key_field="account_id",
         )
+
+
+# --------------------------------------------------------------------------- Kafka keys
+
+
+def test_key_matches_only_the_utf8_of_the_key_field() -> None:
+    assert key_matches("acct-1", b"acct-1")
+    assert key_matches("ü", "ü".encode())
+    assert not key_matches("acct-1", None)  # produced without a key
+    assert not key_matches("acct-1", b"")
+    assert not key_matches("acct-1", b"ACCT-1")
+    assert not key_matches("acct-1", b"acct-1 ")
+    assert not key_matches("acct-1", b'"acct-1"')  # a JSON-serialized key is another key
+    assert show_key(None) == "no key"
+    assert show_key(b"acct") == "'acct'"
+    assert show_key(b"\xff\x00") == "b'\\xff\\x00'"
+    assert len(show_key(b"k" * 1000)) == 64
+
+
+def keyed(partition: int, offset: int, value: bytes, key: bytes | None) -> RawRecord:
+    return RawRecord(partition, offset, value, key=key)
+
+
+def test_a_mis_keyed_record_is_dead_lettered_and_never_folded() -> None:
+    det = TopicDetector(
+        logical="fills",
+        topic="ess.fills",
+        record_type=RECORD_TYPE["fills"],
+        rules=RULES["fills"],
+        key_field="account_id",
+        partitions=4,
+    )
+    out = det.process(
+        [
+            keyed(0, 0, fill("a", 0), b"a"),
+            keyed(1, 0, fill("a", 1), None),
+            keyed(2, 0, fill("a", 2), b"venue-x"),
+            keyed(0, 1, fill("a", 3), b"a"),
+        ],
+        {},
+        Context(),
+        NOW,
+    )
+    # Only the two correctly keyed fills counted (four would trip trade_rate > 3).
+    assert out.detections == []
+    assert out.valid == 2
+    assert {write.partition for write in out.writes} == {0}
+    [unkeyed, wrong] = out.dead_letters
+    assert (unkeyed.partition, unkeyed.offset, unkeyed.reason) == (1, 0, "key_mismatch")
+    assert unkeyed.error.startswith(
+        "key_mismatch: expected Kafka key 'a' (the record's account_id)"
+    )
+    assert "got no key" in unkeyed.error
+    assert "got 'venue-x'" in wrong.error
+    assert [(m.partition, m.expected, m.got, m.action) for m in out.key_mismatches] == [
+        (1, "a", None, "dead_lettered"),
+        (2, "a", b"venue-x", "dead_lettered"),
+    ]
+
+
+def test_a_record_of_unknown_key_is_not_checked() -> None:
+    # Fuzzers and benchmarks feed values only; the live shell always passes the key.
+    det = detector("fills")
+    out = det.process(records(*(fill("a", s) for s in range(4))), {}, Context(), NOW)
+    assert [d.reason for d in out.detections] == [ReasonCode.TRADE_RATE]
+    assert out.key_mismatches == []
+    assert out.dead_letters == []
+
+
+def test_a_single_partition_topic_processes_a_mis_keyed_record_and_reports_it() -> None:
+    det = TopicDetector(
+        logical="fills",
+        topic="ess.fills",
+        record_type=RECORD_TYPE["fills"],
+        rules=RULES["fills"],
+        key_field="account_id",
+        partitions=1,
+    )
+    assert not det.refuses_mismatched_keys
+    out = det.process(
+        [keyed(0, offset, fill("a", offset), None) for offset in range(4)], {}, Context(), NOW
+    )
+    assert [d.reason for d in out.detections] == [ReasonCode.TRADE_RATE]
+    assert out.dead_letters == []
+    assert [m.action for m in out.key_mismatches] == ["accepted"] * 4
+
+
+def test_an_invalid_mis_keyed_record_is_not_counted_for_its_key() -> None:
+    # data_feed_corrupt counts invalid ticks per symbol: a mis-keyed one would be counted in
+    # a state on the wrong partition.
+    det = TopicDetector(
+        logical="market",
+        topic="ess.market",
+        record_type=RECORD_TYPE["market"],
+        rules=RULES["market"],
+        key_field="symbol",
+        partitions=4,
+    )
+    broken = tick("S", 0).replace(b'"bid":9.0', b'"bid":"x"')
+    out = det.process(
+        [keyed(3, 0, broken, b"other"), keyed(0, 0, broken, b"S")], {}, Context(), NOW
+    )
+    [mis, fine] = out.dead_letters
+    assert (mis.reason, fine.reason) == ("invalid", "invalid")
+    assert "; also key_mismatch: expected Kafka key 'S'" in mis.error
+    assert "key_mismatch" not in fine.error
+    assert [(m.partition, m.got) for m in out.key_mismatches] == [(3, b"other")]
+    # Only the correctly keyed invalid tick was attributed to S, on its own partition.
+    assert {(w.key, w.partition) for w in out.writes} == {("data_feed_corrupt|S", 0)}
+
+
+def test_build_detectors_check_every_input_topic_by_its_registry_key() -> None:
+    registry = topic_registry("p")
+    for det in build_detectors(DetectionConfig(), registry):
+        spec = getattr(registry, det.logical)
+        assert det.key_field == spec.key
+        assert det.key_field in det.record_type.model_fields, det.logical
+        assert det.partitions == spec.partitions
+        assert det.refuses_mismatched_keys is (spec.partitions > 1)

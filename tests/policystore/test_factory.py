@@ -53,6 +53,16 @@ def test_from_url_when_sqlite_four_slashes_then_absolute_path(tmp_path: Path) ->
     assert store.path.is_absolute()
 
 
+def test_from_url_when_create_is_off_then_sqlite_never_creates_the_file(tmp_path: Path) -> None:
+    created = policy_store_from_url(f"sqlite:///{tmp_path}/policy.db")
+    looking = policy_store_from_url(f"sqlite:///{tmp_path}/policy.db", create=False)
+
+    assert isinstance(created, SQLitePolicyStore)
+    assert isinstance(looking, SQLitePolicyStore)
+    assert created.create is True
+    assert looking.create is False
+
+
 def test_from_url_when_memory_then_fresh_in_memory_store() -> None:
     first, second = policy_store_from_url("memory://"), policy_store_from_url("memory://")
 

@@ -15,7 +15,12 @@ import pytest
 
 from ess.api.protocols import EMERGENCY_STOP_KEY
 from ess.clock import ManualClock
-from ess.policystore import CorruptPolicyValue, PolicyStoreError, SQLitePolicyStore
+from ess.policystore import (
+    CorruptPolicyValue,
+    PolicyStoreError,
+    PolicyStoreUnavailable,
+    SQLitePolicyStore,
+)
 from ess.policystore.sqlite_store import TABLE
 from tests.policystore.contract import (
     PolicyStoreContract,
@@ -154,3 +159,19 @@ async def test_sqlite_store_when_processes_write_concurrently_then_no_errors_and
     assert [proc.returncode for proc in writers] == [0, 0], errors
     assert final in ({"writer": "a", "i": writes - 1}, {"writer": "b", "i": writes - 1})
     assert all(set(value) == {"writer", "i"} for value in seen)
+
+
+async def test_sqlite_store_when_create_is_off_then_a_missing_file_is_no_record_and_not_made(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "policy.db"
+    async with SQLitePolicyStore(path, create=False) as reader:
+        assert await reader.get(EMERGENCY_STOP_KEY) is None
+        with pytest.raises(PolicyStoreUnavailable, match="does not exist"):
+            await reader.set(EMERGENCY_STOP_KEY, policy_json())
+        assert not path.exists()
+
+        # Once a writer has made the file, the same reader sees what it wrote.
+        async with SQLitePolicyStore(path) as writer:
+            await writer.set(EMERGENCY_STOP_KEY, policy_json())
+        assert await reader.get(EMERGENCY_STOP_KEY) == policy_json()

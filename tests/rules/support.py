@@ -117,13 +117,18 @@ def beat(
     component: str = "trader",
     status: str = "HEALTHY",
     event_id: str | None = None,
+    lifecycle: str = "running",
+    until: float | None = None,
     **checks: str,
 ) -> HealthBeat:
+    """A beat at ``T0 + t``; ``until``: ``maintenance_until`` as ``T0 + until``."""
     return HealthBeat(
         event_id=_id(event_id),
         component=component,
         status=status,
         checks=checks,
+        lifecycle=lifecycle,
+        maintenance_until=None if until is None else at(until),
         ts=at(t),
     )
 

@@ -227,7 +227,13 @@ def _any_record(draw: st.DrawFn, topic: str, i: int) -> Any:
             )
         )
         status = draw(st.sampled_from(["HEALTHY", "DEGRADED", "CRITICAL"]))
-        return beat(t, status=status, event_id=eid, **checks)
+        lifecycle = draw(st.sampled_from(["running", "maintenance", "retired"]))
+        until = (
+            t + draw(st.integers(min_value=1, max_value=300))
+            if lifecycle == "maintenance"
+            else None
+        )
+        return beat(t, status=status, event_id=eid, lifecycle=lifecycle, until=until, **checks)
     if topic == "latency":
         return latency(float(draw(st.integers(min_value=0, max_value=9000))), t, event_id=eid)
     if topic == "market":

@@ -13,9 +13,12 @@ from schemas import (
     RECORD_TYPES,
     ActivatedEntry,
     Command,
+    ComponentLifecycle,
+    DeadLetter,
     EmergencyResetEvent,
     EmergencyStopEvent,
     Fill,
+    HealthBeat,
     MarketTick,
     PolicyRecord,
     ReasonCode,
@@ -310,8 +313,10 @@ def test_reason_codes_when_listed_then_exactly_the_contract_codes() -> None:
         "environment_modified",
         "manual",
     }
+    # Extension: the command processor's re-established stop after a lost state log.
+    extensions = {"state_log_lost"}
 
-    assert {code.value for code in ReasonCode} == contract_codes
+    assert {code.value for code in ReasonCode} == contract_codes | extensions
 
 
 @pytest.mark.parametrize("code", list(ReasonCode))
@@ -709,7 +714,7 @@ def test_stop_event_when_encoded_then_type_and_ts_equal_timestamp() -> None:
     event = EmergencyStopEvent(
         reason=ReasonCode.SYSTEM_CRITICAL,
         detail="gateway CRITICAL",
-        timestamp=datetime(2026, 11, 22, 10, 15, tzinfo=UTC),
+        timestamp=datetime(2026, 11, 22, 12, 15, tzinfo=UTC),
         seq=4,
     )
 
@@ -719,7 +724,7 @@ def test_stop_event_when_encoded_then_type_and_ts_equal_timestamp() -> None:
     assert data["reason"] == "system_critical"
     assert data["seq"] == 4
     assert data["ts"] == data["timestamp"]
-    assert datetime.fromisoformat(data["ts"]) == datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
+    assert datetime.fromisoformat(data["ts"]) == datetime(2026, 11, 22, 12, 15, tzinfo=UTC)
     assert event.ts == event.timestamp
 
 
@@ -814,3 +819,108 @@ def test_json_dict_when_called_then_json_compatible_with_iso_timestamps() -> Non
     assert data["ts"] == "2026-11-22T10:15:00.123000Z"
     assert data["operators"] == ["alice", "bob"]
     assert json.loads(json.dumps(data)) == data
+
+
+# --------------------------------------------------------------------------- health lifecycle
+
+
+def beat_json(**fields: Any) -> dict[str, Any]:
+    return {**EXAMPLES["HealthBeat"], **fields}
+
+
+def test_beat_without_lifecycle_when_decoded_then_running_and_no_maintenance() -> None:
+    beat = decode(HealthBeat, json.dumps(EXAMPLES["HealthBeat"]))
+
+    assert beat.lifecycle is ComponentLifecycle.RUNNING
+    assert beat.maintenance_until is None
+
+
+def test_lifecycle_values_when_listed_then_exactly_the_contract_strings() -> None:
+    assert [v.value for v in ComponentLifecycle] == ["running", "maintenance", "retired"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"lifecycle": "retired"},
+        {"lifecycle": "running"},
+        {"lifecycle": "maintenance", "maintenance_until": "2026-11-22T14:15:00+02:00"},
+    ],
+)
+def test_beat_with_lifecycle_when_round_tripped_then_equal(fields: dict[str, Any]) -> None:
+    beat = decode(HealthBeat, json.dumps(beat_json(**fields)))
+
+    raw = encode(beat)
+    again = decode(HealthBeat, raw)
+
+    assert again == beat
+    assert encode(again) == raw
+    assert json.loads(raw)["lifecycle"] == fields["lifecycle"]
+
+
+def test_maintenance_until_when_decoded_then_same_instant_kept() -> None:
+    beat = decode(
+        HealthBeat,
+        json.dumps(
+            beat_json(lifecycle="maintenance", maintenance_until="2026-11-22T14:15:00+02:00")
+        ),
+    )
+
+    assert beat.maintenance_until == datetime(2026, 11, 22, 12, 15, tzinfo=UTC)
+
+
+def test_maintenance_without_until_when_decoded_then_rejected_naming_maintenance_until() -> None:
+    with pytest.raises(RecordError, match="maintenance_until is required"):
+        decode(HealthBeat, json.dumps(beat_json(lifecycle="maintenance")))
+
+
+@pytest.mark.parametrize("lifecycle", ["running", "retired"])
+def test_until_without_maintenance_when_decoded_then_rejected(lifecycle: str) -> None:
+    raw = beat_json(lifecycle=lifecycle, maintenance_until="2026-11-22T12:15:00Z")
+
+    with pytest.raises(RecordError, match="only allowed when lifecycle is maintenance"):
+        decode(HealthBeat, json.dumps(raw))
+
+
+def test_until_alone_when_decoded_then_rejected() -> None:
+    raw = beat_json(maintenance_until="2026-11-22T12:15:00Z")  # lifecycle defaults to running
+
+    with pytest.raises(RecordError, match="only allowed when lifecycle is maintenance"):
+        decode(HealthBeat, json.dumps(raw))
+
+
+@pytest.mark.parametrize("until", [TS, "2026-11-22T09:00:00Z"])
+def test_until_not_after_ts_when_decoded_then_rejected(until: str) -> None:
+    raw = beat_json(lifecycle="maintenance", maintenance_until=until)
+
+    with pytest.raises(RecordError, match="must be after ts"):
+        decode(HealthBeat, json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    "until", ["2026-11-22T12:15:00", 1_790_000_000, "2150-01-01T00:00:00Z", "soon"]
+)
+def test_bad_until_when_decoded_then_rejected_naming_maintenance_until(until: Any) -> None:
+    raw = beat_json(lifecycle="maintenance", maintenance_until=until)
+
+    with pytest.raises(RecordError) as info:
+        decode(HealthBeat, json.dumps(raw))
+
+    assert_names_field(info.value, "maintenance_until")
+
+
+@pytest.mark.parametrize("lifecycle", ["RETIRED", "stopped", "", 1])
+def test_unknown_lifecycle_when_decoded_then_rejected_naming_lifecycle(lifecycle: Any) -> None:
+    with pytest.raises(RecordError) as info:
+        decode(HealthBeat, json.dumps(beat_json(lifecycle=lifecycle)))
+
+    assert_names_field(info.value, "lifecycle")
+
+
+def test_dead_letter_without_reason_when_decoded_then_none_and_with_reason_kept() -> None:
+    old = decode(DeadLetter, json.dumps(EXAMPLES["DeadLetter"]))
+    new = decode(DeadLetter, json.dumps({**EXAMPLES["DeadLetter"], "reason": "key_mismatch"}))
+
+    assert old.reason is None
+    assert new.reason == "key_mismatch"
+    assert decode(DeadLetter, encode(new)) == new

@@ -77,6 +77,21 @@ class ProcessorMetrics:
             "Unix time of the last liveness beat the broker acknowledged.",
             registry=reg,
         )
+        # The lost-log check (ess.core.recovery): a stop re-established from the PolicyStore
+        # record is a CRITICAL event worth an alert; an unverified one doubly so.
+        self.lost_log = Counter(
+            "ess_command_processor_lost_log_reestablished",
+            "Stops re-established because the PolicyStore record showed ESS ACTIVE beyond the "
+            "state log's end (reason state_log_lost), by whether the record's activation "
+            "verified under a trusted processor key.",
+            labelnames=["verified"],
+            registry=reg,
+        )
+        self.lost_log_check_errors = Counter(
+            "ess_command_processor_lost_log_check_errors",
+            "Reads of the PolicyStore record for the lost-log check that failed (retried).",
+            registry=reg,
+        )
         self.lag = Gauge(
             "ess_command_processor_lag_records",
             "Commands on ess.commands not processed yet (high watermark - next command "
@@ -115,6 +130,12 @@ class ProcessorMetrics:
 
     def observe_lag(self, records: int) -> None:
         self.lag.set(max(records, 0))
+
+    def lost_log_reestablished(self, *, verified: bool) -> None:
+        self.lost_log.labels(verified="true" if verified else "false").inc()
+
+    def lost_log_check_failed(self) -> None:
+        self.lost_log_check_errors.inc()
 
 
 #: Buckets of the detection latency histograms, in seconds: about 10 ms at idle on the embedded

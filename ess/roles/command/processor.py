@@ -47,6 +47,15 @@ on ``ess.liveness`` with where it stands in ``ess.commands`` and ``ess.state``. 
 vouches for an INACTIVE PolicyStore record only while these beats are fresh and the command
 backlog is bounded, so gates close when the processor is dead, stopped, fenced or wedged.
 
+A lost log: before it serves (each time it takes over the command partition) the processor
+reads the PolicyStore record once. An ACTIVE record at a ``seq`` the log does not reach,
+while the log says INACTIVE, is a stop the log has lost (an embedded broker keeps nothing on
+disk); the processor re-establishes it with an ``activated`` entry, reason
+``state_log_lost``, numbered past the record's (see :mod:`ess.core.recovery`). A record whose
+activation does not verify under a trusted processor key is adopted too (fail closed), and
+reported as an ``unauthorized_access`` security event. A PolicyStore that cannot be read is
+tried again about every :data:`LOST_LOG_RETRY_S` seconds until one read works.
+
 Run it alone with ``python -m ess.roles.command.processor`` (settings from the environment, see
 :func:`run_processor`); SIGTERM/SIGINT finish the command in hand, commit and stop.
 """
@@ -60,7 +69,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -72,6 +81,7 @@ from aiokafka.errors import KafkaError
 from loguru import logger
 from pydantic import ValidationError
 
+from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
 from ess.clock import Clock, SystemClock
 from ess.core import EssState, ResetPolicy, decide
 from ess.core.attestation import SigningKey, seal
@@ -83,12 +93,19 @@ from ess.core.decider import (
 )
 from ess.core.ids import derive_id
 from ess.core.reader import LogBroken, Trust
+from ess.core.recovery import LostStop, lost_stop, reestablish
 from ess.core.signing import KeyMaterialError
 from ess.kafka.broker import BrokerError, verify_topic_configs
 from ess.kafka.clients import KafkaSecurity, consumer, producer, supports_idempotence
 from ess.kafka.deadletter import DeadLetterWriter
 from ess.observability.logging import configure_logging
 from ess.observability.status import serve_status
+from ess.policystore import (
+    ClosablePolicyStore,
+    CorruptPolicyValue,
+    policy_store_from_url,
+    redact_url,
+)
 from ess.roles.command.errors import FencedError, ProcessorError, StartupRefused, critical
 from ess.roles.command.metrics import ProcessorMetrics
 from ess.roles.command.writer import Fed, StateWriter
@@ -120,6 +137,7 @@ from schemas import (
 
 __all__ = [
     "EXIT_FENCED",
+    "LOST_LOG_RETRY_S",
     "SOURCE",
     "CommandProcessor",
     "FencedError",
@@ -128,6 +146,7 @@ __all__ = [
     "ProcessorStats",
     "ProcessorStatus",
     "StartupRefused",
+    "configured_policy_store",
     "decode_command",
     "default_group_id",
     "foreign_acknowledgement",
@@ -149,6 +168,11 @@ EXIT_FENCED: Final = 3
 #: How long one poll for commands may block before the loop re-checks ``stop``: the bound on
 #: shutdown latency. Delivery latency is set by the consumer's fetch wait (``ess.kafka.clients``).
 _POLL_MS: Final = 100
+
+#: How often a PolicyStore that could not be read for the lost-log check is tried again.
+LOST_LOG_RETRY_S: Final = 5.0
+#: Bound on one read of the PolicyStore record (the processor holds its lock meanwhile).
+_STORE_TIMEOUT_S: Final = 3.0
 
 #: How many of the last entries appended for commands are remembered for re-publishing their
 #: outcomes after a restart (:meth:`CommandProcessor._republish_outcomes`). The commit trails
@@ -186,6 +210,7 @@ class ProcessorStats:
     undecodable: int = 0
     own_copies: int = 0
     acknowledgements: int = 0
+    lost_log_reestablished: int = 0
 
 
 def default_group_id(prefix: str) -> str:
@@ -361,6 +386,8 @@ class ProcessorStatus:
     #: How long the command in hand has been processed (``None``: idle).
     busy_s: float | None = None
     wedged_after_s: float = 30.0
+    #: The lost-log check: ``off`` (no PolicyStore), ``pending`` (not read yet), ``done``.
+    lost_log_check: str = "off"
 
     @property
     def wedged(self) -> bool:
@@ -380,6 +407,7 @@ class ProcessorStatus:
             "state_log": "ok" if self.log_trusted else "untrusted",
             "failure": self.failure or "none",
             "progress": "wedged" if self.wedged else "ok",
+            "lost_log_check": self.lost_log_check,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -431,6 +459,10 @@ class CommandProcessor:
         state_log: ``ess.state`` (default: the Kafka topic on ``bootstrap``). Appends,
             fencing and catch-up go through :class:`~ess.roles.command.writer.StateWriter`
             on this port.
+        policy_store: Where the projector writes ``emergency_stop``, read (never written)
+            for the lost-log check before the processor serves; ``None`` turns the check off.
+        lost_log_retry: Seconds between reads of a PolicyStore that could not be read for
+            the lost-log check.
     """
 
     def __init__(
@@ -450,6 +482,8 @@ class CommandProcessor:
         metrics: ProcessorMetrics | None = None,
         wedged_after: float = 30.0,
         state_log: StateLog | None = None,
+        policy_store: PolicyStore | None = None,
+        lost_log_retry: float = LOST_LOG_RETRY_S,
     ) -> None:
         if signing_key.key_id not in trust.processor_keys:
             raise ValueError("the processor's own key must be among the trusted processor keys")
@@ -494,6 +528,12 @@ class CommandProcessor:
         #: and re-raised by the loop.
         self._failure: ProcessorError | None = None
         self._clients: _Clients | None = None
+        #: The lost-log check (module docstring): pending until one read of the record works.
+        self._store = policy_store
+        self._lost_log_pending = policy_store is not None
+        self._lost_log_failures = 0
+        self._lost_log_next_try = 0.0
+        self._lost_log_retry = lost_log_retry
 
     # ------------------------------------------------------------------ observation
 
@@ -533,6 +573,9 @@ class CommandProcessor:
             failure=str(self._failure) if self._failure is not None else None,
             busy_s=None if self._busy_since is None else time.monotonic() - self._busy_since,
             wedged_after_s=self._wedged_after,
+            lost_log_check=(
+                "off" if self._store is None else "pending" if self._lost_log_pending else "done"
+            ),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -667,8 +710,12 @@ class CommandProcessor:
         )
 
     async def _take_ownership(self) -> None:
-        """Adopt what a previous owner appended, then seek to the resume offset. Lock held."""
+        """Adopt what a previous owner appended, re-establish a stop the log has lost, then
+        seek to the resume offset. Lock held."""
         await self._catch_up()
+        if self._store is not None:
+            self._lost_log_pending = True  # a new owner checks again
+            await self._check_lost_log()
         committed = await self._io.commands.committed(self._commands)
         self._next_command = resume_offset(committed, self._writer.folded.max_command_offset)
         self._io.commands.seek(self._commands, self._next_command)
@@ -949,6 +996,95 @@ class CommandProcessor:
         self.stats.acknowledgements += 1
         await self._decide_and_append(command, None)
 
+    async def _check_lost_log(self) -> None:
+        """Read the PolicyStore record once and re-establish the stop it proves beyond the
+        log's end, if any (:mod:`ess.core.recovery`). Lock held.
+
+        A read that fails leaves the check pending (tried again from the idle loop every
+        ``lost_log_retry`` seconds); a stored value that is not a record holds no stop (the
+        projector overwrites it). Append failures raise like any append, and leave the check
+        pending."""
+        store = self._store
+        if store is None or not self._lost_log_pending:
+            return
+        try:
+            async with asyncio.timeout(_STORE_TIMEOUT_S):
+                stored = await store.get(EMERGENCY_STOP_KEY)
+        except CorruptPolicyValue as exc:
+            logger.bind(error=clip(str(exc), 300)).warning(
+                "lost-log check: the stored emergency_stop is not a record; no stop to "
+                "re-establish (the projector overwrites it)"
+            )
+            stored = None
+        except Exception as exc:  # any failure of the store: try again, never skip the check
+            self._lost_log_failures += 1
+            self._lost_log_next_try = time.monotonic() + self._lost_log_retry
+            self.metrics.lost_log_check_failed()
+            if self._lost_log_failures % 60 == 1:
+                logger.bind(
+                    error=f"{type(exc).__name__}: {clip(str(exc), 300)}",
+                    failures=self._lost_log_failures,
+                ).error(
+                    "lost-log check: cannot read the PolicyStore record; trying again every "
+                    f"{self._lost_log_retry:g} s (a stop lost with the state log is not "
+                    "re-established until it can be read)"
+                )
+            return
+        if self._lost_log_failures:
+            logger.bind(failures=self._lost_log_failures).info("lost-log check: store readable")
+            self._lost_log_failures = 0
+        lost = lost_stop(stored, self.state, self._trust)
+        entry = (
+            None
+            if lost is None
+            else reestablish(
+                lost, self.state, now=self._clock.now(), scope=self._scope, source=SOURCE
+            )
+        )
+        if lost is None or entry is None:
+            self._lost_log_pending = False
+            return
+        logger.bind(
+            record_seq=lost.record_seq,
+            verified=lost.verified,
+            problem=lost.problem,
+            seq=entry.seq,
+            state_next_seq=self.state.next_seq,
+        ).critical(
+            "the PolicyStore record shows ESS ACTIVE beyond the state log's end: the log was "
+            "lost (or the record is not ESS's); re-establishing the stop (state_log_lost)"
+        )
+        if not lost.verified:
+            await self._publish_lost_log_event(entry, lost)
+        await self._append(entry)
+        # Done only now: should the event or the append fail, the check is still pending
+        # (and deduplicated by the entry's id should the append have landed after all).
+        self._lost_log_pending = False
+        self.stats.lost_log_reestablished += 1
+        self.metrics.lost_log_reestablished(verified=lost.verified)
+
+    async def _publish_lost_log_event(self, entry: ActivatedEntry, lost: LostStop) -> None:
+        """An unverified ACTIVE record was adopted: somebody may have written the PolicyStore.
+        Reported like a forged reset (before the append; the id is derived from the entry's,
+        so a redo publishes the same event)."""
+        event = SecurityEvent(
+            event_id=derive_id(SOURCE, SecurityEventKind.UNAUTHORIZED_ACCESS, entry.command_id),
+            kind=SecurityEventKind.UNAUTHORIZED_ACCESS,
+            source=SOURCE,
+            detail=clip(
+                f"PolicyStore record emergency_stop ACTIVE at seq {lost.record_seq}, beyond the "
+                f"state log, with no verified activation ({lost.problem}); adopted as a stop"
+            ),
+            ts=self._clock.now(),
+        )
+        await self._io.producer.send_and_wait(
+            self._registry.security.name, encode(event), key=SOURCE.encode()
+        )
+        self.stats.security_events += 1
+        logger.bind(event_id=event.event_id, record_seq=lost.record_seq).warning(
+            "unverified PolicyStore record published as a security event"
+        )
+
     async def _publish_security_event(self, entry: StateEntry) -> None:
         try:
             event = security_event_for(entry, ts=self._clock.now())
@@ -1023,6 +1159,8 @@ class CommandProcessor:
                 async with self._lock:
                     try:
                         await self._absorb_tail()
+                        if self._lost_log_pending and time.monotonic() >= self._lost_log_next_try:
+                            await self._check_lost_log()
                     except ProcessorError as exc:
                         self._failure = exc
                         return
@@ -1128,6 +1266,7 @@ async def run_processor(
     status_host: str | None = None,
     status_port: int | None = None,
     hooks: ProcessorHooks | None = None,
+    policy_store: PolicyStore | None = None,
 ) -> None:
     """Run the command processor (the ``command`` role) with ``settings`` until ``stop``.
 
@@ -1137,8 +1276,9 @@ async def run_processor(
     (``ESS_PROCESSOR_KEY_FILE``, unless ``signing_key`` is given) and the keys readers trust;
     ``hooks`` as for :class:`CommandProcessor`. Serves ``/status``, ``/metrics`` and
     ``/healthz`` on ``status_port`` (default ``ESS_COMMAND_STATUS_PORT``; ``-1`` disables).
-    Raises :class:`StartupRefused` for unusable settings, otherwise as
-    :meth:`CommandProcessor.run`.
+    ``policy_store``: read for the lost-log check (``None``: no check; the ``command`` role
+    and ``python -m`` pass the configured store). Raises :class:`StartupRefused` for unusable
+    settings, otherwise as :meth:`CommandProcessor.run`.
     """
     bootstrap = (bootstrap or settings.kafka.bootstrap_servers).strip()
     if not bootstrap:
@@ -1170,7 +1310,13 @@ async def run_processor(
         security=settings.kafka_security(),
         beat_interval=settings.command.beat_interval_sec,
         wedged_after=settings.command.wedged_after_sec,
+        policy_store=policy_store,
     )
+    if policy_store is None:
+        logger.warning(
+            "command processor without a PolicyStore: a stop lost with the state log "
+            "(state_log_lost) will not be re-established"
+        )
     port = settings.command.status_port if status_port is None else status_port
     host = status_host or settings.observability.status_host
     server = None
@@ -1183,12 +1329,38 @@ async def run_processor(
             await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def configured_policy_store(
+    settings: EssSettings, given: PolicyStore | None = None
+) -> AsyncIterator[PolicyStore]:
+    """The PolicyStore the processor reads for its lost-log check: ``given`` (a process that
+    shares one with its projector), else the configured one (``ESS_REDIS_URL`` or
+    ``ESS_POLICY_STORE_URL``), opened so that it never creates a SQLite file (a processor
+    running where no projector ever wrote finds no record, which is right), and closed after.
+
+    A processor deployed on its own needs read access to the store the projector writes (a
+    read-only Redis user suffices) for the check to see anything."""
+    if given is not None:
+        yield given
+        return
+    url = settings.resolved_policy_store_url()
+    store = policy_store_from_url(url, create=False)
+    logger.bind(policy_store=redact_url(url)).info("command processor reads the PolicyStore")
+    try:
+        yield store
+    finally:
+        if isinstance(store, ClosablePolicyStore):
+            with contextlib.suppress(Exception):
+                await store.close()
+
+
 async def _serve(settings: EssSettings, hooks: ProcessorHooks | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_processor(settings, stop, hooks=hooks)
+    async with configured_policy_store(settings) as store:
+        await run_processor(settings, stop, hooks=hooks, policy_store=store)
 
 
 def main(hooks: ProcessorHooks | None = None) -> int:

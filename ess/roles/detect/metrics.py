@@ -15,7 +15,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["DETECT_LATENCY_BUCKETS", "DetectGauges", "DetectMetrics", "PartitionLag"]
+__all__ = [
+    "DETECT_LATENCY_BUCKETS",
+    "KEY_MISMATCH_ACTIONS",
+    "DetectGauges",
+    "DetectMetrics",
+    "PartitionLag",
+]
+
+#: Label values of ``ess_input_key_mismatch_total{action}``
+#: (:attr:`ess.detection.keys.KeyMismatch.action`).
+KEY_MISMATCH_ACTIONS: Final = ("dead_lettered", "accepted")
 
 
 DETECT_LATENCY_BUCKETS: Final = (
@@ -144,8 +154,17 @@ class DetectMetrics:
         self.dead_letters = Counter(
             "ess_detect_dead_letters",
             "Records sent to ess.deadletter, by topic and reason (invalid, decode_failed, "
-            "future_ts, rule_failed).",
+            "future_ts, rule_failed, key_mismatch).",
             labelnames=["topic", "reason"],
+            registry=reg,
+        )
+        self.key_mismatches = Counter(
+            "ess_input_key_mismatch",
+            "Input records whose Kafka key is not the one their key field derives (no key "
+            "counts), by topic and action: dead_lettered (reason key_mismatch: the key's state "
+            "would be split across partitions) or accepted (a single-partition topic). Any "
+            "increase is a producer to fix.",
+            labelnames=["topic", "action"],
             registry=reg,
         )
         self.batch_errors = Counter(
@@ -185,6 +204,8 @@ class DetectMetrics:
             self._counter(self.batch_errors, topic)
             for reason in reasons:
                 self._counter(self.dead_letters, topic, reason)
+            for action in KEY_MISMATCH_ACTIONS:
+                self._counter(self.key_mismatches, topic, action)
         for rule in rules:
             self._counter(self.rule_records, rule)
 
@@ -216,6 +237,11 @@ class DetectMetrics:
 
     def dead_lettered(self, topic: str, reason: str) -> None:
         self._counter(self.dead_letters, topic, reason).inc()
+
+    def key_mismatched(self, topic: str, action: str, count: int) -> None:
+        """``count`` records of ``topic`` had a Kafka key other than their key field's."""
+        if count:
+            self._counter(self.key_mismatches, topic, action).inc(count)
 
     def batch_failed(self, topic: str) -> None:
         self._counter(self.batch_errors, topic).inc()

@@ -43,7 +43,8 @@ from typing import Any, Final
 
 from loguru import logger
 
-from ess.detection.detector import BatchOutcome, TopicDetector
+from ess.detection.detector import DEAD_LETTER_REASONS, BatchOutcome, TopicDetector
+from ess.detection.keys import KeyMismatch, contract_key, show_key
 from ess.roles.detect.metrics import DetectGauges, DetectMetrics, PartitionLag
 from ess.rules.base import Detection
 from schemas import DeadLetter
@@ -70,15 +71,18 @@ _MARK_RESOLUTION_S: Final = 0.1
 #: newest mark absorbs further growth, which overstates the age of the newest records only.
 _MAX_MARKS: Final = 3000
 
-#: Label values of ``ess_detect_dead_letters_total{reason}``.
-DEAD_LETTER_REASONS: Final = ("invalid", "decode_failed", "future_ts", "rule_failed")
-
 
 def dead_letter_reason(letter: DeadLetter) -> str:
     """The ``reason`` label of a dead letter built by
-    :class:`~ess.detection.detector.TopicDetector`: ``rule_failed`` (a rule raised on the record),
-    ``future_ts`` (event time too far after the Kafka timestamp), ``decode_failed`` (the codec
-    itself failed) or ``invalid`` (the record is not a valid contract record: the usual case)."""
+    :class:`~ess.detection.detector.TopicDetector` (one of :data:`DEAD_LETTER_REASONS`, label
+    values of ``ess_detect_dead_letters_total{reason}``): its ``reason`` field when set, else
+    (a letter built before the field existed) from its error text: ``rule_failed`` (a rule
+    raised on the record), ``future_ts`` (event time too far after the Kafka timestamp),
+    ``decode_failed`` (the codec itself failed) or ``invalid`` (the record is not a valid
+    contract record: the usual case)."""
+    reason = letter.reason
+    if reason is not None and reason in DEAD_LETTER_REASONS:
+        return reason
     error = letter.error
     if error.startswith("rule ") and " failed: " in error:
         return "rule_failed"
@@ -355,6 +359,8 @@ class DetectObserver:
                 reason = dead_letter_reason(letter)
                 self.metrics.dead_lettered(topic, reason)
                 _bump(self._dead_letters, reason)
+            if out.key_mismatches:
+                _report_key_mismatches(self.metrics, topic, out.key_mismatches)
         for tp, done in offsets.items():
             if done:
                 self.tracker.processed(tp.topic, tp.partition, done[-1] + 1, now)
@@ -440,6 +446,39 @@ class DetectObserver:
         return DetectGauges(
             ready=snapshot.ready, wedged=bool(snapshot.wedged), partitions=snapshot.partitions
         )
+
+
+def _report_key_mismatches(
+    metrics: DetectMetrics, topic: str, mismatches: Sequence[KeyMismatch]
+) -> None:
+    """Count a batch's key mismatches and log them: one line per action and batch (with the
+    first record as the example), not one per record, since a misconfigured producer
+    mismatches every record it sends. Each refused record has its own dead letter."""
+    by_action: dict[str, list[KeyMismatch]] = {}
+    for mismatch in mismatches:
+        by_action.setdefault(mismatch.action, []).append(mismatch)
+    for action, items in by_action.items():
+        metrics.key_mismatched(topic, action, len(items))
+        first = items[0]
+        log = logger.bind(
+            topic=topic,
+            action=action,
+            count=len(items),
+            key_field=first.key_field,
+            partition=first.partition,
+            offset=first.offset,
+            expected=first.expected,
+            got=show_key(first.got),
+        )
+        text = (
+            f"{len(items)} record(s) of {topic} with a Kafka key other than their "
+            f"{first.key_field} (first: partition {first.partition} offset {first.offset}, "
+            f"expected {show_key(contract_key(first.expected))}, got {show_key(first.got)})"
+        )
+        if action == "dead_lettered":
+            log.error(f"{text}: dead-lettered (key_mismatch); fix the producer's key")
+        else:
+            log.warning(f"{text}: processed (single-partition topic); fix the producer's key")
 
 
 @contextlib.asynccontextmanager

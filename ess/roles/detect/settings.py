@@ -17,7 +17,7 @@ from pathlib import Path
 from ess.detection.detector import bind_topics
 from ess.kafka.clients import PLAINTEXT, KafkaSecurity
 from ess.rules.config import DetectionConfig
-from ess.settings import DetectSettings, EssSettings, ObservabilitySettings
+from ess.settings import DetectSettings, EssSettings, ObservabilitySettings, StorageSettings
 from schemas import TopicRegistry
 
 __all__ = ["DetectorSettings", "load_detection_config"]
@@ -25,6 +25,7 @@ __all__ = ["DetectorSettings", "load_detection_config"]
 #: The sections' defaults, which :class:`DetectorSettings` built in code starts from.
 _DEFAULTS = DetectSettings()
 _OBSERVABILITY = ObservabilitySettings()
+_STORAGE = StorageSettings()
 
 
 def load_detection_config(path: Path | None) -> DetectionConfig:
@@ -65,6 +66,9 @@ class DetectorSettings:
     status_host: str = _OBSERVABILITY.status_host
     status_port: int = -1
     wedged_after_sec: float = _DEFAULTS.wedged_after_sec
+    #: Where Faust keeps its app data directory (``<app id>-data``): ``ESS_DATA_DIR``, not
+    #: the working directory.
+    data_dir: Path = _STORAGE.data_dir
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detection", bind_topics(self.detection, self.registry))
@@ -93,6 +97,7 @@ class DetectorSettings:
             status_host=settings.observability.status_host,
             status_port=section.status_port,
             wedged_after_sec=section.wedged_after_sec,
+            data_dir=settings.storage.data_dir,
         )
 
     def with_group(self, app_id: str) -> DetectorSettings:

@@ -322,7 +322,8 @@ class Executor:
             logger.bind(venue=venue.name, error=str(error)).critical(
                 "venue refused the executor's credentials; reporting api_key_invalid"
             )
-            self._queue(_Outgoing(self.topics.security.name, venue.name.encode(), encode(event)))
+            # Keyed by the record's key field, as every input record must be (docs/contract.md).
+            self._queue(_Outgoing(self.topics.security.name, event.source.encode(), encode(event)))
 
         return refused
 

@@ -48,7 +48,10 @@ what it last wrote was written by someone else, and is counted, logged and overw
 never obeyed. One exception keeps a log loss from re-opening gates: an ACTIVE stored record
 whose ``seq`` is beyond the log's end may be the last word of a log that was lost (an
 embedded broker restarted), so the projector does not replace it with INACTIVE; it stops
-vouching and says so (CRITICAL) until a human looks.
+vouching and says so (CRITICAL) until the command processor re-establishes the stop from that
+record (reason ``state_log_lost``, see :mod:`ess.core.recovery`), which it does before it
+serves. That works because every ACTIVE record carries its proof: the ``activated`` entry
+exactly as the processor sealed it in the log (``activation_entry``).
 
 Events are idempotent across restarts, and deduplicated from the log: on start the projector
 reads ``ess.events``; an entry's event counts as published when the topic holds exactly the
@@ -478,6 +481,8 @@ class Projector:
         self._published_seq: int | None = None
         self._pending: deque[EmergencyStopEvent | EmergencyResetEvent] = deque()
         self._written: PolicyRecord | None = None
+        #: The current activation's entry as sealed in the log (the record's proof).
+        self._activation_entry: dict[str, Any] | None = None
         self._store_ok = False
         self._store_problem: str | None = None
         self._write_failures = 0
@@ -864,9 +869,11 @@ class Projector:
         now = self.clock.now()
         trusted_before = self._reader.trusted
         report, broken, broken_at = self._fold(records)
+        values = {record.offset: record.value for record in records} if report.applied else {}
         for logged in report.applied:
             entry = logged.entry
             self._tally = self._tally.add(entry)
+            self._remember_activation(entry, values.get(logged.offset))
             event = event_for(entry)
             if event is not None:
                 if should_publish(
@@ -892,6 +899,16 @@ class Projector:
         self.metrics.observe_log(self.state, self._tally)
         if self._caught_up or self._reader.trusted != trusted_before or broken is not None:
             self._changed.set()
+
+    def _remember_activation(self, entry: StateEntry, value: bytes | None) -> None:
+        """Keep the current activation's entry exactly as it stands in the log: the ACTIVE
+        record carries it (``activation_entry``), so the processor's signature proves the
+        stop should the log be lost (:mod:`ess.core.recovery`). A reset clears it."""
+        if isinstance(entry, ActivatedEntry):
+            document = orjson.loads(value) if value else None
+            self._activation_entry = document if isinstance(document, dict) else None
+        elif isinstance(entry, ResetEntry):
+            self._activation_entry = None
 
     def _log_entry(self, entry: StateEntry) -> None:
         bound = logger.bind(seq=entry.seq, kind=entry.kind, command_id=entry.command_id)
@@ -954,7 +971,9 @@ class Projector:
         """Write (or re-assert) the record if the projector may; count and log failures."""
         if not self._may_write():
             return
-        record = policy_record(self.state, refreshed_at=self.clock.now())
+        record = policy_record(
+            self.state, refreshed_at=self.clock.now(), activation_entry=self._activation_entry
+        )
         try:
             async with asyncio.timeout(self.io_timeout):
                 current = await self._read_stored()
@@ -965,7 +984,11 @@ class Projector:
                         raise _StoreAhead(
                             f"stored emergency_stop is ACTIVE at seq {current.get('seq')}, "
                             f"beyond the log's {record.seq}: the log may have been lost; not "
-                            "replacing it with INACTIVE"
+                            "replacing it with INACTIVE. The command processor re-establishes "
+                            "such a stop (reason state_log_lost) when it takes over the "
+                            "command partition with this PolicyStore configured "
+                            "(ESS_REDIS_URL or ESS_POLICY_STORE_URL): check its log, or "
+                            "restart it with the setting"
                         )
                 await self.policy_store.set(EMERGENCY_STOP_KEY, record.model_dump(mode="json"))
         except _StoreAhead as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from loguru import logger
 
 from ess.core.deadletter import build_dead_letter
 from ess.detection.detector import RawRecord, TopicDetector
@@ -43,6 +44,7 @@ CONFIG = DetectionConfig(
 )
 RULES = build_rules(CONFIG)
 FILLS = "ess.fills"
+OBSERVE = "ess.roles.detect.observe"
 
 
 def fills_detector(**kwargs: Any) -> TopicDetector:
@@ -237,7 +239,15 @@ def test_dead_letter_reasons_name_why_the_detector_refused_a_record() -> None:
         source_topic=FILLS, partition=0, offset=3, raw=b"", error="decode failed: X", ts=NOW
     )
     assert dead_letter_reason(codec) == "decode_failed"
-    assert set(DEAD_LETTER_REASONS) == {"invalid", "future_ts", "rule_failed", "decode_failed"}
+    assert set(DEAD_LETTER_REASONS) == {
+        "invalid",
+        "future_ts",
+        "rule_failed",
+        "decode_failed",
+        "key_mismatch",
+    }
+    # The detector names the reason in the letter itself (extension), with the same label.
+    assert [letter.reason for letter in letters] == ["invalid", "future_ts", "rule_failed"]
 
 
 # --------------------------------------------------------------------------- observer
@@ -277,6 +287,57 @@ def test_counts_by_topic_rule_reason_and_dead_letter_reason() -> None:
     assert status["trips"] == {trip.rule: 1}
     assert status["dead_letters"] == {"invalid": 1}
     assert status["batch_errors"] == 1
+
+
+def test_key_mismatches_are_counted_by_action_and_logged_once_per_batch() -> None:
+    observer = observer_on(FakeApp(), Clock())
+    reg = observer.metrics.registry
+
+    def mismatches(action: str) -> float | None:
+        return reg.get_sample_value(
+            "ess_input_key_mismatch_total", {"topic": FILLS, "action": action}
+        )
+
+    assert (mismatches("dead_lettered"), mismatches("accepted")) == (0, 0)  # declared
+    split = fills_detector(partitions=4)
+    single = fills_detector(partitions=1)
+    refused = split.process(
+        [RawRecord(1, offset, fill("a", offset), key=None) for offset in range(3)],
+        {},
+        Context(),
+        NOW,
+    )
+    accepted = single.process([RawRecord(0, 0, fill("a", 0), key=b"x")], {}, Context(), NOW)
+    lines: list[Any] = []
+    sink = logger.add(lambda message: lines.append(message.record), level="INFO")
+    # `import ess` silences ESS's logs (a library's convention); a worker enables them.
+    logger.enable(OBSERVE)
+    try:
+        observer.batch_done(split, 3, {TP(FILLS, 1): [0, 1, 2]}, 100.0, refused)
+        observer.batch_done(single, 1, {TP(FILLS, 0): [0]}, 100.0, accepted)
+    finally:
+        logger.disable(OBSERVE)
+        logger.remove(sink)
+    assert (mismatches("dead_lettered"), mismatches("accepted")) == (3, 1)
+    assert (
+        reg.get_sample_value(
+            "ess_detect_dead_letters_total", {"topic": FILLS, "reason": "key_mismatch"}
+        )
+        == 3
+    )
+    assert observer.status().dead_letters == {"key_mismatch": 3}
+    reports = [line for line in lines if "Kafka key" in line["message"]]
+    assert [(r["level"].name, r["extra"]["action"], r["extra"]["count"]) for r in reports] == [
+        ("ERROR", "dead_lettered", 3),
+        ("WARNING", "accepted", 1),
+    ]
+    first = reports[0]["extra"]
+    assert (first["partition"], first["offset"], first["expected"], first["got"]) == (
+        1,
+        0,
+        "a",
+        "no key",
+    )
 
 
 def test_silence_trips_count_without_a_latency() -> None:

@@ -18,11 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from ess.api.fakes import FakePolicyStore
 from ess.api.protocols import EMERGENCY_STOP_KEY, PolicyStore
+from ess.core.attestation import seal_problem
 from ess.core.reader import Trust, seal_entry
 from ess.kafka.broker import EmbeddedBroker, ensure_topics
 from ess.kafka.clients import consumer, producer, read_to_end
@@ -246,7 +248,8 @@ async def test_trip_then_reset_projects_record_events_and_health(
         assert record.timestamp == tripped.ts
         assert record.auto_recover is False
         assert record.detail == "trip at seq 0"
-        assert set(rig.store.data[EMERGENCY_STOP_KEY]) == {
+        stored = rig.store.data[EMERGENCY_STOP_KEY]
+        assert set(stored) == {
             "active",
             "reason",
             "timestamp",
@@ -254,7 +257,18 @@ async def test_trip_then_reset_projects_record_events_and_health(
             "seq",
             "detail",
             "refreshed_at",
+            "activation_entry",
         }
+        # The ACTIVE record carries its proof: the activation exactly as the log holds it.
+        assert stored["activation_entry"] == orjson.loads(rig.log.values[0])
+        assert (
+            seal_problem(
+                stored["activation_entry"],
+                rig.trust().processor_keys,
+                scope=rig.topics.state.name,
+            )
+            is None
+        )
         assert await eventually(rig.events, timeout=WAIT) == [
             EmergencyStopEvent(
                 reason=ReasonCode.DAILY_LOSS, detail="trip at seq 0", timestamp=tripped.ts, seq=0
@@ -279,6 +293,7 @@ async def test_trip_then_reset_projects_record_events_and_health(
         await eventually(lambda: not rig.record().active and rig.record().seq == 2, timeout=WAIT)
         assert rig.record().timestamp == reset.ts
         assert rig.record().reason is None
+        assert "activation_entry" not in rig.store.data[EMERGENCY_STOP_KEY]
 
         async def two_events() -> bool:
             events = await rig.events()
