@@ -248,7 +248,13 @@ def by_role(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, "matchExpressions are not evaluated here"
+    """Kubernetes' label selector: every ``matchLabels`` pair, and every ``matchExpressions``
+    term (only the ``In`` operator is used in the manifests; any other fails here)."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    for term in selector.get("matchExpressions", []):
+        assert term["operator"] == "In", f"operator {term['operator']} is not evaluated here"
+        if labels.get(term["key"]) not in term["values"]:
+            return False
     return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
 
 
@@ -736,7 +742,7 @@ def test_network_policies_deny_everything_else(overlay: str) -> None:
         role = role_of(workload)
         egress = _egress_ports(objects, workload)
         expected = {"ess-egress-dns": dns, "ess-egress-kafka": kafka}
-        if role == "project":
+        if role in {"project", "command"}:  # the command processor reads the record only
             expected["ess-egress-redis"] = {("TCP", 6379)}
         if role == "execute":
             expected["ess-egress-exchanges"] = {("TCP", 443)}
@@ -867,7 +873,9 @@ def test_only_the_executor_holds_venue_credentials(overlay: str) -> None:
             assert "ESS_VENUES_FILE" not in env, name
         # The processor's private key: in the command pod only.
         assert (SIGNING_KEY_SECRET in refs) == (role == "command"), name
+        # Redis: the projector writes the record; the processor reads it (read-only user).
         assert ("ess-redis" in refs) == (role == "project"), name
+        assert ("ess-redis-gate" in refs) == (role == "command"), name
         # Each role reads its own Kafka password, and no other.
         kafka = {key for secret, key in secret_refs(workload) if secret == "ess-kafka-passwords"}
         assert kafka == {role}, name
