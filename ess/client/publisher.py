@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from ess.client.errors import BrokerUnreachable, PublishError
 from ess.client.heartbeat import Heartbeat
-from ess.client.records import InputTopics, OutgoingRecord, build_record
+from ess.client.records import InputTopics, OutgoingRecord, build_record, method_fields
 from ess.clock import Clock, SystemClock
 from ess.kafka.clients import KafkaSecurity, producer
 from schemas import (
@@ -65,11 +65,6 @@ DEFAULT_LINGER_MS: Final = 5
 DEFAULT_MAX_BATCH_BYTES: Final = 64 * 1024
 #: How long stopping may take beyond the final flush.
 _STOP_TIMEOUT_S: Final = 10.0
-
-
-def _fields(scope: Mapping[str, Any]) -> dict[str, Any]:
-    """A method's record fields: its arguments without ``self`` and ``wait``."""
-    return {name: value for name, value in scope.items() if name not in {"self", "wait"}}
 
 
 class AsyncEssPublisher:
@@ -288,7 +283,9 @@ class AsyncEssPublisher:
     ) -> Fill:
         """A fill (``ess.fills``, key ``account_id``): feeds the loss, trade-rate,
         stop-loss-cluster and position rules."""
-        return await self.publish(build_record(Fill, _fields(locals()), self.clock), wait=wait)
+        return await self.publish(
+            build_record(Fill, method_fields(locals()), self.clock), wait=wait
+        )
 
     async def pnl_tick(
         self,
@@ -301,7 +298,9 @@ class AsyncEssPublisher:
     ) -> PnlTick:
         """The account's equity now (``ess.pnl``, key ``account_id``): feeds the daily-loss,
         drawdown and flash-crash rules."""
-        return await self.publish(build_record(PnlTick, _fields(locals()), self.clock), wait=wait)
+        return await self.publish(
+            build_record(PnlTick, method_fields(locals()), self.clock), wait=wait
+        )
 
     async def order_submitted(
         self,
@@ -318,7 +317,7 @@ class AsyncEssPublisher:
         wait: bool = False,
     ) -> OrderSubmitted:
         """An order sent to a venue (``ess.orders``, key ``account_id``)."""
-        record = build_record(OrderSubmitted, _fields(locals()), self.clock)
+        record = build_record(OrderSubmitted, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     async def order_error(
@@ -335,7 +334,7 @@ class AsyncEssPublisher:
         wait: bool = False,
     ) -> OrderError:
         """A rejected, failed or timed-out order (``ess.order-errors``, key ``account_id``)."""
-        record = build_record(OrderError, _fields(locals()), self.clock)
+        record = build_record(OrderError, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     async def health_beat(
@@ -353,7 +352,7 @@ class AsyncEssPublisher:
         """One health beat (``ess.health``, key ``component``). ``lifecycle`` is ``running``
         (default), ``maintenance`` (with ``maintenance_until``) or ``retired``; for a
         component that beats on its own, use :meth:`heartbeat` instead."""
-        record = build_record(HealthBeat, _fields(locals()), self.clock)
+        record = build_record(HealthBeat, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     async def latency_sample(
@@ -367,7 +366,7 @@ class AsyncEssPublisher:
         wait: bool = False,
     ) -> LatencySample:
         """How long an operation took (``ess.latency``, key ``component``)."""
-        record = build_record(LatencySample, _fields(locals()), self.clock)
+        record = build_record(LatencySample, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     async def market_tick(
@@ -383,7 +382,7 @@ class AsyncEssPublisher:
     ) -> MarketTick:
         """A top-of-book tick (``ess.market``, key ``symbol``): feeds the flash-crash, corrupt
         and stale feed rules. Prices are not checked here: a broken feed's tick is data too."""
-        record = build_record(MarketTick, _fields(locals()), self.clock)
+        record = build_record(MarketTick, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     async def security_event(
@@ -397,7 +396,7 @@ class AsyncEssPublisher:
         wait: bool = False,
     ) -> SecurityEvent:
         """A security event (``ess.security``, key ``source``): every one trips ESS."""
-        record = build_record(SecurityEvent, _fields(locals()), self.clock)
+        record = build_record(SecurityEvent, method_fields(locals()), self.clock)
         return await self.publish(record, wait=wait)
 
     # ------------------------------------------------------------------ helpers

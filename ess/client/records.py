@@ -38,6 +38,7 @@ __all__ = [
     "build_record",
     "canonical_content",
     "derive_event_id",
+    "method_fields",
     "method_name",
 ]
 
@@ -193,3 +194,9 @@ def build_record(model: type[R], fields: Mapping[str, Any], clock: Clock) -> R:
     if explicit_id is not None:
         return record
     return record.model_copy(update={"event_id": derive_event_id(record)})
+
+
+def method_fields(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """A publisher method's record fields (its ``locals()``): its arguments without ``self``
+    and ``wait``."""
+    return {name: value for name, value in scope.items() if name not in {"self", "wait"}}

@@ -24,7 +24,7 @@ from ess.client.errors import PublishError
 from ess.client.gating import connect_gate
 from ess.client.heartbeat import Heartbeat
 from ess.client.publisher import DEFAULT_LINGER_MS, DEFAULT_MAX_BATCH_BYTES, AsyncEssPublisher
-from ess.client.records import OutgoingRecord, build_record
+from ess.client.records import OutgoingRecord, build_record, method_fields
 from ess.clock import Clock
 from ess.gate import TradingGate
 from ess.kafka.clients import KafkaSecurity
@@ -53,10 +53,6 @@ R = TypeVar("R", bound=BaseModel)
 _MARGIN_S: Final = 5.0
 #: Bound on starting a gate feed (its first read is bounded by the feed's read timeout).
 _GATE_START_S: Final = 10.0
-
-
-def _fields(scope: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in scope.items() if name not in {"self", "wait"}}
 
 
 class EssPublisher:
@@ -215,7 +211,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> Fill:
         """See :meth:`AsyncEssPublisher.fill`."""
-        return self._send(Fill, _fields(locals()), wait)
+        return self._send(Fill, method_fields(locals()), wait)
 
     def pnl_tick(
         self,
@@ -227,7 +223,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> PnlTick:
         """See :meth:`AsyncEssPublisher.pnl_tick`."""
-        return self._send(PnlTick, _fields(locals()), wait)
+        return self._send(PnlTick, method_fields(locals()), wait)
 
     def order_submitted(
         self,
@@ -244,7 +240,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> OrderSubmitted:
         """See :meth:`AsyncEssPublisher.order_submitted`."""
-        return self._send(OrderSubmitted, _fields(locals()), wait)
+        return self._send(OrderSubmitted, method_fields(locals()), wait)
 
     def order_error(
         self,
@@ -260,7 +256,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> OrderError:
         """See :meth:`AsyncEssPublisher.order_error`."""
-        return self._send(OrderError, _fields(locals()), wait)
+        return self._send(OrderError, method_fields(locals()), wait)
 
     def health_beat(
         self,
@@ -275,7 +271,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> HealthBeat:
         """See :meth:`AsyncEssPublisher.health_beat`."""
-        return self._send(HealthBeat, _fields(locals()), wait)
+        return self._send(HealthBeat, method_fields(locals()), wait)
 
     def latency_sample(
         self,
@@ -288,7 +284,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> LatencySample:
         """See :meth:`AsyncEssPublisher.latency_sample`."""
-        return self._send(LatencySample, _fields(locals()), wait)
+        return self._send(LatencySample, method_fields(locals()), wait)
 
     def market_tick(
         self,
@@ -302,7 +298,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> MarketTick:
         """See :meth:`AsyncEssPublisher.market_tick`."""
-        return self._send(MarketTick, _fields(locals()), wait)
+        return self._send(MarketTick, method_fields(locals()), wait)
 
     def security_event(
         self,
@@ -315,7 +311,7 @@ class EssPublisher:
         wait: bool = False,
     ) -> SecurityEvent:
         """See :meth:`AsyncEssPublisher.security_event`."""
-        return self._send(SecurityEvent, _fields(locals()), wait)
+        return self._send(SecurityEvent, method_fields(locals()), wait)
 
     # ------------------------------------------------------------------ helpers
 

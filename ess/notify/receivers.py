@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -131,7 +132,7 @@ def _retry_after(headers: Mapping[str, str], body: Any) -> float | None:
     return None
 
 
-class HttpReceiver:
+class HttpReceiver(ABC):
     """The shared part of every HTTP receiver: one client session (opened on first use,
     bounded by ``timeout_sec`` per request), posting what :meth:`request` builds and
     classifying the answer (see the module docstring)."""
@@ -152,9 +153,9 @@ class HttpReceiver:
         """Every alert, unless a receiver says otherwise."""
         return True
 
+    @abstractmethod
     def request(self, alert: Alert) -> HttpRequest:
         """The exact request for ``alert`` (pure)."""
-        raise NotImplementedError
 
     def scrub(self, text: str) -> str:
         """``text`` without this receiver's secrets."""

@@ -67,6 +67,7 @@ from ess.operator.commands import (
     wait_for_outcome,
 )
 from ess.roles.notify.metrics import NotifyMetrics
+from ess.roles.tasks import run_until, wait_any
 from ess.statelog import KafkaStateLog, RawRecord, StateLog, StateLogReader
 from schemas import (
     ActionReport,
@@ -85,6 +86,10 @@ __all__ = ["Notifier", "NotifyStatus", "default_group_id"]
 _BEATS_ON_START: Final = 20
 #: How long one fetch of the topics waits before the loop looks at ``stop`` and commits.
 _POLL_MS: Final = 200
+
+#: How long the state-log follow may take to clean up when stopping (then it is left
+#: to finish in the background: stopping never hangs on a client that cannot close).
+_STOP_GRACE_S = 5.0
 
 
 def default_group_id(prefix: str) -> str:
@@ -129,36 +134,6 @@ class _Clients:
     consumer: AIOKafkaConsumer
     liveness_end: int
     committed: dict[TopicPartition, int] = field(default_factory=dict)
-
-
-async def _wait_any(seconds: float | None, *events: asyncio.Event) -> None:
-    """Return when any of ``events`` is set or after ``seconds`` (``None``: no limit)."""
-    if any(event.is_set() for event in events):
-        return
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` until it returns or ``stop`` is set (then cancel it); raises what it
-    raised before ``stop``."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.done() and not task.cancelled() and not stop.is_set():
-        error = task.exception()
-        if error is not None:
-            raise error
 
 
 class Notifier:
@@ -458,7 +433,7 @@ class Notifier:
                 if client is not None:
                     with contextlib.suppress(Exception):
                         await client.stop()
-                await _wait_any(self.retry_interval, stop)
+                await wait_any(self.retry_interval, stop)
         if self._owns_state_log:
             with contextlib.suppress(Exception):
                 await self.state_log.stop()
@@ -504,14 +479,14 @@ class Notifier:
         the fold stands after any failure."""
         while not stop.is_set():
             try:
-                await _until(stop, self._fold_state())
+                await run_until(stop, self._fold_state(), grace=_STOP_GRACE_S, name="state")
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "ess.state fetch failed; retrying"
                 )
             if stop.is_set():
                 return
-            await _wait_any(self.retry_interval, stop)
+            await wait_any(self.retry_interval, stop)
 
     async def _fold_state(self) -> None:
         batches = self.state_log.follow(self._reader.folded.next_offset, on_end=self._state_end)
@@ -603,7 +578,7 @@ class Notifier:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "notifier fetch failed; retrying"
                 )
-                await _wait_any(self.retry_interval, stop)
+                await wait_any(self.retry_interval, stop)
 
     def _take(
         self,
@@ -690,7 +665,7 @@ class Notifier:
             if alert is not None:
                 self.metrics.processor_up.set(0)
                 self._submit(alert, None, None)
-            await _wait_any(interval, stop)
+            await wait_any(interval, stop)
 
     # ------------------------------------------------------------------ progress
 

@@ -97,6 +97,7 @@ from ess.kafka.clients import KafkaSecurity, UnknownTopicError, consumer, produc
 from ess.observability.status import ProjectorStatus, serve_status
 from ess.policystore.base import PolicyStoreError, PolicyStoreUnavailable
 from ess.roles.project.metrics import LogTally, ProjectorMetrics
+from ess.roles.tasks import run_until, wait_any
 from ess.settings import EssSettings
 from ess.statelog import KafkaStateLog, RawRecord, StateLog, StateLogReader
 from schemas import (
@@ -342,54 +343,6 @@ class _Clients:
     producer: AIOKafkaProducer
     #: End of ``ess.liveness`` when the projector connected: beats before it are history.
     liveness_end: int = 0
-
-
-async def _wait_any(seconds: float | None, *events: asyncio.Event) -> None:
-    """Return when any of ``events`` is set or after ``seconds`` (``None``: no limit)."""
-    if any(event.is_set() for event in events):
-        return
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _run_until(
-    stop: asyncio.Event, work: Coroutine[Any, Any, None], *, grace: float, name: str
-) -> None:
-    """Run ``work`` until it returns or ``stop`` is set, then cancel it and give it at most
-    ``grace`` seconds to clean up; raises what ``work`` raised before ``stop``.
-
-    For a loop that cannot look at ``stop`` itself (one iterating a follow that yields only
-    when records arrive). Bounded: a client that cannot close (broker gone) is interrupted
-    a second time and left to finish in the background, so stopping never hangs on it."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=grace)
-        if not task.done():
-            task.cancel()  # interrupt its cleanup rather than wait for it
-            task.add_done_callback(_retrieve)
-            logger.bind(task=name, grace=grace).warning(
-                "projector task did not stop in time; left to finish in the background"
-            )
-    if task.done() and not task.cancelled():
-        error = task.exception()
-        if error is not None and not stop.is_set():
-            raise error
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark an abandoned task's outcome as seen (asyncio logs unretrieved exceptions)."""
-    if not task.cancelled():
-        task.exception()
 
 
 class Projector:
@@ -675,7 +628,7 @@ class Projector:
                     if client is not None:
                         with contextlib.suppress(Exception):
                             await client.stop()
-                await _wait_any(self.refresh_interval, stop)
+                await wait_any(self.refresh_interval, stop)
         await self._close_state_log()
         return None
 
@@ -740,7 +693,7 @@ class Projector:
         twice, nothing skipped); a new :meth:`run` starts over from offset 0."""
         while not stop.is_set():
             try:
-                await _run_until(stop, self._fold_state(), grace=self.io_timeout, name="state")
+                await run_until(stop, self._fold_state(), grace=self.io_timeout, name="state")
             except Exception as exc:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "ess.state fetch failed; retrying"
@@ -749,7 +702,7 @@ class Projector:
                 if stop.is_set():
                     return
                 logger.error("ess.state follow ended; following again")
-            await _wait_any(self.refresh_interval, stop)
+            await wait_any(self.refresh_interval, stop)
 
     async def _fold_state(self) -> None:
         """One follow of the port: apply each batch (none after a fault: the log does not
@@ -810,7 +763,7 @@ class Projector:
                 logger.bind(error=f"{type(exc).__name__}: {exc}").error(
                     "liveness/commands fetch failed; retrying"
                 )
-                await _wait_any(self.refresh_interval, stop)
+                await wait_any(self.refresh_interval, stop)
 
     def _take_beat(self, value: bytes | None, arrived: float, *, live: bool = True) -> None:
         """Verify a liveness record and hand it to the writer watch.
@@ -952,7 +905,7 @@ class Projector:
 
     async def _write_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _wait_any(self.refresh_interval, stop, self._changed)
+            await wait_any(self.refresh_interval, stop, self._changed)
             if stop.is_set():
                 return
             self._changed.clear()
@@ -1062,7 +1015,7 @@ class Projector:
 
     async def _publish_loop(self, sender: AIOKafkaProducer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _wait_any(None, stop, self._events_ready)
+            await wait_any(None, stop, self._events_ready)
             self._events_ready.clear()
             while self._pending and not stop.is_set():
                 event = self._pending[0]
@@ -1076,7 +1029,7 @@ class Projector:
                     logger.bind(
                         seq=event.seq, type=event.type, error=f"{type(exc).__name__}: {exc}"
                     ).error("event publish failed; retrying")
-                    await _wait_any(self.refresh_interval, stop)
+                    await wait_any(self.refresh_interval, stop)
                     continue
                 self._pending.popleft()
                 self._published_seq = event.seq
@@ -1119,7 +1072,7 @@ class Projector:
                 )
             else:
                 self._beats_sent += 1
-            await _wait_any(self.health_interval, stop)
+            await wait_any(self.health_interval, stop)
 
 
 def _merged(reports: list[BatchReport]) -> BatchReport:
